@@ -16,8 +16,9 @@ from rich.text import Text
 
 MAX_LIVE_ROWS = 20
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: a log line piped to a file stays one line, whatever the terminal width.
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def stamp(epoch_s: float | None = None) -> str:

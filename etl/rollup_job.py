@@ -24,6 +24,7 @@ from etl.warehouse import Warehouse, open_warehouse
 
 # An hour is closed for the rollup this long after it ends (its last poll is committed by then).
 GRACE_MS = 10_000
+DAY_MS = 86_400_000
 CRASH_ENV = "ETL_CRASH_AT"  # test hook: SIGKILL ourselves at a named point
 
 
@@ -84,6 +85,21 @@ def pending_hours(
     return pending, sorted(h for h in late if committed[h])
 
 
+def day_ranges(hours: Sequence[int]) -> list[tuple[int, int]]:
+    """The UTC days (as day numbers) touched by ``hours``, as contiguous ``(first, last)`` runs.
+
+    >>> day_ranges([0, 3_600_000, 86_400_000 * 2])
+    [(0, 0), (2, 2)]
+    """
+    ranges: list[tuple[int, int]] = []
+    for day in sorted({h // DAY_MS for h in hours}):
+        if ranges and ranges[-1][1] == day - 1:
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges
+
+
 def chunked(items: Sequence[int], size: int) -> list[Sequence[int]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -118,11 +134,8 @@ def run_rollup(
             hours = [h for h in hours if MIN_TS_MS <= h <= MAX_TS_MS]
             summary.future_ticks = staging.count_between(closed + HOUR_MS, None)
             _roll_hours(staging, wh, hours, settings.rollup_chunk_hours, summary)
-            if hours:
-                days = sorted({hour_floor(h) // 86_400_000 for h in hours})
-                summary.days = wh.refresh_daily(
-                    utc(days[0] * 86_400_000), utc((days[-1] + 1) * 86_400_000)
-                )
+            for first, last in day_ranges(hours):
+                summary.days += wh.refresh_daily(utc(first * DAY_MS), utc((last + 1) * DAY_MS))
             purge_before = utc(now_ms - int(settings.raw_retention_h * HOUR_MS))
             candidates = wh.purge_candidates(purge_before)
             crash_point("before_purge")

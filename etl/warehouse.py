@@ -28,6 +28,7 @@ from etl.errors import ConfigError, DependencyError
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 WRITE_LOCK = 0x45544C01  # pg_advisory_xact_lock key for bar writes
 RUN_LOCK = 0x45544C02  # pg_advisory_lock key held by a whole rollup / backfill run
+SCHEMA_LOCK = 0x45544C03  # pg_advisory_lock key held while sql/ is applied
 HOURLY_COLUMNS = (
     "symbol",
     "bucket",
@@ -128,16 +129,19 @@ class Warehouse:
     # -- schema --------------------------------------------------------------------------------
 
     def apply_schema(self, directory: Path = SQL_DIR) -> list[str]:
-        """Apply every ``sql/NNN_*.sql`` in order, in one transaction under the write lock.
+        """Apply every ``sql/NNN_*.sql`` in order. The files are idempotent.
 
-        The files are idempotent; the lock keeps two processes from racing on the same DDL.
+        A session-level advisory lock keeps two processes from racing on the same DDL (a
+        transaction-level one would not do: ``executescript`` commits before it runs).
         """
         files = sql_files(directory)
-        with self.transaction() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock($1)", parameters=[WRITE_LOCK])
-            cur.fetchall()
-            for path in files:
-                cur.executescript(path.read_text())
+        self.execute("SELECT pg_advisory_lock($1)", [SCHEMA_LOCK])
+        try:
+            with self.transaction() as cur:
+                for path in files:
+                    cur.executescript(path.read_text())
+        finally:
+            self.execute("SELECT pg_advisory_unlock($1)", [SCHEMA_LOCK])
         return [p.name for p in files]
 
     # -- rollup writes -------------------------------------------------------------------------

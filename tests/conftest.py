@@ -10,7 +10,7 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -74,14 +74,27 @@ def _with_database(dsn: str, database: str) -> str:
 
 
 @pytest.fixture
-def pg_dsn(pg_admin_dsn: str) -> Iterator[str]:
+def make_db(pg_admin_dsn: str) -> Iterator[Callable[[], str]]:
+    """Creates fresh, empty databases (dropped after the test); returns their URIs."""
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"etl_test_{uuid.uuid4().hex[:12]}"
+        with pg.connect(pg_admin_dsn, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        names.append(name)
+        return _with_database(pg_admin_dsn, name)
+
+    yield create
+    with pg.connect(pg_admin_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_dsn(make_db: Callable[[], str]) -> str:
     """A fresh, empty database for one test."""
-    name = f"etl_test_{uuid.uuid4().hex[:12]}"
-    with pg.connect(pg_admin_dsn, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    yield _with_database(pg_admin_dsn, name)
-    with pg.connect(pg_admin_dsn, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return make_db()
 
 
 @pytest.fixture

@@ -1,0 +1,318 @@
+"""The rollup from a real SQLite staging file into a real PostgreSQL: correctness, idempotence,
+crashes at every step, an unreachable server, concurrency and odd timestamps."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import adbc_driver_postgresql.dbapi as pg
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from etl.config import Settings
+from etl.rollup_job import run_rollup
+from etl.staging import HOUR_MS, Staging, hour_floor
+from tests.conftest import etl_env, run_etl
+from tests.pgutil import query, seed_ticks, snapshot
+
+NOW_HOUR = hour_floor(int(time.time() * 1000))
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+
+
+@pytest.fixture
+def pgs(settings: Settings, pg_dsn: str) -> Settings:
+    return replace(settings, pg_dsn=pg_dsn)
+
+
+def staged_hours(path: Path) -> dict[int, int]:
+    with Staging(path) as st:
+        frame = st.read_window(-(2**62), 2**62)
+    counts = frame.group_by(hour=pl.col("ts") // HOUR_MS * HOUR_MS).len()
+    return dict(counts.iter_rows())
+
+
+def test_db_init_applies_sql_and_makes_partitions_ahead(pgs: Settings) -> None:
+    env = etl_env(pgs)
+    for _ in range(2):  # idempotent
+        done = run_etl(["db", "init"], env)
+        assert done.returncode == 0, done.stderr
+    parts = query(
+        pgs.pg_dsn,  # type: ignore[arg-type]
+        "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'metrics_hourly'::regclass ORDER BY 1",
+    )["name"].to_list()
+    today = datetime.now(UTC)
+    months = [(today.year * 12 + today.month - 1 + k) for k in range(3)]
+    expected = [f"metrics_hourly_{m // 12:04d}{m % 12 + 1:02d}" for m in months]
+    assert set(expected) <= set(parts)
+    kind = query(
+        pgs.pg_dsn, "SELECT relkind::text AS k FROM pg_class WHERE relname = 'metrics_hourly'"
+    )  # type: ignore[arg-type]
+    assert kind["k"].to_list() == ["p"]  # still partitioned
+
+
+REF_SQL = """
+SELECT symbol, to_timestamp(floor(ts / 3600000.0) * 3600) AS bucket,
+       (array_agg(price ORDER BY ts, seq))[1] AS open, max(price) AS high, min(price) AS low,
+       (array_agg(price ORDER BY ts DESC, seq DESC))[1] AS close, avg(price) AS mean,
+       count(*)::int AS samples
+FROM ref_ticks GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+offsets = st.one_of(
+    st.sampled_from([0, 1, HOUR_MS - 1, HOUR_MS, 2 * HOUR_MS - 1, 2 * HOUR_MS]),
+    st.integers(min_value=0, max_value=3 * HOUR_MS - 1),
+)
+
+
+@hsettings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(SYMBOLS),
+            offsets,
+            st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False),
+        ),
+        min_size=1,
+        max_size=200,
+    )
+)
+def test_committed_bars_match_a_sql_aggregate(
+    pgs: Settings, make_db: Callable[[], str], ticks: list[tuple[str, int, float]]
+) -> None:
+    base = NOW_HOUR - 48 * HOUR_MS
+    dsn = make_db()
+    work = Path(tempfile.mkdtemp(dir=pgs.data_dir))
+    settings = replace(pgs, pg_dsn=dsn, data_dir=work, sqlite_path=work / "t.sqlite3")
+    frame = pl.DataFrame(
+        [(s, base + o, p) for s, o, p in ticks], schema=["symbol", "ts", "price"], orient="row"
+    )
+    with Staging(settings.staging_path) as staging:
+        staging.append_frame(frame)
+        staged = staging.read_window(-(2**62), 2**62)
+    run_rollup(settings)
+    with pg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.adbc_ingest("ref_ticks", staged.to_arrow(), mode="create")
+    expected = query(dsn, REF_SQL)
+    got = query(
+        dsn,
+        "SELECT symbol, bucket, open, high, low, close, mean, samples FROM metrics_hourly ORDER BY 1, 2",
+    )
+    assert got.height == expected.height
+    for a, b in zip(got.iter_rows(named=True), expected.iter_rows(named=True), strict=True):
+        for key in ("symbol", "bucket", "open", "high", "low", "close", "samples"):
+            assert a[key] == b[key], (key, a, b)
+        assert a["mean"] == pytest.approx(b["mean"], rel=1e-9)
+    shutil.rmtree(work)
+
+
+def test_rollup_twice_gives_identical_tables(pgs: Settings) -> None:
+    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 5 * HOUR_MS, polls=4 * 720)
+    env = etl_env(pgs)
+    first = run_etl(["rollup"], env)
+    assert first.returncode == 0, first.stderr
+    before = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
+    assert len(before["hourly"]) == 4 * 3 and len(before["runs"]) == 4
+    second = run_etl(["rollup"], env)
+    assert second.returncode == 0
+    assert snapshot(pgs.pg_dsn) == before  # type: ignore[arg-type]
+    updated = query(pgs.pg_dsn, "SELECT count(DISTINCT updated_at) AS n FROM metrics_hourly")  # type: ignore[arg-type]
+    assert updated["n"][0] == 1  # the second run touched no row
+
+
+def test_rerun_rolls_up_committed_hours_again_to_the_same_result(pgs: Settings) -> None:
+    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 3 * HOUR_MS, polls=2 * 720)
+    run_rollup(pgs)
+    before = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
+    summary = run_rollup(pgs, rerun=True)
+    assert summary.hours == 2 and summary.bars == 0  # read again, nothing changed
+    assert snapshot(pgs.pg_dsn) == before  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("point", ["after_read", "before_commit", "after_commit", "before_purge"])
+def test_kill_9_at_any_point_then_rerun_converges(
+    pgs: Settings, make_db: Callable[[], str], tmp_path: Path, point: str
+) -> None:
+    # 8 hours staged, 1 h raw retention: the run commits and purges most of them.
+    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 8 * HOUR_MS, polls=8 * 720)
+    pgs = replace(pgs, raw_retention_h=1.0, rollup_chunk_hours=3)
+    original = staged_hours(pgs.staging_path)
+
+    reference = replace(pgs, pg_dsn=make_db(), sqlite_path=tmp_path / "ref.sqlite3")
+    shutil.copy(pgs.staging_path, reference.sqlite_path)  # type: ignore[arg-type]
+    assert run_etl(["rollup"], etl_env(reference)).returncode == 0
+
+    crashed = run_etl(["rollup"], etl_env(pgs, ETL_CRASH_AT=point))
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    committed = {row[0] for row in snapshot(pgs.pg_dsn)["runs"]}  # type: ignore[arg-type]
+    now_staged = staged_hours(pgs.staging_path)
+    for hour, count in original.items():
+        if datetime.fromtimestamp(hour / 1000, UTC) not in committed:
+            assert now_staged.get(hour) == count  # nothing of an uncommitted hour is gone
+
+    rerun = run_etl(["rollup"], etl_env(pgs))
+    assert rerun.returncode == 0, rerun.stderr
+    assert snapshot(pgs.pg_dsn) == snapshot(reference.pg_dsn)  # type: ignore[arg-type]
+    assert staged_hours(pgs.staging_path) == staged_hours(reference.staging_path)
+
+
+def test_unreachable_postgres_exits_3_and_the_next_run_catches_up(pgs: Settings) -> None:
+    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 3 * HOUR_MS, polls=3 * 720)
+    pgs = replace(pgs, raw_retention_h=0.5)
+    before = staged_hours(pgs.staging_path)
+    down = run_etl(["rollup"], etl_env(replace(pgs, pg_dsn="postgresql://etl@127.0.0.1:9/etl")))
+    assert down.returncode == 3
+    lines = down.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PostgreSQL unreachable" in lines[0]
+    assert "Traceback" not in down.stdout + down.stderr
+    assert staged_hours(pgs.staging_path) == before
+    up = run_etl(["rollup"], etl_env(pgs))
+    assert up.returncode == 0, up.stderr
+    assert len(snapshot(pgs.pg_dsn)["runs"]) == 3  # type: ignore[arg-type]
+
+
+def test_a_bad_dsn_is_a_configuration_error(pgs: Settings) -> None:
+    done = run_etl(
+        ["rollup"], etl_env(replace(pgs, pg_dsn="postgresql://etl@localhost:notaport/etl"))
+    )
+    assert done.returncode == 2, done.stderr
+    assert "bad PostgreSQL DSN" in done.stderr
+
+
+def test_two_rollups_started_together_give_one_result(
+    pgs: Settings, make_db: Callable[[], str], tmp_path: Path
+) -> None:
+    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 6 * HOUR_MS, polls=6 * 720)
+    reference = replace(pgs, pg_dsn=make_db(), sqlite_path=tmp_path / "ref.sqlite3")
+    shutil.copy(pgs.staging_path, reference.sqlite_path)  # type: ignore[arg-type]
+    assert run_etl(["rollup"], etl_env(reference)).returncode == 0
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "etl", "rollup"],
+            env=etl_env(pgs),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    got = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
+    assert got == snapshot(reference.pg_dsn)  # type: ignore[arg-type]
+    assert len(got["runs"]) == 6 and len(got["hourly"]) == 18
+
+
+def test_far_past_and_future_ticks_never_fail_the_batch(pgs: Settings) -> None:
+    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 2 * HOUR_MS, polls=720)
+    y2001 = int(datetime(2001, 3, 4, 5, 6, tzinfo=UTC).timestamp() * 1000)
+    y2100 = int(datetime(2100, 1, 1, 0, 30, tzinfo=UTC).timestamp() * 1000)
+    with Staging(pgs.staging_path) as st:
+        st.append(["BTCUSDT"], [42.0], y2001)
+        st.append(["BTCUSDT"], [43.0], y2100)
+    keep = replace(pgs, hourly_retention_d=100_000.0)  # keep 2001's partition to look at it
+    summary = run_rollup(keep)
+    assert summary.future_ticks == 1
+    bars = query(
+        keep.pg_dsn,
+        "SELECT tableoid::regclass::text AS part, bucket, close FROM metrics_hourly WHERE bucket < '2002-01-01'",
+    )  # type: ignore[arg-type]
+    assert bars.rows() == [("metrics_hourly_200103", datetime(2001, 3, 4, 5, tzinfo=UTC), 42.0)]
+    assert len(snapshot(keep.pg_dsn)["hourly"]) == 3 + 1  # type: ignore[arg-type]
+    with Staging(pgs.staging_path) as st:
+        assert st.count_between(y2100, None) == 1  # set aside, still staged
+
+
+def test_the_open_hour_is_never_rolled_up(pgs: Settings) -> None:
+    now = int(time.time() * 1000)
+    with Staging(pgs.staging_path) as st:
+        st.append(["BTCUSDT"], [1.0], now - 1000)
+    summary = run_rollup(pgs)
+    assert summary.hours == 0
+    assert snapshot(pgs.pg_dsn)["hourly"] == []  # type: ignore[arg-type]
+
+
+def test_purge_follows_the_ledger_not_the_clock(pgs: Settings) -> None:
+    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 6 * HOUR_MS, polls=6 * 720)
+    pgs = replace(pgs, raw_retention_h=3.0)
+    run_rollup(pgs)
+    left = staged_hours(pgs.staging_path)
+    # hours ending more than 3 h ago are gone (the newest row is always kept), later ones stay
+    assert sorted(h for h, n in left.items() if n > 1) == [
+        NOW_HOUR - k * HOUR_MS for k in (3, 2, 1)
+    ]
+    # a late tick for a purged hour stays staged, and one for an unpurged hour is rolled up
+    with Staging(pgs.staging_path) as st:
+        st.append(["BTCUSDT"], [1.0], NOW_HOUR - 6 * HOUR_MS + 1)
+        st.append(["BTCUSDT"], [1e9], NOW_HOUR - 2 * HOUR_MS + 1)
+    summary = run_rollup(pgs)
+    assert summary.hours == 1 and summary.late_purged_hours == [NOW_HOUR - 6 * HOUR_MS]
+    high = query(
+        pgs.pg_dsn,
+        "SELECT high FROM metrics_hourly WHERE symbol = 'BTCUSDT' AND bucket = $1",
+        [datetime.fromtimestamp((NOW_HOUR - 2 * HOUR_MS) / 1000, UTC)],
+    )  # type: ignore[arg-type]
+    assert high["high"][0] == 1e9
+    with Staging(pgs.staging_path) as st:
+        assert st.count_between(NOW_HOUR - 6 * HOUR_MS, NOW_HOUR - 5 * HOUR_MS) == 1
+
+
+def test_latest_price_view_gives_the_newest_close(pgs: Settings) -> None:
+    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 3 * HOUR_MS, polls=2 * 720)
+    run_rollup(pgs)
+    with Staging(pgs.staging_path) as st:
+        last = st.read_window(NOW_HOUR - 2 * HOUR_MS, NOW_HOUR - HOUR_MS).sort("ts", "seq")
+    expected = (
+        last.group_by("symbol").agg(pl.col("price").last(), pl.col("ts").last()).sort("symbol")
+    )
+    view = query(pgs.pg_dsn, "SELECT symbol, price, at FROM latest_price ORDER BY symbol")  # type: ignore[arg-type]
+    assert view["symbol"].to_list() == expected["symbol"].to_list()
+    assert view["price"].to_list() == expected["price"].to_list()
+    assert [int(t.timestamp() * 1000) for t in view["at"]] == expected["ts"].to_list()
+
+
+def test_collector_rolls_up_closed_hours_in_a_child_process(pgs: Settings) -> None:
+    import io
+
+    from rich.console import Console
+
+    from etl.collector import Collector
+    from etl.console import CollectorView
+
+    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 3 * HOUR_MS, polls=2 * 720)
+    out = Console(file=io.StringIO(), width=200)
+    stats = Collector(pgs, rollup=True, view=CollectorView(live=False, out=out)).run(polls=10)
+    assert stats.rollups >= 1 and stats.polls_ok == 10
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "rollup started" in text
+    deadline = time.monotonic() + 60
+    while len(snapshot(pgs.pg_dsn)["runs"]) < 2:  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, (pgs.data_dir / "rollup.log").read_text()
+        time.sleep(0.5)
+    with Staging(pgs.staging_path) as st:
+        polled = st.read_window(NOW_HOUR, 2**62)
+    stamps = sorted(set(polled["ts"].to_list()))
+    assert len(stamps) == 10
+    assert max(ts % 200 for ts in stamps) < 150  # the rollup child did not delay the polls
+
+
+def test_no_rollup_starts_no_child(settings: Settings) -> None:
+    from etl.collector import Collector
+    from etl.console import CollectorView
+
+    stats = Collector(settings, rollup=False, view=CollectorView(live=False)).run(polls=2)
+    assert stats.rollups == 0
+    assert not (settings.data_dir / "rollup.log").exists()
