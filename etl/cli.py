@@ -197,6 +197,36 @@ def retention(
         console.print("nothing is past retention")
 
 
+@app.command()
+def status(
+    ctx: typer.Context,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """One screen for the whole pipeline: staging, exchange weight and ban, warehouse, gaps."""
+    import json
+
+    from etl.console import console
+    from etl.status import gather, render
+
+    report = gather(settings_of(ctx))
+    if json_output:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        console.print(render(report))
+
+
+@app.command("seed-demo")
+def seed_demo_command(
+    ctx: typer.Context,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Days of history.")] = 60,
+    force: Annotated[bool, typer.Option(help="Seed even if bars exist in the range.")] = False,
+) -> None:
+    """Generate realistic history offline into the configured warehouse, through the rollup."""
+    from etl.demo_history import seed_demo
+
+    seed_demo(settings_of(ctx), days=days, force=force)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line and an exit code for every expected failure."""
     argv = sys.argv[1:] if argv is None else argv

@@ -41,7 +41,7 @@ class Settings:
     weight_budget: float = 0.5
     # Extensions beyond DESIGN.md's table (documented in the README).
     sqlite_synchronous: str = "NORMAL"
-    rollup_chunk_hours: int = 4
+    rollup_chunk_hours: int = 24
     backfill_min_coverage: float = 0.9
     config_file: Path | None = None
 

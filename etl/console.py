@@ -16,9 +16,10 @@ from rich.text import Text
 
 MAX_LIVE_ROWS = 20
 
-# soft_wrap: a log line piped to a file stays one line, whatever the terminal width.
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped to a file or another program, tables get room instead of 80 columns of ellipses.
+_PIPE_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(highlight=False, width=_PIPE_WIDTH)
+err_console = Console(stderr=True, highlight=False, width=_PIPE_WIDTH)
 
 
 def stamp(epoch_s: float | None = None) -> str:
@@ -45,6 +46,11 @@ def age(seconds: float | None) -> str:
 
 def error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+
+
+def line(message: str) -> None:
+    """A log line: one line whatever the terminal width, so a piped log greps well."""
+    console.print(message, soft_wrap=True)
 
 
 def is_terminal() -> bool:

@@ -39,19 +39,30 @@ def _utc(col: str | pl.Expr) -> pl.Expr:
     return pl.from_epoch(expr, "ms").dt.replace_time_zone("UTC").cast(UTC_US)
 
 
-def hourly_bars(ticks: pl.DataFrame | pl.LazyFrame, source: str = "poll") -> pl.DataFrame:
+def hourly_bars(
+    ticks: pl.DataFrame | pl.LazyFrame, source: str = "poll", *, ordered: bool = False
+) -> pl.DataFrame:
     """One bar per symbol and UTC hour from ticks ``seq, symbol, ts (epoch ms), price``.
 
     Within a symbol, ticks are ordered by ``ts`` then ``seq`` (the staging rowid), so equal
     timestamps resolve deterministically: the first written is the earlier. ``max_gap_s`` is the
     longest stretch without a sample, counting from the hour's start and up to its end, so a
-    single sample at half past has a gap of 1800 s.
+    single sample at half past has a gap of 1800 s. ``max_seq`` is the bar's last staging row.
+
+    ``ordered=True`` promises the input is already ordered by ``ts, seq`` (as the staging reads
+    are): a stable sort by symbol then suffices, which is about twice as fast.
     """
+    # Group on the symbol's dictionary code, not the string: sorting and gathering 2 M integers
+    # is several times cheaper (in time and memory) than 2 M strings; the names come back from
+    # a small code -> symbol table after the aggregation.
+    frame = ticks.lazy().with_columns(code=pl.col("symbol").cast(pl.Categorical).to_physical())
+    names = frame.select("code", "symbol").unique("code")
+    frame = frame.select("code", "seq", "ts", "price")
+    frame = frame.sort("code", maintain_order=True) if ordered else frame.sort("code", "ts", "seq")
     bars = (
-        ticks.lazy()
-        .sort("symbol", "ts", "seq")
-        .with_columns(at=_utc("ts"))
-        .group_by_dynamic("at", every="1h", closed="left", label="left", group_by="symbol")
+        frame.group_by_dynamic(
+            "ts", every=f"{HOUR_MS}i", closed="left", label="left", group_by="code"
+        )
         .agg(
             open=pl.col("price").first(),
             high=pl.col("price").max(),
@@ -62,46 +73,40 @@ def hourly_bars(ticks: pl.DataFrame | pl.LazyFrame, source: str = "poll") -> pl.
             first_ts=pl.col("ts").first(),
             last_ts=pl.col("ts").last(),
             inner_gap=pl.col("ts").diff().max(),
+            max_seq=pl.col("seq").max(),
         )
-        .rename({"at": "bucket"})
+        .join(names, on="code")
     )
-    bucket_ms = pl.col("bucket").dt.epoch("ms")
     return (
         bars.with_columns(
+            bucket=_utc("ts"),
             first_at=_utc("first_ts"),
             last_at=_utc("last_ts"),
             max_gap_s=pl.max_horizontal(
-                pl.col("first_ts") - bucket_ms,
+                pl.col("first_ts") - pl.col("ts"),
                 pl.col("inner_gap"),
-                bucket_ms + HOUR_MS - pl.col("last_ts"),
+                pl.col("ts") + HOUR_MS - pl.col("last_ts"),
             ).cast(pl.Float64)
             / 1000,
             source=pl.lit(source),
         )
-        .select(list(BAR_SCHEMA))
-        .cast(BAR_SCHEMA)  # type: ignore[arg-type]
+        .select(*BAR_SCHEMA, "max_seq")
+        .cast({**BAR_SCHEMA, "max_seq": pl.Int64})  # type: ignore[arg-type]
         .collect()
     )
 
 
-def hour_ledger(ticks: pl.DataFrame, bars: pl.DataFrame, started_at: datetime) -> pl.DataFrame:
-    """The ``rollup_runs`` rows for the hours in ``ticks``: bars, symbols, ticks read, max seq."""
-    per_hour = ticks.group_by(hour=(pl.col("ts") // HOUR_MS) * HOUR_MS).agg(
-        ticks_read=pl.len().cast(pl.Int64), max_seq=pl.col("seq").max().cast(pl.Int64)
-    )
-    per_bar = bars.group_by(hour=pl.col("bucket").dt.epoch("ms")).agg(
-        rows=pl.len().cast(pl.Int32), symbols=pl.col("symbol").n_unique().cast(pl.Int32)
-    )
+def hour_ledger(bars: pl.DataFrame, started_at: datetime) -> pl.DataFrame:
+    """The ``rollup_runs`` rows for the hours in ``bars``: symbols, bars, ticks read, max seq."""
     return (
-        per_hour.join(per_bar, on="hour", how="left")
-        .select(
-            hour=_utc("hour"),
-            symbols=pl.col("symbols").fill_null(0),
-            rows=pl.col("rows").fill_null(0),
-            ticks_read="ticks_read",
-            max_seq="max_seq",
-            started_at=pl.lit(started_at, dtype=UTC_US),
+        bars.group_by(hour="bucket")
+        .agg(
+            symbols=pl.col("symbol").n_unique().cast(pl.Int32),
+            rows=pl.len().cast(pl.Int32),
+            ticks_read=pl.col("samples").sum().cast(pl.Int64),
+            max_seq=pl.col("max_seq").max(),
         )
+        .with_columns(started_at=pl.lit(started_at, dtype=UTC_US))
         .sort("hour")
     )
 

@@ -24,6 +24,8 @@ from etl.warehouse import Warehouse, open_warehouse
 
 # An hour is closed for the rollup this long after it ends (its last poll is committed by then).
 GRACE_MS = 10_000
+# Ticks per rollup chunk: about an hour of 3,000 symbols at 5 s; ~650 MiB peak for the process.
+CHUNK_TICKS = 2_500_000
 DAY_MS = 86_400_000
 CRASH_ENV = "ETL_CRASH_AT"  # test hook: SIGKILL ourselves at a named point
 
@@ -65,14 +67,18 @@ class RollupSummary:
 
 
 def pending_hours(
-    staging: Staging, wh: Warehouse, lo_ms: int | None, hi_ms: int, rerun: bool
+    staging: Staging,
+    wh: Warehouse,
+    staged: list[int],
+    lo_ms: int | None,
+    hi_ms: int,
+    rerun: bool,
 ) -> tuple[list[int], list[int]]:
     """Hours to roll up, and committed-and-purged hours that received late ticks.
 
     Not yet in the ledger (or every hour, with ``rerun``), plus ledger hours that gained ticks
     after they were read and whose ticks are all still staged.
     """
-    staged = staging.hours_with_ticks(lo_ms, hi_ms)
     if rerun:
         return staged, []
     ledger = wh.ledger()
@@ -100,8 +106,26 @@ def day_ranges(hours: Sequence[int]) -> list[tuple[int, int]]:
     return ranges
 
 
-def chunked(items: Sequence[int], size: int) -> list[Sequence[int]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def chunked(
+    hours: Sequence[int], sizes: dict[int, int], max_hours: int, max_ticks: int
+) -> list[list[int]]:
+    """Consecutive runs of ``hours`` holding at most ``max_hours`` hours and about ``max_ticks``
+    ticks (an hour bigger than that goes alone), so memory is bounded whatever the backlog.
+
+    >>> chunked([0, 1, 2, 3], {0: 5, 1: 5, 2: 20, 3: 1}, max_hours=3, max_ticks=10)
+    [[0, 1], [2], [3]]
+    """
+    chunks: list[list[int]] = []
+    ticks = 0
+    for hour in hours:
+        size = sizes.get(hour, 1)
+        if chunks and len(chunks[-1]) < max_hours and ticks + size <= max_ticks:
+            chunks[-1].append(hour)
+            ticks += size
+        else:
+            chunks.append([hour])
+            ticks = size
+    return chunks
 
 
 def run_rollup(
@@ -125,15 +149,15 @@ def run_rollup(
         open_warehouse(settings) as wh,
     ):
         wh.apply_schema()
-        with wh.run_lock(
-            lambda: console.console.print("another rollup is running; waiting for it")
-        ):
-            hours, late_purged = pending_hours(staging, wh, lo_ms, hi_ms, rerun)
+        with wh.run_lock(lambda: console.line("another rollup is running; waiting for it")):
+            sizes = staging.hour_sizes(lo_ms, hi_ms)
+            hours, late_purged = pending_hours(staging, wh, list(sizes), lo_ms, hi_ms, rerun)
             summary.late_purged_hours = late_purged
             summary.ancient_hours = sum(1 for h in hours if h < MIN_TS_MS)
             hours = [h for h in hours if MIN_TS_MS <= h <= MAX_TS_MS]
             summary.future_ticks = staging.count_between(closed + HOUR_MS, None)
-            _roll_hours(staging, wh, hours, settings.rollup_chunk_hours, summary)
+            groups = chunked(hours, sizes, settings.rollup_chunk_hours, CHUNK_TICKS)
+            _roll_hours(staging, wh, groups, summary)
             for first, last in day_ranges(hours):
                 summary.days += wh.refresh_daily(utc(first * DAY_MS), utc((last + 1) * DAY_MS))
             purge_before = utc(now_ms - int(settings.raw_retention_h * HOUR_MS))
@@ -154,52 +178,59 @@ def run_rollup(
 
 
 def _roll_hours(
-    staging: Staging, wh: Warehouse, hours: list[int], chunk: int, summary: RollupSummary
+    staging: Staging, wh: Warehouse, groups: list[list[int]], summary: RollupSummary
 ) -> None:
-    if not hours:
+    if not groups:
         return
-    with console.progress(len(hours), "rolling up hours") as bar:
-        for group in chunked(hours, chunk):
-            started_at = datetime.now(UTC)
-            ticks = staging.read_hours(group)
-            crash_point("after_read")
-            bars = hourly_bars(ticks)
-            runs = hour_ledger(ticks, bars, started_at)
-            summary.bars += wh.write_bars(
-                bars, runs, before_commit=lambda: crash_point("before_commit")
-            )
-            crash_point("after_commit")
-            summary.hours += len(group)
-            summary.ticks += ticks.height
+    with console.progress(sum(map(len, groups)), "rolling up hours") as bar:
+        for group in groups:
+            ticks, bars = _roll_chunk(staging, wh, group, summary)
             bar.advance(bar.task_ids[0], len(group))
-            bar.update(bar.task_ids[0], note=f"{console.iso(group[-1])}")
+            bar.update(bar.task_ids[0], note=console.iso(group[-1]))
             if bar.disable:
-                console.console.print(
+                console.line(
                     f"{console.stamp()} rolled up {len(group)} hour(s) up to "
-                    f"{console.iso(group[-1])}: {ticks.height} ticks, {bars.height} bars"
+                    f"{console.iso(group[-1])}: {ticks} ticks, {bars} bars"
                 )
 
 
+def _roll_chunk(
+    staging: Staging, wh: Warehouse, group: Sequence[int], summary: RollupSummary
+) -> tuple[int, int]:
+    """Read, compute and commit one chunk of hours. Its frames die when this returns, before the
+    next chunk is read: holding two chunks at once fragments the heap and memory creeps up."""
+    started_at = datetime.now(UTC)
+    ticks = staging.read_hours(group)
+    crash_point("after_read")
+    bars = hourly_bars(ticks, ordered=True)  # staging reads come ordered by ts, seq
+    runs = hour_ledger(bars, started_at)
+    summary.bars += wh.write_bars(bars, runs, before_commit=lambda: crash_point("before_commit"))
+    crash_point("after_commit")
+    summary.hours += len(group)
+    summary.ticks += ticks.height
+    return ticks.height, bars.height
+
+
 def _report(summary: RollupSummary) -> None:
-    out = console.console
-    out.print(console.table("rollup", ("what", "value"), summary.rows()))
+    out = console
+    console.console.print(console.table("rollup", ("what", "value"), summary.rows()))
     for name in summary.kept:
-        out.print(
+        out.line(
             f"[yellow]warning:[/] hourly partition {name} is past retention but some of its days "
             "are missing from metrics_daily: kept"
         )
     if summary.future_ticks:
-        out.print(
+        out.line(
             f"[yellow]warning:[/] {summary.future_ticks} staged tick(s) are stamped in the future "
             "(clock skew or a bad writer): set aside until their hour closes"
         )
     if summary.ancient_hours:
-        out.print(
+        out.line(
             f"[yellow]warning:[/] {summary.ancient_hours} staged hour(s) before 1970 set aside: "
             "their ts is not epoch milliseconds"
         )
     for hour in summary.late_purged_hours:
-        out.print(
+        out.line(
             f"[yellow]warning:[/] ticks arrived for {console.iso(hour)} after it was committed "
             "and purged; they stay staged and are not rolled up"
         )

@@ -227,20 +227,33 @@ class Staging:
         return int(self._scalar("SELECT count(*) FROM ticks WHERE ts >= ? AND ts < ?", (lo, hi)))
 
     def hours_with_ticks(self, lo_ms: int | None = None, hi_ms: int | None = None) -> list[int]:
-        """Start (epoch ms) of every hour in ``[lo_ms, hi_ms)`` that has at least one tick.
+        """Start (epoch ms) of every hour in ``[lo_ms, hi_ms)`` that has at least one tick."""
+        return list(self.hour_sizes(lo_ms, hi_ms))
 
-        One index seek per hour found, whatever the number of rows.
+    def hour_sizes(self, lo_ms: int | None = None, hi_ms: int | None = None) -> dict[int, int]:
+        """Every hour in ``[lo_ms, hi_ms)`` with ticks, and about how many ticks it holds.
+
+        One index seek per hour found, whatever the number of rows. The size is the distance
+        between the first rows of consecutive hours: exact for a collector writing in time
+        order, an estimate otherwise (it only sizes rollup chunks).
         """
-        hours: list[int] = []
+        firsts: list[tuple[int, int]] = []
         cursor = lo_ms if lo_ms is not None else -(2**62)
         upper = hi_ms if hi_ms is not None else 2**62
         while True:
-            ts = self._scalar("SELECT min(ts) FROM ticks WHERE ts >= ? AND ts < ?", (cursor, upper))
-            if ts is None:
-                return hours
-            hour = hour_floor(ts)
-            hours.append(hour)
+            with self._cursor() as cur:
+                cur.execute(
+                    "SELECT ts, rowid FROM ticks WHERE ts >= ? AND ts < ? ORDER BY ts LIMIT 1",
+                    (cursor, upper),
+                )
+                row = cur.fetchone()
+            if row is None:
+                break
+            hour = hour_floor(int(row[0]))
+            firsts.append((hour, int(row[1])))
             cursor = hour + HOUR_MS
+        ends = [seq for _, seq in firsts[1:]] + [self.max_seq() + 1]
+        return {hour: max(1, abs(end - seq)) for (hour, seq), end in zip(firsts, ends, strict=True)}
 
     def hours_with_ticks_after(self, seq: int, hi_ms: int) -> set[int]:
         """Hours before ``hi_ms`` holding ticks written after row ``seq`` (late arrivals)."""
@@ -261,11 +274,12 @@ class Staging:
     def last_tick(self) -> int | None:
         return self._scalar("SELECT max(ts) FROM ticks")
 
-    def last_ticks(self, since_ms: int) -> dict[str, int]:
-        """Newest ``ts`` per symbol among ticks at or after ``since_ms``."""
+    def last_ticks(self, since_ms: int, until_ms: int = 2**62) -> dict[str, int]:
+        """Newest ``ts`` per symbol among ticks in ``[since_ms, until_ms]``."""
         with self._cursor() as cur:
             cur.execute(
-                "SELECT symbol, max(ts) FROM ticks WHERE ts >= ? GROUP BY symbol", (since_ms,)
+                "SELECT symbol, max(ts) FROM ticks WHERE ts >= ? AND ts <= ? GROUP BY symbol",
+                (since_ms, until_ms),
             )
             return {str(s): int(t) for s, t in cur.fetchall()}
 

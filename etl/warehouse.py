@@ -122,7 +122,8 @@ class Warehouse:
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         """A read as a Polars frame; the transaction is ended at once."""
         try:
-            return pl.read_database(sql, self.conn, execute_options={"parameters": params or []})
+            options = {"parameters": list(params)} if params else None
+            return pl.read_database(sql, self.conn, execute_options=options)
         finally:
             self.conn.rollback()
 

@@ -33,6 +33,7 @@ def hourly_reference(ticks: Iterable[tuple[int, str, int, float]]) -> dict[tuple
             "first_at": stamps[0],
             "last_at": stamps[-1],
             "max_gap_s": max(gaps) / 1000,
+            "max_seq": max(seq for _, seq, _ in rows),
         }
     return bars
 

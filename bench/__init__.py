@@ -1,0 +1,1 @@
+"""Benchmarks (`just bench`): figures and ratios against baselines measured in the same run."""

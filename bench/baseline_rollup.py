@@ -1,0 +1,67 @@
+"""The rollup as it is usually written, for comparison: pandas ``resample().ohlc()`` + psycopg
+``executemany``. Runs in its own process (stdlib sqlite3 and ADBC must not share a file in one
+process). Usage: ``python -m bench.baseline_rollup SQLITE_PATH PG_URI LO_MS HI_MS RUNS``; prints
+the seconds of each run as JSON."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+
+import pandas as pd
+import psycopg
+
+DDL = """
+CREATE TABLE IF NOT EXISTS baseline_hourly (
+    symbol text, bucket timestamptz, open double precision, high double precision,
+    low double precision, close double precision, mean double precision, samples int,
+    PRIMARY KEY (symbol, bucket))
+"""
+UPSERT = """
+INSERT INTO baseline_hourly VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (symbol, bucket) DO UPDATE SET open = excluded.open, high = excluded.high,
+    low = excluded.low, close = excluded.close, mean = excluded.mean, samples = excluded.samples
+"""
+
+
+def once(sqlite_path: str, uri: str, lo: int, hi: int) -> float:
+    started = time.perf_counter()
+    with sqlite3.connect(sqlite_path) as src:
+        df = pd.read_sql(
+            "SELECT rowid AS seq, symbol, ts, price FROM ticks WHERE ts >= ? AND ts < ?",
+            src,
+            params=(lo, hi),
+        )
+    df["at"] = pd.to_datetime(df["ts"], unit="ms", utc=True)
+    df = df.sort_values(["symbol", "ts", "seq"]).set_index("at")
+    grouped = df.groupby("symbol").resample("1h")["price"]
+    bars = grouped.ohlc()
+    bars["mean"] = grouped.mean()
+    bars["samples"] = grouped.count()
+    bars = bars.dropna().reset_index()
+    rows = [
+        (r.symbol, r.at.to_pydatetime(), r.open, r.high, r.low, r.close, r.mean, int(r.samples))
+        for r in bars.itertuples(index=False)
+    ]
+    with psycopg.connect(uri) as conn, conn.cursor() as cur:
+        cur.execute(DDL)
+        cur.executemany(UPSERT, rows)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    sqlite_path, uri, lo, hi, runs = sys.argv[1:6]
+    with psycopg.connect(uri) as conn:
+        conn.execute(DDL)
+    times = []
+    for _ in range(int(runs)):
+        with psycopg.connect(uri) as conn:
+            conn.execute("TRUNCATE baseline_hourly")
+        times.append(once(sqlite_path, uri, int(lo), int(hi)))
+    print(json.dumps(times))
+
+
+if __name__ == "__main__":
+    main()

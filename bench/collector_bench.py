@@ -1,0 +1,113 @@
+"""Part 1: the collector's hot path against the fake exchange serving 3,000 symbols.
+
+- per poll: request + parse + validate + append (one SQLite transaction), median of N polls;
+  baseline: ``requests`` + ``resp.json()`` + a list of tuples + stdlib ``sqlite3.executemany``.
+- append: 3,000-tick polls appended back to back; baseline: stdlib ``sqlite3.executemany`` into
+  the same schema (WAL, synchronous=NORMAL, index on ts), one transaction per poll.
+Ours and the baseline alternate, so the machine's noise falls on both.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from bench.common import exchange_process, median_ms, row
+from etl.binance import BinanceClient
+from etl.staging import Staging
+
+SYMBOLS = 3000
+
+
+def _stdlib_store(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(
+        "CREATE TABLE ticks (symbol TEXT NOT NULL, ts INTEGER NOT NULL, price REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX ticks_ts ON ticks (ts)")
+    return conn
+
+
+def run(polls: int = 60, appends: int = 300) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="etl-bench-collector-"))
+    results: dict[str, float] = {}
+    with exchange_process(SYMBOLS) as url:
+        client = BinanceClient(url)
+        symbols = sorted(client.exchange_info().statuses)
+        wanted = set(symbols)
+        staging = Staging(work / "ours.sqlite3")
+        base = _stdlib_store(work / "baseline.sqlite3")
+        session = requests.Session()
+
+        def ours_poll() -> float:
+            started = time.perf_counter()
+            poll = client.prices(symbols)
+            staging.append(poll.symbols, poll.prices, poll.received_ms)
+            return time.perf_counter() - started
+
+        def baseline_poll() -> float:
+            started = time.perf_counter()
+            data = session.get(url + "/api/v3/ticker/price", timeout=5).json()
+            ts = int(time.time() * 1000)
+            rows = [(d["symbol"], ts, float(d["price"])) for d in data if d["symbol"] in wanted]
+            base.execute("BEGIN")
+            base.executemany("INSERT INTO ticks VALUES (?, ?, ?)", rows)
+            base.execute("COMMIT")
+            return time.perf_counter() - started
+
+        for _ in range(3):  # warm up connections and caches
+            ours_poll(), baseline_poll()
+        ours, baseline = [], []
+        for _ in range(polls):
+            ours.append(ours_poll())
+            baseline.append(baseline_poll())
+        results["poll_ms"] = median_ms(ours)
+        results["poll_ms_baseline"] = median_ms(baseline)
+
+        prices = [100.0 + i / 7 for i in range(SYMBOLS)]
+        t0 = int(time.time() * 1000) + 10_000_000
+        ours, baseline = [], []
+        for k in range(appends):
+            ts = t0 + k * 5000
+            started = time.perf_counter()
+            staging.append(symbols, prices, ts)
+            ours.append(time.perf_counter() - started)
+            rows = list(zip(symbols, [ts] * SYMBOLS, prices, strict=True))
+            started = time.perf_counter()
+            base.execute("BEGIN")
+            base.executemany("INSERT INTO ticks VALUES (?, ?, ?)", rows)
+            base.execute("COMMIT")
+            baseline.append(time.perf_counter() - started)
+        results["append_tps"] = SYMBOLS / (median_ms(ours) / 1000)
+        results["append_tps_baseline"] = SYMBOLS / (median_ms(baseline) / 1000)
+        client.close()
+        staging.close()
+        base.close()
+    return results
+
+
+def report(r: dict[str, float]) -> list[str]:
+    return [
+        "part 1: collector, 3,000 symbols per poll (fake exchange in its own process)",
+        row("", "ours", "baseline", "ratio"),
+        row(
+            "median per poll (request+parse+validate+append)",
+            f"{r['poll_ms']:.1f} ms",
+            f"{r['poll_ms_baseline']:.1f} ms",
+            f"{r['poll_ms_baseline'] / r['poll_ms']:.2f}x",
+        ),
+        row(
+            "append throughput (median of 3,000-tick polls)",
+            f"{r['append_tps'] / 1e6:.2f} M ticks/s",
+            f"{r['append_tps_baseline'] / 1e6:.2f} M ticks/s",
+            f"{r['append_tps'] / r['append_tps_baseline']:.2f}x",
+        ),
+        f"  targets: <= 30 ms per poll: {'met' if r['poll_ms'] <= 30 else 'MISSED'}; "
+        f">= 1 M ticks/s: {'met' if r['append_tps'] >= 1e6 else 'MISSED'}",
+    ]
