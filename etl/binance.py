@@ -152,12 +152,14 @@ class WeightGovernor:
         if self.clock() < self.banned_until:
             raise RateLimited(self.banned_until, self.ban_status)
 
-    def acquire(self, weight: int, deadline: float | None = None) -> None:
+    def acquire(self, weight: int, deadline: float | None = None, reserve: int = 0) -> None:
         """Reserve ``weight`` in this minute, waiting for the next minute if needed.
 
-        Raises :class:`RateLimited` during a ban and :class:`WeightBudgetExhausted` if the wait
-        would pass ``deadline``.
+        ``reserve`` is weight this caller must leave for others (a background backfill leaves
+        the poller its share). Raises :class:`RateLimited` during a ban and
+        :class:`WeightBudgetExhausted` if the wait would pass ``deadline``.
         """
+        reserve = min(reserve, max(0, self.allowed - weight))
         if weight > self.allowed:
             raise WeightBudgetExhausted(math.inf)
         while True:
@@ -165,7 +167,7 @@ class WeightGovernor:
                 now = self.clock()
                 self.check_ban()
                 self._roll(now)
-                if self.used + weight <= self.allowed:
+                if self.used + weight <= self.allowed - reserve:
                     self.used += weight
                     self.peak_used = max(self.peak_used, self.used)
                     return
@@ -324,10 +326,13 @@ class BinanceClient:
         connect_timeout: float = 3.0,
         read_timeout: float = 5.0,
         max_backoff: float = 4.0,
+        reserve: int = 0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Any] = time.sleep,
     ) -> None:
+        """``reserve``: weight per minute this client leaves to others sharing the governor."""
         self.base_url = base_url.rstrip("/")
+        self.reserve = reserve
         self.governor = governor or WeightGovernor(clock=clock, sleep=sleep)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -351,7 +356,7 @@ class BinanceClient:
     def _send(
         self, path: str, params: dict[str, Any] | None, weight: int, deadline: float | None
     ) -> Any:
-        self.governor.acquire(weight, deadline)
+        self.governor.acquire(weight, deadline, self.reserve)
         read_timeout = self.read_timeout
         if deadline is not None:
             left = deadline - self.clock()

@@ -215,6 +215,63 @@ def status(
         console.print(render(report))
 
 
+@app.command()
+def backfill(
+    ctx: typer.Context,
+    since: Annotated[str | None, typer.Option(help="First hour (default: 7 days ago).")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="End (exclusive; default: last closed hour).")
+    ] = None,
+    symbols: Annotated[str | None, typer.Option(help="Comma list (default: configured).")] = None,
+) -> None:
+    """Fill hours without a bar (or with thin coverage) from 1m klines (source = 'kline')."""
+    from etl.backfill import run_backfill
+    from etl.config import load_settings as _load
+
+    settings = settings_of(ctx)
+    chosen = _load({"symbols": symbols}, env={}).symbols if symbols else None
+    run_backfill(
+        settings,
+        since_ms=parse_time(since, "since"),
+        until_ms=parse_time(until, "until"),
+        symbols=chosen,
+    )
+
+
+@app.command()
+def reconcile(
+    ctx: typer.Context,
+    hours: Annotated[int, typer.Option(min=1, max=1000, help="Closed hours to compare.")] = 24,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Compare recent poll bars with the exchange's 1h candles (deviations in basis points)."""
+    import json
+
+    from etl.console import console, table
+    from etl.reconcile import run_reconcile, summarize
+
+    result = run_reconcile(settings_of(ctx), hours=hours)
+    if json_output:
+        print(json.dumps(result.to_dicts(), indent=2, default=str))
+        return
+    if result.is_empty():
+        console.print(f"no poll bars to compare in the last {hours} hour(s)")
+        return
+    per_symbol = summarize(result)
+    per_symbol = per_symbol.rename(
+        {
+            c: c.replace("_mean_abs_bps", " avg").replace("_max_abs_bps", " max")
+            for c in per_symbol.columns
+        }
+    )
+    rows = [[f"{v:.2f}" if isinstance(v, float) else v for v in row] for row in per_symbol.rows()]
+    console.print(
+        table(
+            f"poll bars vs 1h klines, last {hours} h (|deviation| in bps)", per_symbol.columns, rows
+        )
+    )
+
+
 @app.command("seed-demo")
 def seed_demo_command(
     ctx: typer.Context,
@@ -248,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, click.exceptions.Abort):
         error("interrupted")
         sys.exit(130)
-    except Exception as exc:
+    except Exception as exc:  # the last line of defence: one line, no traceback unless asked
         if debug:
             traceback.print_exc()
         error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")

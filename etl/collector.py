@@ -197,6 +197,7 @@ class Collector:
         settings: Settings,
         *,
         rollup: bool = True,
+        backfill: bool = False,
         view: CollectorView | None = None,
         clock: Callable[[], float] = time.time,
         stop: threading.Event | None = None,
@@ -206,6 +207,7 @@ class Collector:
         self.settings = settings
         self.symbols = list(settings.symbols)
         self.rollup = rollup
+        self.backfill = backfill
         self.view = view or CollectorView()
         self.clock = clock
         self.stop = stop or threading.Event()
@@ -238,7 +240,9 @@ class Collector:
                 f"collecting {len(self.symbols)} symbol(s) every {interval:g} s from "
                 f"{self.settings.binance_url} into {self.settings.staging_path}"
             )
-            self._report_gap(staging)
+            gap_since = self._report_gap(staging)
+            backfill_stop = threading.Event()
+            backfiller: threading.Thread | None = None
             validated = False
             slot = math.floor(self.clock() / interval) + 1
             try:
@@ -253,6 +257,8 @@ class Collector:
                         validated = self._validate(deadline)
                     if validated:
                         self._poll(deadline)
+                        if self.backfill and gap_since is not None and backfiller is None:
+                            backfiller = self._start_backfill(gap_since, backfill_stop)
                     self._refresh()
                     if launcher is not None and validated:
                         launcher.tick()
@@ -262,6 +268,9 @@ class Collector:
                     self.stats.polls_missed += max(0, next_slot - slot - 1)  # slots we overran
                     slot = next_slot
             finally:
+                backfill_stop.set()
+                if backfiller is not None:
+                    backfiller.join(timeout=30)
                 self.client.close()
                 if launcher is not None:
                     self.stats.rollups = launcher.launched
@@ -270,17 +279,44 @@ class Collector:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _report_gap(self, staging: Staging) -> None:
+    def _report_gap(self, staging: Staging) -> int | None:
+        """Say how long the collector was away, and how to fill the hole; the gap's first hour."""
         last = staging.last_tick()
         if last is None:
-            return
+            return None
         gap_s = self.clock() - last / 1000
-        if gap_s > max(3 * self.settings.interval_s, 60):
-            self.view.event(
-                f"no ticks staged since {iso(last)} ({age(gap_s)} ago): "
-                f"`etl backfill --since {iso(hour_floor(last))}` fills the gap from klines",
-                "yellow",
+        if gap_s <= max(3 * self.settings.interval_s, 60):
+            return None
+        hint = (
+            "filling it in the background"
+            if self.backfill
+            else (
+                f"`etl backfill --since {iso(hour_floor(last))}` (or `etl collect --backfill`) fills it"
             )
+        )
+        self.view.event(f"no ticks staged since {iso(last)} ({age(gap_s)} ago): {hint}", "yellow")
+        return hour_floor(last)
+
+    def _start_backfill(self, since_ms: int, stop: threading.Event) -> threading.Thread:
+        """Backfill the gap in a thread sharing this collector's weight governor: it leaves the
+        polls their share of the budget and waits out the same bans."""
+        from etl.backfill import run_backfill
+
+        def work() -> None:
+            try:
+                run_backfill(
+                    self.settings,
+                    since_ms=since_ms,
+                    governor=self.client.governor,
+                    stop=stop,
+                    report=self.view.event,
+                )
+            except Exception as exc:  # the poller goes on, whatever the backfill does
+                self.view.event(f"backfill failed: {exc}", "yellow")
+
+        thread = threading.Thread(target=work, name="backfill", daemon=True)
+        thread.start()
+        return thread
 
     def _validate(self, deadline: float) -> bool:
         began = self.clock()
@@ -309,7 +345,7 @@ class Collector:
         state = {WEIGHT_KEY: {**self.client.governor.snapshot(), "at": poll.received_ms}}
         try:
             self.staging.append(poll.symbols, poll.prices, poll.received_ms, state=state)
-        except Exception as exc:
+        except Exception as exc:  # a failed write (disk full, …) is a missed poll, not a crash
             self._missed(exc, began)
             return
         self.metrics.update(poll.symbols, poll.prices, poll.received_ms)

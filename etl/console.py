@@ -116,8 +116,9 @@ class CollectorView:
         self._live.update(Group(head, body, *extra), refresh=True)
 
 
-def progress(total: int, description: str) -> Progress:
-    """A progress bar over ``total`` items; a no-op display when stdout is not a terminal."""
+def progress(total: int, description: str, *, show: bool = True) -> Progress:
+    """A progress bar over ``total`` items; a no-op display when stdout is not a terminal (or
+    ``show`` is false, e.g. a job running under the collector's live table)."""
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -125,7 +126,7 @@ def progress(total: int, description: str) -> Progress:
         TimeElapsedColumn(),
         TextColumn("{task.fields[note]}"),
         console=console,
-        disable=not is_terminal(),
+        disable=not (show and is_terminal()),
         transient=False,
     )
     bar.add_task(description, total=total, note="")

@@ -82,6 +82,7 @@ class Fault:
 
     kind: str
     path: str = "/api/v3/ticker/price"
+    skip: int = 0  # matching requests served normally before the fault starts
     status: int = 503
     retry_after: float | None = None
     delay: float = 6.0
@@ -348,7 +349,10 @@ class FakeExchange:
                 st.retry_until = (minute + 1) * 60
                 return self._rate_error(429, st.retry_until - now)
             fault = next((f for f in st.faults if path.startswith(f.path)), None)
-            if fault is not None:
+            if fault is not None and fault.skip > 0:
+                fault.skip -= 1
+                fault = None
+            elif fault is not None:
                 fault.times -= 1
                 if fault.times <= 0:
                     st.faults.remove(fault)

@@ -252,6 +252,8 @@ class Staging:
             hour = hour_floor(int(row[0]))
             firsts.append((hour, int(row[1])))
             cursor = hour + HOUR_MS
+        if not firsts:
+            return {}
         ends = [seq for _, seq in firsts[1:]] + [self.max_seq() + 1]
         return {hour: max(1, abs(end - seq)) for (hour, seq), end in zip(firsts, ends, strict=True)}
 

@@ -152,37 +152,75 @@ class Warehouse:
         bars: pl.DataFrame,
         runs: pl.DataFrame | None = None,
         *,
-        where: str = "",
         before_commit: Callable[[], None] | None = None,
     ) -> int:
-        """Upsert hourly bars (and their ``rollup_runs`` rows) in one transaction.
+        """Upsert hourly bars and their ``rollup_runs`` rows in one transaction.
 
         Partitions for every month in ``bars`` are created first, in the same transaction.
-        ``where`` narrows which existing bars may be replaced (e.g. backfill never replaces a
-        complete ``poll`` bar). Returns the number of bars inserted or changed.
+        Returns the number of bars inserted or changed.
         """
         if bars.is_empty() and (runs is None or runs.is_empty()):
             return 0
         with self.transaction() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock($1)", parameters=[WRITE_LOCK])
-            cur.fetchall()
-            cur.execute("SET LOCAL lock_timeout = '60s'")
-            cur.adbc_ingest(
-                "etl_stage_hourly",
-                bars.select(HOURLY_COLUMNS).to_arrow(),
-                mode="replace",
-                temporary=True,
-            )
-            cur.execute(_ENSURE_STAGED_PARTITIONS)
-            cur.fetchall()
-            cur.execute(_upsert_hourly(where))
-            written = max(cur.rowcount, 0)
+            written = self._upsert_bars(cur, bars)
             if runs is not None and not runs.is_empty():
                 cur.adbc_ingest("etl_stage_runs", runs.to_arrow(), mode="replace", temporary=True)
                 cur.execute(_UPSERT_RUNS)
             if before_commit is not None:
                 before_commit()
         return written
+
+    def write_kline_bars(self, bars: pl.DataFrame, fetched: pl.DataFrame, full_samples: int) -> int:
+        """Upsert backfilled bars and their ``backfill_log`` rows in one transaction.
+
+        A ``poll`` bar with at least ``full_samples`` samples is never replaced.
+        """
+        with self.transaction() as cur:
+            written = self._upsert_bars(
+                cur, bars, f"AND NOT (m.source = 'poll' AND m.samples >= {int(full_samples)})"
+            )
+            cur.adbc_ingest("etl_stage_fetched", fetched.to_arrow(), mode="replace", temporary=True)
+            cur.execute(
+                "INSERT INTO backfill_log (symbol, hour, minutes, written) "
+                "SELECT f.symbol, f.hour, f.minutes, NOT EXISTS ("
+                "  SELECT 1 FROM metrics_hourly m WHERE m.symbol = f.symbol AND m.bucket = f.hour"
+                "  AND m.source = 'poll') FROM etl_stage_fetched f "
+                "ON CONFLICT (symbol, hour) DO UPDATE SET minutes = excluded.minutes, "
+                "written = excluded.written, fetched_at = now()"
+            )
+        return written
+
+    def write_reconciliation(self, frame: pl.DataFrame) -> None:
+        if frame.is_empty():
+            return
+        cols = ("symbol", "bucket", "open_bps", "high_bps", "low_bps", "close_bps", "poll_samples")
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
+        with self.transaction() as cur:
+            cur.adbc_ingest(
+                "etl_stage_recon", frame.select(cols).to_arrow(), mode="replace", temporary=True
+            )
+            cur.execute(
+                f"INSERT INTO reconciliation ({', '.join(cols)}) SELECT {', '.join(cols)} "
+                f"FROM etl_stage_recon ON CONFLICT (symbol, bucket) DO UPDATE SET {updates}, "
+                "checked_at = now()"
+            )
+
+    def _upsert_bars(self, cur: pg.Cursor, bars: pl.DataFrame, where: str = "") -> int:
+        cur.execute("SELECT pg_advisory_xact_lock($1)", parameters=[WRITE_LOCK])
+        cur.fetchall()
+        cur.execute("SET LOCAL lock_timeout = '60s'")
+        if bars.is_empty():
+            return 0
+        cur.adbc_ingest(
+            "etl_stage_hourly",
+            bars.select(HOURLY_COLUMNS).to_arrow(),
+            mode="replace",
+            temporary=True,
+        )
+        cur.execute(_ENSURE_STAGED_PARTITIONS)
+        cur.fetchall()
+        cur.execute(_upsert_hourly(where))
+        return max(cur.rowcount, 0)
 
     def ledger(self) -> pl.DataFrame:
         """``rollup_runs`` as ``hour_ms, max_seq, purged``."""
@@ -253,8 +291,3 @@ def open_warehouse(settings: Settings) -> Iterator[Warehouse]:
             yield wh
         finally:
             wh.close()
-
-
-def check_dsn(dsn: str) -> None:
-    if not dsn.startswith(("postgresql://", "postgres://")) and "=" not in dsn:
-        raise ConfigError(f"bad PostgreSQL DSN {mask_dsn(dsn)}: use postgresql://user@host/db")

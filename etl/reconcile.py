@@ -1,0 +1,120 @@
+"""``etl reconcile``: compare recent ``poll`` bars with the exchange's own 1h candles.
+
+Per symbol and hour, the deviation of open, high, low and close in basis points of the
+exchange's value. A poll bar samples the price every few seconds, so its high and low lie inside
+the candle's and its open and close are the first and last samples: small deviations are the
+expected cost of sampling; large ones point at a stale symbol, a clock problem or bad data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import polars as pl
+
+from etl.backfill import parse_klines
+from etl.binance import BinanceClient, ExchangeUnavailable, RateLimited, WeightGovernor
+from etl.config import Settings
+from etl.errors import DependencyError
+from etl.rollup_job import GRACE_MS
+from etl.staging import HOUR_MS, Staging, hour_floor
+from etl.warehouse import open_warehouse
+
+
+def deviations(poll: pl.DataFrame, klines: pl.DataFrame) -> pl.DataFrame:
+    """Join poll bars with hourly candles (``symbol, bucket, k_open, k_high, k_low, k_close``)
+    and give each field's deviation in basis points.
+
+    >>> poll = pl.DataFrame({"symbol": ["A"], "bucket": [0], "open": [101.0], "high": [102.0],
+    ...                      "low": [99.0], "close": [100.0], "samples": [720]})
+    >>> k = pl.DataFrame({"symbol": ["A"], "bucket": [0], "k_open": [100.0], "k_high": [104.0],
+    ...                   "k_low": [98.0], "k_close": [100.0]})
+    >>> deviations(poll, k).select("open_bps", "close_bps").row(0)
+    (100.0, 0.0)
+    """
+    bps = lambda field: (pl.col(field) - pl.col(f"k_{field}")) / pl.col(f"k_{field}") * 1e4  # noqa: E731
+    return (
+        poll.join(klines, on=["symbol", "bucket"], how="inner")
+        .select(
+            "symbol",
+            "bucket",
+            open_bps=bps("open"),
+            high_bps=bps("high"),
+            low_bps=bps("low"),
+            close_bps=bps("close"),
+            poll_samples=pl.col("samples").cast(pl.Int32),
+        )
+        .sort("symbol", "bucket")
+    )
+
+
+def summarize(frame: pl.DataFrame) -> pl.DataFrame:
+    """Per symbol: hours compared, mean and worst absolute deviation of each field (bps)."""
+    fields = ("open", "high", "low", "close")
+    return (
+        frame.group_by("symbol")
+        .agg(
+            pl.len().alias("hours"),
+            *[pl.col(f"{f}_bps").abs().mean().alias(f"{f}_mean_abs_bps") for f in fields],
+            *[pl.col(f"{f}_bps").abs().max().alias(f"{f}_max_abs_bps") for f in fields],
+        )
+        .sort("symbol")
+    )
+
+
+def run_reconcile(
+    settings: Settings, *, hours: int = 24, now: Callable[[], float] = time.time
+) -> pl.DataFrame:
+    """Compare the last ``hours`` closed hours; store and return the per-hour deviations."""
+    hi = hour_floor(int(now() * 1000) - GRACE_MS)
+    lo = hi - hours * HOUR_MS
+    with (
+        Staging(settings.staging_path, synchronous=settings.sqlite_synchronous) as staging,
+        BinanceClient(
+            settings.binance_url, governor=WeightGovernor(settings.weight_budget, store=staging)
+        ) as client,
+        open_warehouse(settings) as wh,
+    ):
+        wh.apply_schema()
+        poll = wh.query(
+            "SELECT symbol, bucket, open, high, low, close, samples FROM metrics_hourly "
+            "WHERE source = 'poll' AND bucket >= $1 AND bucket < $2 "
+            "AND symbol = ANY(string_to_array($3, ',')) ORDER BY symbol, bucket",
+            [
+                datetime.fromtimestamp(lo / 1000, UTC),
+                datetime.fromtimestamp(hi / 1000, UTC),
+                ",".join(settings.symbols),
+            ],
+        )
+        candles = []
+        try:
+            for symbol in poll["symbol"].unique(maintain_order=True).to_list():
+                rows = client.klines(symbol, "1h", lo, hi - 1, limit=min(1000, hours))
+                candles.append(parse_klines(rows).with_columns(symbol=pl.lit(symbol)))
+        except (ExchangeUnavailable, RateLimited) as exc:
+            raise DependencyError(
+                f"exchange unavailable for reconcile ({exc}): try again later"
+            ) from None
+        klines = (
+            pl.concat(candles).select(
+                "symbol",
+                bucket=pl.from_epoch("open_ms", "ms")
+                .dt.replace_time_zone("UTC")
+                .cast(pl.Datetime("us", "UTC")),
+                k_open="open",
+                k_high="high",
+                k_low="low",
+                k_close="close",
+            )
+            if candles
+            else pl.DataFrame()
+        )
+        result = (
+            deviations(poll.with_columns(pl.col("bucket").cast(pl.Datetime("us", "UTC"))), klines)
+            if candles
+            else pl.DataFrame()
+        )
+        wh.write_reconciliation(result)
+    return result
