@@ -223,7 +223,7 @@ class Backfill:
             },
             schema={"symbol": pl.String, "hour": pl.Datetime("us", "UTC"), "minutes": pl.Int32},
         )
-        self.summary.bars += wh.write_kline_bars(bars, fetched, self.full_samples)
+        self.summary.bars += wh.write_kline_bars(bars, fetched, self.full_samples).bars
         self.summary.hours += len(hours)
 
 

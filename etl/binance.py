@@ -175,7 +175,8 @@ class WeightGovernor:
                 free_at = (self._window + 1) * 60 + 0.25
             if deadline is not None and free_at > deadline:
                 raise WeightBudgetExhausted(free_at)
-            self.sleep(max(0.0, free_at - now))
+            if self.sleep(max(0.0, free_at - now)):  # an Event's wait: True once stopped
+                raise WeightBudgetExhausted(free_at)
 
     def observe(self, headers: Any) -> None:
         value = headers.get(WEIGHT_HEADER)

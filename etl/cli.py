@@ -13,7 +13,6 @@ import traceback
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import click
 import typer
 
 from etl.config import Settings, load_settings
@@ -103,11 +102,18 @@ def collect(
     no_rollup: Annotated[
         bool, typer.Option("--no-rollup", help="Do not roll up closed hours.")
     ] = False,
+    backfill: Annotated[
+        bool,
+        typer.Option(
+            "--backfill", help="Fill the gap since the last tick from klines, in the background."
+        ),
+    ] = False,
 ) -> None:
     """Poll the exchange into the SQLite staging store until stopped (Ctrl-C / SIGTERM)."""
     from etl.collector import Collector
 
-    Collector(settings_of(ctx), rollup=not no_rollup).run(polls=polls, duration=duration)
+    collector = Collector(settings_of(ctx), rollup=not no_rollup, backfill=backfill)
+    collector.run(polls=polls, duration=duration)
 
 
 @app.command()
@@ -189,9 +195,11 @@ def retention(
     title = f"hourly partitions past {settings.hourly_retention_d:g} days"
     console.print(table(title, result.columns, result.rows()))
     for row in result.filter(result["action"] == "kept").iter_rows(named=True):
+        start, end = row["range_start"].date(), row["range_end"].date()
         console.print(
             f"[yellow]warning:[/] {row['partition']} kept: {row['missing_days']} symbol-day(s) "
-            "missing from metrics_daily (run `etl rollup --rerun --since ...` for them)"
+            f"missing from metrics_daily; recompute them with "
+            f"SELECT etl_refresh_daily('{start}', '{end}');"
         )
     if result.is_empty():
         console.print("nothing is past retention")
@@ -297,14 +305,14 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         error(str(exc))
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        error(exc.format_message())
-        sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         error("interrupted")
         sys.exit(130)
+    except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
+        error(exc.format_message() if hasattr(exc, "format_message") else str(exc))
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
     except Exception as exc:  # the last line of defence: one line, no traceback unless asked
         if debug:
             traceback.print_exc()

@@ -111,30 +111,6 @@ def hour_ledger(bars: pl.DataFrame, started_at: datetime) -> pl.DataFrame:
     )
 
 
-def daily_bars(hourly: pl.DataFrame) -> pl.DataFrame:
-    """UTC daily bars from hourly bars (the reference for ``etl_refresh_daily`` in ``sql/``).
-
-    open is the day's first hourly open, close its last close, high / low the extremes, mean the
-    hourly means weighted by samples, hours the number of bars.
-    """
-    return (
-        hourly.lazy()
-        .sort("symbol", "bucket")
-        .group_by("symbol", day=pl.col("bucket").dt.date())
-        .agg(
-            open=pl.col("open").first(),
-            high=pl.col("high").max(),
-            low=pl.col("low").min(),
-            close=pl.col("close").last(),
-            mean=(pl.col("mean") * pl.col("samples")).sum() / pl.col("samples").sum(),
-            samples=pl.col("samples").sum().cast(pl.Int64),
-            hours=pl.len().cast(pl.Int32),
-        )
-        .sort("symbol", "day")
-        .collect()
-    )
-
-
 def kline_bars(klines: pl.DataFrame, symbol: str) -> pl.DataFrame:
     """Hourly bars (``source = 'kline'``) from 1-minute klines ``open_ms, open, high, low, close``.
 

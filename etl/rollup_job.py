@@ -7,6 +7,7 @@ the rollup read. A crash anywhere leaves either the old state or the new, and a 
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -51,7 +52,8 @@ class RollupSummary:
     kept: list[str] = field(default_factory=list)
     future_ticks: int = 0
     ancient_hours: int = 0
-    late_purged_hours: list[int] = field(default_factory=list)
+    skipped_hours: list[int] = field(default_factory=list)
+    kline_kept: int = 0
     seconds: float = 0.0
 
     def rows(self) -> list[tuple[str, object]]:
@@ -61,6 +63,7 @@ class RollupSummary:
             ("ticks read", self.ticks),
             ("daily rows refreshed", self.days),
             ("staged ticks purged", self.purged),
+            ("kline bars kept over thinner poll bars", self.kline_kept),
             ("hourly partitions dropped", ", ".join(self.dropped) or 0),
             ("seconds", f"{self.seconds:.2f}"),
         ]
@@ -74,36 +77,34 @@ def pending_hours(
     hi_ms: int,
     rerun: bool,
 ) -> tuple[list[int], list[int]]:
-    """Hours to roll up, and committed-and-purged hours that received late ticks.
+    """Hours to roll up, and committed hours that must not be rolled up again.
 
-    Not yet in the ledger (or every hour, with ``rerun``), plus ledger hours that gained ticks
-    after they were read and whose ticks are all still staged.
+    Pending: staged hours not in the ledger (with ``rerun``, every staged hour), plus ledger
+    hours that gained ticks after they were read. A committed hour is only read again while
+    every tick the first rollup read is still staged; once some are purged, a new bar would
+    hold part of the hour, so the committed bar stays and the hour is reported instead.
     """
-    if rerun:
-        return staged, []
     ledger = wh.ledger()
-    committed = dict(zip(ledger["hour_ms"].to_list(), ledger["purged"].to_list(), strict=True))
-    pending = [h for h in staged if h not in committed]
+    committed = {
+        row["hour_ms"]: (row["max_seq"], row["ticks_read"], row["purged"])
+        for row in ledger.iter_rows(named=True)
+    }
+
+    def intact(hour: int) -> bool:
+        max_seq, ticks_read, purged = committed[hour]
+        return not purged and staging.count_read(hour, max_seq) == ticks_read
+
+    if rerun:
+        again = [h for h in staged if h in committed]
+        return [h for h in staged if h not in committed or intact(h)], [
+            h for h in again if not intact(h)
+        ]
+    pending = {h for h in staged if h not in committed}
     high_water = int(ledger["max_seq"].max() or 0) if ledger.height else 0
     late = staging.hours_with_ticks_after(high_water, hi_ms) if high_water else set()
     late = {h for h in late if h in committed and (lo_ms is None or h >= lo_ms)}
-    pending = sorted(set(pending) | {h for h in late if not committed[h]})
-    return pending, sorted(h for h in late if committed[h])
-
-
-def day_ranges(hours: Sequence[int]) -> list[tuple[int, int]]:
-    """The UTC days (as day numbers) touched by ``hours``, as contiguous ``(first, last)`` runs.
-
-    >>> day_ranges([0, 3_600_000, 86_400_000 * 2])
-    [(0, 0), (2, 2)]
-    """
-    ranges: list[tuple[int, int]] = []
-    for day in sorted({h // DAY_MS for h in hours}):
-        if ranges and ranges[-1][1] == day - 1:
-            ranges[-1] = (ranges[-1][0], day)
-        else:
-            ranges.append((day, day))
-    return ranges
+    ok = {h for h in late if intact(h)}
+    return sorted(pending | ok), sorted(late - ok)
 
 
 def chunked(
@@ -151,20 +152,20 @@ def run_rollup(
         wh.apply_schema()
         with wh.run_lock(lambda: console.line("another rollup is running; waiting for it")):
             sizes = staging.hour_sizes(lo_ms, hi_ms)
-            hours, late_purged = pending_hours(staging, wh, list(sizes), lo_ms, hi_ms, rerun)
-            summary.late_purged_hours = late_purged
+            hours, skipped = pending_hours(staging, wh, list(sizes), lo_ms, hi_ms, rerun)
+            summary.skipped_hours = skipped
             summary.ancient_hours = sum(1 for h in hours if h < MIN_TS_MS)
             hours = [h for h in hours if MIN_TS_MS <= h <= MAX_TS_MS]
             summary.future_ticks = staging.count_between(closed + HOUR_MS, None)
             groups = chunked(hours, sizes, settings.rollup_chunk_hours, CHUNK_TICKS)
-            _roll_hours(staging, wh, groups, summary)
-            for first, last in day_ranges(hours):
-                summary.days += wh.refresh_daily(utc(first * DAY_MS), utc((last + 1) * DAY_MS))
+            full = math.ceil(settings.expected_samples_per_hour * settings.backfill_min_coverage)
+            _roll_hours(staging, wh, groups, full, summary)
             purge_before = utc(now_ms - int(settings.raw_retention_h * HOUR_MS))
             candidates = wh.purge_candidates(purge_before)
             crash_point("before_purge")
             if candidates:
                 summary.purged = staging.purge(candidates)
+                crash_point("after_purge")
                 wh.mark_purged(purge_before)
             if apply_retention:
                 result = wh.retention(settings.hourly_retention_d, dry_run=False)
@@ -178,13 +179,13 @@ def run_rollup(
 
 
 def _roll_hours(
-    staging: Staging, wh: Warehouse, groups: list[list[int]], summary: RollupSummary
+    staging: Staging, wh: Warehouse, groups: list[list[int]], full: int, summary: RollupSummary
 ) -> None:
     if not groups:
         return
     with console.progress(sum(map(len, groups)), "rolling up hours") as bar:
         for group in groups:
-            ticks, bars = _roll_chunk(staging, wh, group, summary)
+            ticks, bars = _roll_chunk(staging, wh, group, full, summary)
             bar.advance(bar.task_ids[0], len(group))
             bar.update(bar.task_ids[0], note=console.iso(group[-1]))
             if bar.disable:
@@ -195,7 +196,7 @@ def _roll_hours(
 
 
 def _roll_chunk(
-    staging: Staging, wh: Warehouse, group: Sequence[int], summary: RollupSummary
+    staging: Staging, wh: Warehouse, group: Sequence[int], full: int, summary: RollupSummary
 ) -> tuple[int, int]:
     """Read, compute and commit one chunk of hours. Its frames die when this returns, before the
     next chunk is read: holding two chunks at once fragments the heap and memory creeps up."""
@@ -204,7 +205,12 @@ def _roll_chunk(
     crash_point("after_read")
     bars = hourly_bars(ticks, ordered=True)  # staging reads come ordered by ts, seq
     runs = hour_ledger(bars, started_at)
-    summary.bars += wh.write_bars(bars, runs, before_commit=lambda: crash_point("before_commit"))
+    written = wh.write_bars(
+        bars, runs, full_samples=full, before_commit=lambda: crash_point("before_commit")
+    )
+    summary.bars += written.bars
+    summary.days += written.days
+    summary.kline_kept += written.kline_kept
     crash_point("after_commit")
     summary.hours += len(group)
     summary.ticks += ticks.height
@@ -229,8 +235,8 @@ def _report(summary: RollupSummary) -> None:
             f"[yellow]warning:[/] {summary.ancient_hours} staged hour(s) before 1970 set aside: "
             "their ts is not epoch milliseconds"
         )
-    for hour in summary.late_purged_hours:
+    for hour in summary.skipped_hours:
         out.line(
-            f"[yellow]warning:[/] ticks arrived for {console.iso(hour)} after it was committed "
-            "and purged; they stay staged and are not rolled up"
+            f"[yellow]warning:[/] {console.iso(hour)} is committed and some of its ticks are "
+            "purged: its bar stays as committed; the ticks that arrived since stay staged"
         )

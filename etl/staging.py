@@ -15,6 +15,7 @@ gives disk I/O errors (DESIGN.md).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -41,7 +42,8 @@ _DDL = (
     " key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_ms INTEGER NOT NULL)",
 )
 _READ_SQL = (
-    "SELECT rowid AS seq, symbol, ts, price FROM ticks WHERE ts >= ? AND ts < ? ORDER BY ts, rowid"
+    "SELECT rowid AS seq, symbol, ts, price FROM ticks WHERE ts >= ? AND ts < ? AND rowid <= ? "
+    "ORDER BY ts, rowid"
 )
 _UPSERT_STATE = (
     "INSERT INTO state (key, value, updated_ms) VALUES (?, ?, ?) "
@@ -94,10 +96,13 @@ class Staging:
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
+                cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                # Also after a failed COMMIT (disk full): the connection must not stay inside a
+                # transaction, or every later write on it would fail too.
+                with contextlib.suppress(adbc_sqlite.Error):
+                    cur.execute("ROLLBACK")
                 raise
-            cur.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -152,11 +157,12 @@ class Staging:
 
         Only rows up to the ``max_seq`` the rollup read are deleted, so a tick that arrived after
         its hour was committed is never lost. The newest row always stays: SQLite reuses rowids
-        once the largest is gone, and ``seq`` must only ever grow.
+        once the largest is gone, and ``seq`` must only ever grow. One transaction per hour, so
+        the collector's next write never waits long.
         """
         deleted = 0
-        with self.transaction() as cur:
-            for hour, max_seq in hours:
+        for hour, max_seq in hours:
+            with self.transaction() as cur:
                 cur.execute(
                     "DELETE FROM ticks WHERE ts >= ? AND ts < ? AND rowid <= ? "
                     "AND rowid < (SELECT max(rowid) FROM ticks)",
@@ -197,28 +203,41 @@ class Staging:
         """Read ``[lo, hi)`` ts slices on ``threads`` connections and concatenate them in order.
 
         SQLite's row stepping is the bottleneck of a read and ADBC releases the GIL, so two
-        connections on two cores read about twice as fast as one.
+        connections on two cores read about twice as fast as one. Every slice reads only rows
+        that existed when the read began (``rowid <= max``), so the slices agree with each other
+        and the ``max_seq`` the purge relies on covers nothing that was not read.
         """
         if not slices:
             return pl.DataFrame(schema=TICK_SCHEMA)
+        upto = self.max_seq()
         if threads <= 1 or len(slices) == 1:
-            parts = [self._read_slice(lo, hi) for lo, hi in slices]
+            parts = [self._read_slice(lo, hi, upto) for lo, hi in slices]
         else:
             with ThreadPoolExecutor(max_workers=threads) as pool:
-                parts = list(pool.map(lambda b: self._read_slice(*b), slices))
+                parts = list(pool.map(lambda b: self._read_slice(*b, upto), slices))
         return pl.concat(parts, rechunk=False)
 
-    def _read_slice(self, lo_ms: int, hi_ms: int) -> pl.DataFrame:
+    def _read_slice(self, lo_ms: int, hi_ms: int, upto: int) -> pl.DataFrame:
         conn = self._connect()
         try:
             return pl.read_database(
                 _READ_SQL,
                 conn,
-                execute_options={"parameters": [lo_ms, hi_ms]},
+                execute_options={"parameters": [lo_ms, hi_ms, upto]},
                 schema_overrides=TICK_SCHEMA,  # an empty window would come back all Int64
             )
         finally:
             conn.close()
+
+    def count_read(self, hour_ms: int, max_seq: int) -> int:
+        """Ticks of an hour up to row ``max_seq``: what a rollup that read it saw, unless some
+        were purged since."""
+        return int(
+            self._scalar(
+                "SELECT count(*) FROM ticks WHERE ts >= ? AND ts < ? AND rowid <= ?",
+                (hour_ms, hour_ms + HOUR_MS, max_seq),
+            )
+        )
 
     def count_between(self, lo_ms: int | None, hi_ms: int | None) -> int:
         """Ticks with ``lo_ms <= ts < hi_ms`` (either bound open when ``None``)."""

@@ -12,12 +12,13 @@ transaction at once, so no connection sits "idle in transaction" blocking partit
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import adbc_driver_postgresql.dbapi as pg
 import polars as pl
@@ -72,11 +73,29 @@ _ENSURE_STAGED_PARTITIONS = (
 )
 
 
+_REFRESH_STAGED_DAYS = (
+    "SELECT coalesce(sum(etl_refresh_daily(day, day + 1)), 0) FROM "
+    "(SELECT DISTINCT (bucket AT TIME ZONE 'UTC')::date AS day FROM etl_stage_hourly) days"
+)
+
+
+class Written(NamedTuple):
+    """What one write changed: bars inserted or updated, daily rows refreshed, kline bars kept."""
+
+    bars: int = 0
+    days: int = 0
+    kline_kept: int = 0
+
+
 def connect(dsn: str) -> pg.Connection:
     """Open an ADBC connection; a bad DSN is a :class:`ConfigError`, an unreachable server a
     :class:`DependencyError`, both one line with the password masked."""
     try:
-        return pg.connect(dsn)
+        conn = pg.connect(dsn)
+        with conn.cursor() as cur:  # every date and hour is UTC, whatever the server's zone
+            cur.execute("SET TIME ZONE 'UTC'")
+        conn.commit()
+        return conn
     except pg.Error as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         reason = reason.replace(dsn, mask_dsn(dsn))
@@ -107,11 +126,25 @@ class Warehouse:
         try:
             yield cur
             self.conn.commit()
+        except pg.OperationalError as exc:
+            self._rollback()
+            raise self._lost(exc) from None
         except BaseException:
-            self.conn.rollback()
+            self._rollback()
             raise
         finally:
             cur.close()
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(pg.Error):
+            self.conn.rollback()
+
+    def _lost(self, exc: Exception) -> DependencyError:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return DependencyError(
+            f"PostgreSQL failed at {self.label} ({reason}): nothing partial was committed; "
+            "run the command again once it is back"
+        )
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement in its own transaction and return its rows (if any)."""
@@ -124,8 +157,10 @@ class Warehouse:
         try:
             options = {"parameters": list(params)} if params else None
             return pl.read_database(sql, self.conn, execute_options=options)
+        except pg.OperationalError as exc:
+            raise self._lost(exc) from None
         finally:
-            self.conn.rollback()
+            self._rollback()
 
     # -- schema --------------------------------------------------------------------------------
 
@@ -152,17 +187,23 @@ class Warehouse:
         bars: pl.DataFrame,
         runs: pl.DataFrame | None = None,
         *,
+        full_samples: int | None = None,
         before_commit: Callable[[], None] | None = None,
-    ) -> int:
+    ) -> Written:
         """Upsert hourly bars and their ``rollup_runs`` rows in one transaction.
 
-        Partitions for every month in ``bars`` are created first, in the same transaction.
-        Returns the number of bars inserted or changed.
+        Partitions for every month in ``bars`` are created first, and the closed days the bars
+        touch are recomputed into ``metrics_daily`` last, all in the same transaction: a crash
+        leaves either none of it or all of it. With ``full_samples``, a ``kline`` bar is not
+        replaced by a poll bar with fewer samples (a backfilled hour beats a thin rerun).
         """
         if bars.is_empty() and (runs is None or runs.is_empty()):
-            return 0
+            return Written()
+        where = ""
+        if full_samples is not None:
+            where = f"AND NOT (m.source = 'kline' AND excluded.samples < {int(full_samples)})"
         with self.transaction() as cur:
-            written = self._upsert_bars(cur, bars)
+            written = self._upsert_bars(cur, bars, where, kline_below=full_samples)
             if runs is not None and not runs.is_empty():
                 cur.adbc_ingest("etl_stage_runs", runs.to_arrow(), mode="replace", temporary=True)
                 cur.execute(_UPSERT_RUNS)
@@ -170,7 +211,9 @@ class Warehouse:
                 before_commit()
         return written
 
-    def write_kline_bars(self, bars: pl.DataFrame, fetched: pl.DataFrame, full_samples: int) -> int:
+    def write_kline_bars(
+        self, bars: pl.DataFrame, fetched: pl.DataFrame, full_samples: int
+    ) -> Written:
         """Upsert backfilled bars and their ``backfill_log`` rows in one transaction.
 
         A ``poll`` bar with at least ``full_samples`` samples is never replaced.
@@ -205,12 +248,14 @@ class Warehouse:
                 "checked_at = now()"
             )
 
-    def _upsert_bars(self, cur: pg.Cursor, bars: pl.DataFrame, where: str = "") -> int:
+    def _upsert_bars(
+        self, cur: pg.Cursor, bars: pl.DataFrame, where: str = "", kline_below: int | None = None
+    ) -> Written:
         cur.execute("SELECT pg_advisory_xact_lock($1)", parameters=[WRITE_LOCK])
         cur.fetchall()
         cur.execute("SET LOCAL lock_timeout = '60s'")
         if bars.is_empty():
-            return 0
+            return Written()
         cur.adbc_ingest(
             "etl_stage_hourly",
             bars.select(HOURLY_COLUMNS).to_arrow(),
@@ -219,13 +264,23 @@ class Warehouse:
         )
         cur.execute(_ENSURE_STAGED_PARTITIONS)
         cur.fetchall()
+        kept = 0
+        if kline_below is not None:
+            cur.execute(
+                "SELECT count(*) FROM etl_stage_hourly s JOIN metrics_hourly m USING (symbol, bucket) "
+                f"WHERE m.source = 'kline' AND s.samples < {int(kline_below)}"
+            )
+            kept = int(cur.fetchall()[0][0])
         cur.execute(_upsert_hourly(where))
-        return max(cur.rowcount, 0)
+        bars_written = max(cur.rowcount, 0)
+        cur.execute(_REFRESH_STAGED_DAYS)
+        days = int(cur.fetchall()[0][0])
+        return Written(bars_written, days, kept)
 
     def ledger(self) -> pl.DataFrame:
-        """``rollup_runs`` as ``hour_ms, max_seq, purged``."""
+        """``rollup_runs`` as ``hour_ms, max_seq, ticks_read, purged``."""
         return self.query(
-            "SELECT (extract(epoch FROM hour) * 1000)::bigint AS hour_ms, max_seq, "
+            "SELECT (extract(epoch FROM hour) * 1000)::bigint AS hour_ms, max_seq, ticks_read, "
             "purged_at IS NOT NULL AS purged FROM rollup_runs ORDER BY hour"
         )
 

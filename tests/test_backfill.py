@@ -214,3 +214,15 @@ def test_collector_fills_the_gap_since_its_last_tick_in_the_background(
 def test_runs_of_contiguous_hours() -> None:
     assert runs_of([]) == []
     assert runs_of([5 * HOUR_MS, 3 * HOUR_MS, 4 * HOUR_MS]) == [(3 * HOUR_MS, 6 * HOUR_MS)]
+
+
+def test_etl_collect_backfill_from_the_command_line(settings: Settings, pg_dsn: str) -> None:
+    with FakeExchange(list(SYMBOLS)) as ex:
+        now_hour = hour_floor(int(time.time() * 1000))
+        s = replace(settings, binance_url=ex.url, pg_dsn=pg_dsn, symbols=SYMBOLS, interval_s=0.5)
+        stage_from_exchange(ex, s.staging_path, now_hour - 4 * HOUR_MS, now_hour - 3 * HOUR_MS)
+        done = run_etl(["collect", "--no-rollup", "--backfill", "--duration", "8"], etl_env(s))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "filling it in the background" in done.stdout and "backfill done" in done.stdout
+    kline = query(pg_dsn, "SELECT count(*) AS n FROM metrics_hourly WHERE source = 'kline'")
+    assert kline["n"][0] == 3 * 3

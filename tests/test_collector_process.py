@@ -159,6 +159,9 @@ def test_a_dsn_password_never_appears_in_any_output(settings: Settings) -> None:
     ]
     for done in outputs:
         assert secret not in done.stdout + done.stderr
+    time.sleep(2)  # the collector's rollup child writes its own log
+    log = (settings.data_dir / "rollup.log").read_text()
+    assert secret not in log and "postgresql://etl:***@127.0.0.1:9/etl" in log
     assert outputs[1].returncode == 3
     assert "postgresql://etl:***@127.0.0.1:9/etl" in outputs[1].stderr
 

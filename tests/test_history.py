@@ -25,7 +25,6 @@ from tests.pgutil import execute, query, seed_ticks
 from tests.reference import daily_reference
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NOW_HOUR = hour_floor(int(time.time() * 1000))
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 
@@ -35,10 +34,11 @@ def pgs(settings: Settings, pg_dsn: str) -> Settings:
 
 
 def test_daily_bars_match_a_reference_computed_from_the_hourly(pgs: Settings) -> None:
-    start = NOW_HOUR - 80 * HOUR_MS
+    now_hour = hour_floor(int(time.time() * 1000))
+    start = now_hour - 80 * HOUR_MS
     with Staging(pgs.staging_path) as st:
         for symbol in SYMBOLS:
-            st.append_frame(generate_ticks(symbol, start, NOW_HOUR - HOUR_MS, 60_000))
+            st.append_frame(generate_ticks(symbol, start, now_hour - HOUR_MS, 60_000))
     run_rollup(pgs)
     hourly = query(pgs.pg_dsn, "SELECT * FROM metrics_hourly")  # type: ignore[arg-type]
     today = datetime.now(UTC).date()
@@ -83,9 +83,8 @@ def test_retention_drops_only_old_partitions_whose_days_are_downsampled(pgs: Set
     with open_warehouse(pgs) as wh:
         wh.apply_schema()
         for day in (old_done, old_missing, recent):
-            wh.write_bars(_bars_at(day, SYMBOLS))
-        wh.refresh_daily(old_done, old_done + timedelta(days=1))
-        wh.refresh_daily(recent, recent + timedelta(days=1))  # old_missing's day is not downsampled
+            wh.write_bars(_bars_at(day, SYMBOLS))  # downsamples each closed day it touches
+        wh.execute("DELETE FROM metrics_daily WHERE day = $1::date", [old_missing])
     name = lambda d: f"metrics_hourly_{d:%Y%m}"  # noqa: E731
     env = etl_env(replace(pgs, hourly_retention_d=400.0))
 
@@ -111,23 +110,24 @@ def test_retention_drops_only_old_partitions_whose_days_are_downsampled(pgs: Set
 
 
 def test_rollup_applies_retention(pgs: Settings) -> None:
-    old = (datetime.now(UTC) - timedelta(days=30)).replace(
-        hour=0, minute=0, second=0, microsecond=0
-    )
+    this_month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    old = (this_month - timedelta(days=40)).replace(day=5)  # wholly in a month before the last
     start = int(old.timestamp() * 1000)
     with Staging(pgs.staging_path) as st:
         st.append_frame(generate_ticks("BTCUSDT", start, start + 3 * HOUR_MS, 60_000))
     summary = run_rollup(replace(pgs, hourly_retention_d=2.0))
-    assert summary.dropped == [f"metrics_hourly_{old:%Y%m}"] or old.month == datetime.now(UTC).month
-    assert query(pgs.pg_dsn, "SELECT count(*) AS n FROM metrics_daily")["n"][0] == 1  # type: ignore[arg-type]
+    assert summary.dropped == [f"metrics_hourly_{old:%Y%m}"]
+    daily = query(pgs.pg_dsn, "SELECT count(*) AS n FROM metrics_daily")  # type: ignore[arg-type]
+    assert daily["n"][0] == 1
 
 
 def test_status_json_reports_every_part(pgs: Settings) -> None:
-    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 6 * HOUR_MS, polls=4 * 720)
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 6 * HOUR_MS, polls=4 * 720)
     run_rollup(pgs)
     execute(
         pgs.pg_dsn,
-        f"DELETE FROM metrics_hourly WHERE symbol = 'ETHUSDT' AND bucket = to_timestamp({(NOW_HOUR - 4 * HOUR_MS) / 1000})",
+        f"DELETE FROM metrics_hourly WHERE symbol = 'ETHUSDT' AND bucket = to_timestamp({(now_hour - 4 * HOUR_MS) / 1000})",
     )  # type: ignore[arg-type]
     with Staging(pgs.staging_path) as st:
         st.append(SYMBOLS, [1.0, 2.0, 3.0], int(time.time() * 1000) - 2000)
@@ -138,7 +138,7 @@ def test_status_json_reports_every_part(pgs: Settings) -> None:
     assert staging["rows"] == 4 * 720 * 3 + 3 and staging["hours"] == 5
     assert all(0 <= age < 60 for age in staging["last_tick_age_s"].values())
     assert wh["last_committed_hour"] == datetime.fromtimestamp(
-        (NOW_HOUR - 3 * HOUR_MS) / 1000, UTC
+        (now_hour - 3 * HOUR_MS) / 1000, UTC
     ).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert wh["missing_hours_7d"]["ETHUSDT"]["count"] >= 1  # the deleted bar and the hours since
     assert wh["partitions_ahead"] >= 2 and wh["default_partition"] is None

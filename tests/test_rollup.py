@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl.rollup import daily_bars, hour_ledger, hourly_bars, kline_bars
-from tests.reference import HOUR_MS, daily_reference, hourly_reference, ms
+from etl.rollup import hour_ledger, hourly_bars, kline_bars
+from tests.reference import HOUR_MS, hourly_reference, ms
 
 BASE = 1_780_000_000_000 // HOUR_MS * HOUR_MS  # an hour in 2026
 
@@ -102,21 +102,6 @@ def test_ledger_counts_ticks_and_max_seq_per_hour() -> None:
         (2, 2, 2, 2),
         (1, 1, 1, 3),
     ]
-
-
-@settings(max_examples=100, deadline=None)
-@given(tick_lists)
-def test_daily_bars_match_the_reference(ticks: list[tuple[str, int, float]]) -> None:
-    frame, _ = frame_of([(s, o * 7, p) for s, o, p in ticks])  # spread over days
-    hourly = hourly_bars(frame)
-    expected = daily_reference(hourly.iter_rows(named=True))
-    daily = daily_bars(hourly)
-    assert daily.height == len(expected)
-    for row in daily.iter_rows(named=True):
-        ref = expected[(row["symbol"], row["day"])]
-        for key in ("open", "high", "low", "close", "samples", "hours"):
-            assert row[key] == ref[key]
-        assert row["mean"] == pytest.approx(ref["mean"], rel=1e-9)
 
 
 def test_kline_bars_aggregate_minutes_to_the_hour() -> None:

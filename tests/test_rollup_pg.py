@@ -26,7 +26,6 @@ from etl.staging import HOUR_MS, Staging, hour_floor
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import query, seed_ticks, snapshot
 
-NOW_HOUR = hour_floor(int(time.time() * 1000))
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 
@@ -93,7 +92,8 @@ offsets = st.one_of(
 def test_committed_bars_match_a_sql_aggregate(
     pgs: Settings, make_db: Callable[[], str], ticks: list[tuple[str, int, float]]
 ) -> None:
-    base = NOW_HOUR - 48 * HOUR_MS
+    now_hour = hour_floor(int(time.time() * 1000))
+    base = now_hour - 48 * HOUR_MS
     dsn = make_db()
     work = Path(tempfile.mkdtemp(dir=pgs.data_dir))
     settings = replace(pgs, pg_dsn=dsn, data_dir=work, sqlite_path=work / "t.sqlite3")
@@ -120,7 +120,8 @@ def test_committed_bars_match_a_sql_aggregate(
 
 
 def test_rollup_twice_gives_identical_tables(pgs: Settings) -> None:
-    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 5 * HOUR_MS, polls=4 * 720)
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 5 * HOUR_MS, polls=4 * 720)
     env = etl_env(pgs)
     first = run_etl(["rollup"], env)
     assert first.returncode == 0, first.stderr
@@ -134,7 +135,8 @@ def test_rollup_twice_gives_identical_tables(pgs: Settings) -> None:
 
 
 def test_rerun_rolls_up_committed_hours_again_to_the_same_result(pgs: Settings) -> None:
-    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 3 * HOUR_MS, polls=2 * 720)
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
     run_rollup(pgs)
     before = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
     summary = run_rollup(pgs, rerun=True)
@@ -146,8 +148,9 @@ def test_rerun_rolls_up_committed_hours_again_to_the_same_result(pgs: Settings) 
 def test_kill_9_at_any_point_then_rerun_converges(
     pgs: Settings, make_db: Callable[[], str], tmp_path: Path, point: str
 ) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
     # 8 hours staged, 1 h raw retention: the run commits and purges most of them.
-    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 8 * HOUR_MS, polls=8 * 720)
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 8 * HOUR_MS, polls=8 * 720)
     pgs = replace(pgs, raw_retention_h=1.0, rollup_chunk_hours=3)
     original = staged_hours(pgs.staging_path)
 
@@ -170,7 +173,8 @@ def test_kill_9_at_any_point_then_rerun_converges(
 
 
 def test_unreachable_postgres_exits_3_and_the_next_run_catches_up(pgs: Settings) -> None:
-    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 3 * HOUR_MS, polls=3 * 720)
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=3 * 720)
     pgs = replace(pgs, raw_retention_h=0.5)
     before = staged_hours(pgs.staging_path)
     down = run_etl(["rollup"], etl_env(replace(pgs, pg_dsn="postgresql://etl@127.0.0.1:9/etl")))
@@ -195,7 +199,8 @@ def test_a_bad_dsn_is_a_configuration_error(pgs: Settings) -> None:
 def test_two_rollups_started_together_give_one_result(
     pgs: Settings, make_db: Callable[[], str], tmp_path: Path
 ) -> None:
-    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 6 * HOUR_MS, polls=6 * 720)
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 6 * HOUR_MS, polls=6 * 720)
     reference = replace(pgs, pg_dsn=make_db(), sqlite_path=tmp_path / "ref.sqlite3")
     shutil.copy(pgs.staging_path, reference.sqlite_path)  # type: ignore[arg-type]
     assert run_etl(["rollup"], etl_env(reference)).returncode == 0
@@ -217,7 +222,8 @@ def test_two_rollups_started_together_give_one_result(
 
 
 def test_far_past_and_future_ticks_never_fail_the_batch(pgs: Settings) -> None:
-    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 2 * HOUR_MS, polls=720)
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=720)
     y2001 = int(datetime(2001, 3, 4, 5, 6, tzinfo=UTC).timestamp() * 1000)
     y2100 = int(datetime(2100, 1, 1, 0, 30, tzinfo=UTC).timestamp() * 1000)
     with Staging(pgs.staging_path) as st:
@@ -246,35 +252,37 @@ def test_the_open_hour_is_never_rolled_up(pgs: Settings) -> None:
 
 
 def test_purge_follows_the_ledger_not_the_clock(pgs: Settings) -> None:
-    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 6 * HOUR_MS, polls=6 * 720)
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 6 * HOUR_MS, polls=6 * 720)
     pgs = replace(pgs, raw_retention_h=3.0)
     run_rollup(pgs)
     left = staged_hours(pgs.staging_path)
     # hours ending more than 3 h ago are gone (the newest row is always kept), later ones stay
     assert sorted(h for h, n in left.items() if n > 1) == [
-        NOW_HOUR - k * HOUR_MS for k in (3, 2, 1)
+        now_hour - k * HOUR_MS for k in (3, 2, 1)
     ]
     # a late tick for a purged hour stays staged, and one for an unpurged hour is rolled up
     with Staging(pgs.staging_path) as st:
-        st.append(["BTCUSDT"], [1.0], NOW_HOUR - 6 * HOUR_MS + 1)
-        st.append(["BTCUSDT"], [1e9], NOW_HOUR - 2 * HOUR_MS + 1)
+        st.append(["BTCUSDT"], [1.0], now_hour - 6 * HOUR_MS + 1)
+        st.append(["BTCUSDT"], [1e9], now_hour - 2 * HOUR_MS + 1)
     summary = run_rollup(pgs)
-    assert summary.hours == 1 and summary.late_purged_hours == [NOW_HOUR - 6 * HOUR_MS]
+    assert summary.hours == 1 and summary.skipped_hours == [now_hour - 6 * HOUR_MS]
     high = query(
         pgs.pg_dsn,
         "SELECT high FROM metrics_hourly WHERE symbol = 'BTCUSDT' AND bucket = $1",
-        [datetime.fromtimestamp((NOW_HOUR - 2 * HOUR_MS) / 1000, UTC)],
+        [datetime.fromtimestamp((now_hour - 2 * HOUR_MS) / 1000, UTC)],
     )  # type: ignore[arg-type]
     assert high["high"][0] == 1e9
     with Staging(pgs.staging_path) as st:
-        assert st.count_between(NOW_HOUR - 6 * HOUR_MS, NOW_HOUR - 5 * HOUR_MS) == 1
+        assert st.count_between(now_hour - 6 * HOUR_MS, now_hour - 5 * HOUR_MS) == 1
 
 
 def test_latest_price_view_gives_the_newest_close(pgs: Settings) -> None:
-    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 3 * HOUR_MS, polls=2 * 720)
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
     run_rollup(pgs)
     with Staging(pgs.staging_path) as st:
-        last = st.read_window(NOW_HOUR - 2 * HOUR_MS, NOW_HOUR - HOUR_MS).sort("ts", "seq")
+        last = st.read_window(now_hour - 2 * HOUR_MS, now_hour - HOUR_MS).sort("ts", "seq")
     expected = (
         last.group_by("symbol").agg(pl.col("price").last(), pl.col("ts").last()).sort("symbol")
     )
@@ -285,6 +293,7 @@ def test_latest_price_view_gives_the_newest_close(pgs: Settings) -> None:
 
 
 def test_collector_rolls_up_closed_hours_in_a_child_process(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
     import io
 
     from rich.console import Console
@@ -292,7 +301,7 @@ def test_collector_rolls_up_closed_hours_in_a_child_process(pgs: Settings) -> No
     from etl.collector import Collector
     from etl.console import CollectorView
 
-    seed_ticks(pgs.staging_path, SYMBOLS, NOW_HOUR - 3 * HOUR_MS, polls=2 * 720)
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
     out = Console(file=io.StringIO(), width=200)
     stats = Collector(pgs, rollup=True, view=CollectorView(live=False, out=out)).run(polls=10)
     assert stats.rollups >= 1 and stats.polls_ok == 10
@@ -303,7 +312,7 @@ def test_collector_rolls_up_closed_hours_in_a_child_process(pgs: Settings) -> No
         assert time.monotonic() < deadline, (pgs.data_dir / "rollup.log").read_text()
         time.sleep(0.5)
     with Staging(pgs.staging_path) as st:
-        polled = st.read_window(NOW_HOUR, 2**62)
+        polled = st.read_window(now_hour, 2**62)
     stamps = sorted(set(polled["ts"].to_list()))
     assert len(stamps) == 10
     assert max(ts % 200 for ts in stamps) < 150  # the rollup child did not delay the polls
@@ -316,3 +325,58 @@ def test_no_rollup_starts_no_child(settings: Settings) -> None:
     stats = Collector(settings, rollup=False, view=CollectorView(live=False)).run(polls=2)
     assert stats.rollups == 0
     assert not (settings.data_dir / "rollup.log").exists()
+
+
+def test_rerun_keeps_bars_of_purged_hours(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 6 * HOUR_MS, polls=5 * 720)
+    pgs = replace(pgs, raw_retention_h=3.0)
+    run_rollup(pgs)  # hours -6 .. -4 purged (but for the newest row), -3 .. -2 still staged
+    before = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
+    with Staging(pgs.staging_path) as st:
+        st.append(["BTCUSDT"], [1e9], now_hour - 5 * HOUR_MS + 7)  # a late tick in a purged hour
+    summary = run_rollup(pgs, rerun=True)
+    assert now_hour - 5 * HOUR_MS in summary.skipped_hours
+    assert summary.hours == 2  # only the hours whose ticks are all still staged
+    after = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
+    assert after["hourly"] == before["hourly"] and after["daily"] == before["daily"]
+
+
+def test_a_crash_between_purge_and_ledger_never_rolls_up_a_partial_hour(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 5 * HOUR_MS, polls=4 * 720)
+    pgs = replace(pgs, raw_retention_h=2.0)
+    crashed = run_etl(["rollup"], etl_env(pgs, ETL_CRASH_AT="after_purge"))
+    assert crashed.returncode == -9
+    hourly = snapshot(pgs.pg_dsn)["hourly"]  # type: ignore[arg-type]
+    with Staging(pgs.staging_path) as st:  # ticks purged, ledger not told: then a late tick
+        st.append(["BTCUSDT"], [1e9], now_hour - 5 * HOUR_MS + 7)
+    summary = run_rollup(pgs)
+    assert summary.hours == 0 and now_hour - 5 * HOUR_MS in summary.skipped_hours
+    assert snapshot(pgs.pg_dsn)["hourly"] == hourly  # type: ignore[arg-type]
+    assert all(row[-1] for row in snapshot(pgs.pg_dsn)["runs"][:2])  # type: ignore[arg-type]
+
+
+def test_a_thin_poll_bar_never_replaces_a_kline_bar(pgs: Settings) -> None:
+    from etl.rollup import kline_bars
+    from etl.warehouse import open_warehouse
+
+    now_hour = hour_floor(int(time.time() * 1000))
+    hour = now_hour - 3 * HOUR_MS
+    minutes = pl.DataFrame(
+        {
+            "open_ms": [hour + m * 60_000 for m in range(60)],
+            "open": [1.0] * 60,
+            "high": [2.0] * 60,
+            "low": [0.5] * 60,
+            "close": [1.5] * 60,
+        }
+    )
+    with open_warehouse(pgs) as wh:
+        wh.apply_schema()
+        wh.write_bars(kline_bars(minutes, "BTCUSDT"))
+    seed_ticks(pgs.staging_path, ["BTCUSDT"], hour, polls=10, interval_ms=1000)  # 10 of 18,000
+    summary = run_rollup(pgs)
+    assert summary.hours == 1 and summary.kline_kept == 1
+    kept = query(pgs.pg_dsn, "SELECT source, samples FROM metrics_hourly")  # type: ignore[arg-type]
+    assert kept.rows() == [("kline", 60)]
