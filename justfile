@@ -42,6 +42,6 @@ demo *args:
 seed-demo *args:
     etl seed-demo {{args}}
 
-# JupyterLab on notebooks/.
-notebook:
-    jupyter lab notebooks/
+# JupyterLab on notebooks/ (root, as in containers, needs --allow-root).
+notebook *args:
+    jupyter lab notebooks/ $([ "$(id -u)" = 0 ] && echo --allow-root) {{args}}

@@ -41,8 +41,14 @@ def generate_ticks(
     salt = seed + sum(map(ord, symbol)) * 7919
     sigma = vol * math.sqrt(interval_ms / 1000 / _YEAR_S)
     k = pl.int_range(0, n, dtype=pl.Int64)
-    # Irwin-Hall: the sum of four uniforms is close enough to a normal draw for a demo.
-    z = (sum(_uniform(k, salt + i) for i in range(4)) - 2.0) * math.sqrt(3.0)
+
+    # Irwin-Hall: the sum of four uniforms is close enough to a normal draw for a demo. A
+    # market factor shared by every symbol (same seed, same time index) plus the symbol's own
+    # moves: crypto prices move together, with correlations around 0.6.
+    def normal(seed_: int) -> pl.Expr:
+        return (sum(_uniform(k, seed_ + i) for i in range(4)) - 2.0) * math.sqrt(3.0)
+
+    z = 0.78 * normal(seed) + 0.63 * normal(salt)
     base = _BASES.get(symbol, 1.0 + (salt % 500))
     hour = (pl.col("ts") // HOUR_MS).cast(pl.Int64)
     frame = (

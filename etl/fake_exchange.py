@@ -243,12 +243,13 @@ class FakeExchange:
                 base = _BASES.get(symbol) or math.exp(rng.uniform(math.log(0.01), math.log(5e4)))
                 walk = _Walk(
                     self._anchor,
-                    [(base, base, base, base)],
+                    [],
                     [],
                     random.Random(f"{self.seed}:{symbol}:fwd"),
                     random.Random(f"{self.seed}:{symbol}:bwd"),
                     self.volatility,
                 )
+                walk.forward.append(walk._draw(walk.rng_fwd, base, True))  # type: ignore[arg-type]
                 self._walks[symbol] = walk
             return walk.candle(minute)
 

@@ -168,7 +168,8 @@ class Staging:
                     "AND rowid < (SELECT max(rowid) FROM ticks)",
                     (hour, hour + HOUR_MS, max_seq),
                 )
-                deleted += max(cur.rowcount, 0)
+                cur.execute("SELECT changes()")  # ADBC reports no rowcount for a DELETE
+                deleted += int(cur.fetchone()[0])
         return deleted
 
     # -- reads ---------------------------------------------------------------------------------

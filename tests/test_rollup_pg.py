@@ -255,7 +255,8 @@ def test_purge_follows_the_ledger_not_the_clock(pgs: Settings) -> None:
     now_hour = hour_floor(int(time.time() * 1000))
     seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 6 * HOUR_MS, polls=6 * 720)
     pgs = replace(pgs, raw_retention_h=3.0)
-    run_rollup(pgs)
+    first = run_rollup(pgs)
+    assert first.purged == 3 * 720 * 3  # the three hours that ended more than 3 h ago
     left = staged_hours(pgs.staging_path)
     # hours ending more than 3 h ago are gone (the newest row is always kept), later ones stay
     assert sorted(h for h, n in left.items() if n > 1) == [
