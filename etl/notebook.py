@@ -50,15 +50,26 @@ class History:
         """Any read-only SQL as a Polars frame (``$1`` placeholders)."""
         return self.wh.query(query, params)
 
-    def _range(
-        self, days: float | None, start: datetime | None, end: datetime | None
-    ) -> tuple[datetime, datetime]:
-        end = end or datetime.now(UTC)
-        start = start or end - timedelta(days=days or 30)
-        return start, end
-
     def symbols(self) -> list[str]:
         return self.sql("SELECT symbol FROM latest_price ORDER BY symbol")["symbol"].to_list()
+
+    def _window(
+        self,
+        table: str,
+        column: str,
+        symbols: list[str] | None,
+        days: float | None,
+        start: datetime | None,
+        end: datetime | None,
+    ) -> pl.DataFrame:
+        end = end or datetime.now(UTC)
+        start = start or end - timedelta(days=days or 30)
+        cast = "::date" if column == "day" else ""
+        return self.sql(
+            f"SELECT * FROM {table} WHERE {column} >= $1{cast} AND {column} < $2{cast} "
+            f"AND symbol = ANY(string_to_array($3, ',')) ORDER BY symbol, {column}",
+            [start, end, ",".join(symbols or self.symbols())],
+        )
 
     def hourly(
         self,
@@ -69,13 +80,7 @@ class History:
         end: datetime | None = None,
     ) -> pl.DataFrame:
         """Hourly bars for ``symbols`` (default: all) in ``[start, end)`` (default: 30 days)."""
-        lo, hi = self._range(days, start, end)
-        names = ",".join(symbols or self.symbols())
-        return self.sql(
-            "SELECT * FROM metrics_hourly WHERE bucket >= $1 AND bucket < $2 "
-            "AND symbol = ANY(string_to_array($3, ',')) ORDER BY symbol, bucket",
-            [lo, hi, names],
-        )
+        return self._window("metrics_hourly", "bucket", symbols, days, start, end)
 
     def daily(
         self,
@@ -85,13 +90,8 @@ class History:
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> pl.DataFrame:
-        lo, hi = self._range(days, start, end)
-        names = ",".join(symbols or self.symbols())
-        return self.sql(
-            "SELECT * FROM metrics_daily WHERE day >= $1::date AND day < $2::date "
-            "AND symbol = ANY(string_to_array($3, ',')) ORDER BY symbol, day",
-            [lo, hi, names],
-        )
+        """Daily bars for ``symbols`` (default: all) over the UTC days in ``[start, end)``."""
+        return self._window("metrics_daily", "day", symbols, days, start, end)
 
     def latest(self) -> pl.DataFrame:
         return self.sql("SELECT * FROM latest_price ORDER BY symbol")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -316,12 +317,17 @@ class Warehouse:
     @contextmanager
     def run_lock(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Hold the run lock for a whole job, so two rollups started together run one after the
-        other and the second finds nothing left to do."""
-        got = self.execute("SELECT pg_try_advisory_lock($1)", [RUN_LOCK])[0][0]
-        if not got:
-            if on_wait is not None:
+        other and the second finds nothing left to do.
+
+        Polled rather than blocking: a process waiting inside libpq would not see a SIGTERM
+        until the lock came free.
+        """
+        waiting = False
+        while not self.execute("SELECT pg_try_advisory_lock($1)", [RUN_LOCK])[0][0]:
+            if not waiting and on_wait is not None:
                 on_wait()
-            self.execute("SELECT pg_advisory_lock($1)", [RUN_LOCK])
+            waiting = True
+            time.sleep(0.25)
         try:
             yield
         finally:
