@@ -4,7 +4,7 @@ Choice: 1-minute klines aggregated to the hour, not 1-hour klines. A 1h candle c
 (one request of weight 2 covers 1,000 hours) but says nothing about the hour's mean; 1m candles
 give the mean of the minute closes and a coverage (``samples`` = minutes, of 60) comparable to a
 poll bar's. The cost: a day is 1,440 minutes, two requests of weight 2, so 4 weight per symbol
-and day: a week of 5 symbols is 140 weight, 2 % of a minute's 6,000.
+and day (about 3 over longer gaps, as pages of 1,000 minutes span days).
 
 Backfilled bars have ``source = 'kline'``. A ``poll`` bar with full coverage is never replaced;
 an hour is fetched once (``backfill_log``), so a second run fetches nothing. Bans and the
