@@ -301,10 +301,6 @@ class Warehouse:
             [before],
         )
 
-    def refresh_daily(self, lo: datetime, hi: datetime) -> int:
-        """Recompute the closed UTC days in ``[lo, hi)`` from the hourly bars."""
-        return int(self.execute("SELECT etl_refresh_daily($1::date, $2::date)", [lo, hi])[0][0])
-
     def retention(self, keep_days: float, *, dry_run: bool) -> pl.DataFrame:
         with self.transaction() as cur:
             cur.execute("SET LOCAL lock_timeout = '60s'")

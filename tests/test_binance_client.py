@@ -219,3 +219,11 @@ def test_client_errors_carry_the_exchange_code(vclock: VirtualClock) -> None:
         with pytest.raises(ApiError) as err:
             client.prices(["BTCUSDT", "NOPEUSDT"])
         assert (err.value.status, err.value.code, err.value.msg) == (400, -1121, "Invalid symbol.")
+
+
+def test_ping_and_server_time(vclock: VirtualClock) -> None:
+    with FakeExchange(clock=vclock) as ex, client_for(ex, vclock) as client:
+        client.ping()
+        assert client.server_time() == int(vclock.now * 1000)
+        assert [r.path for r in ex.requests] == ["/api/v3/ping", "/api/v3/time"]
+        assert client.governor.used == 2  # weight 1 each
