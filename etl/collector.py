@@ -400,6 +400,8 @@ class Collector:
             )
 
     def _refresh(self) -> None:
+        if not self.view.live_mode:  # piped: one log line per poll says it all
+            return
         gov = self.client.governor
         status = "ok"
         if gov.banned_until > self.clock():
