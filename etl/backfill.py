@@ -109,14 +109,13 @@ def target_hours(
 ) -> dict[str, list[int]]:
     """Per symbol, the hours in ``[lo_ms, hi_ms)`` without a bar or with a thin poll bar, not
     fetched before."""
-    full = math.ceil(settings.expected_samples_per_hour * settings.backfill_min_coverage)
     rows = wh.query(
         _TARGETS_SQL,
         [
             ",".join(symbols),
             datetime.fromtimestamp(lo_ms / 1000, UTC),
             datetime.fromtimestamp(hi_ms / 1000, UTC),
-            full,
+            settings.full_samples_per_hour,
         ],
     )
     out: dict[str, list[int]] = {}
@@ -143,9 +142,6 @@ class Backfill:
         self.stop = stop or threading.Event()
         self.report = report
         self.summary = BackfillSummary()
-        self.full_samples = math.ceil(
-            settings.expected_samples_per_hour * settings.backfill_min_coverage
-        )
 
     def run(
         self, wh: Warehouse, staging: Staging, symbols: Sequence[str], lo_ms: int, hi_ms: int
@@ -210,9 +206,7 @@ class Backfill:
     def _write(self, wh: Warehouse, symbol: str, minutes: pl.DataFrame, hours: list[int]) -> None:
         if not hours:
             return
-        bars = (
-            kline_bars(minutes, symbol) if minutes.height else kline_bars(parse_klines([]), symbol)
-        )
+        bars = kline_bars(minutes, symbol)
         per_hour = minutes.group_by(hour=pl.col("open_ms") // HOUR_MS * HOUR_MS).len()
         counts = dict(per_hour.iter_rows())
         fetched = pl.DataFrame(
@@ -223,7 +217,9 @@ class Backfill:
             },
             schema={"symbol": pl.String, "hour": pl.Datetime("us", "UTC"), "minutes": pl.Int32},
         )
-        self.summary.bars += wh.write_kline_bars(bars, fetched, self.full_samples).bars
+        self.summary.bars += wh.write_kline_bars(
+            bars, fetched, self.settings.full_samples_per_hour
+        ).bars
         self.summary.hours += len(hours)
 
 

@@ -129,7 +129,6 @@ class WeightGovernor:
         self.clock = clock
         self.sleep = sleep
         self.used = 0
-        self.peak_used = 0
         self._window = math.floor(clock() / 60)
         self._lock = threading.Lock()
         self.banned_until = 0.0
@@ -169,7 +168,6 @@ class WeightGovernor:
                 self._roll(now)
                 if self.used + weight <= self.allowed - reserve:
                     self.used += weight
-                    self.peak_used = max(self.peak_used, self.used)
                     return
                 # A small margin: the exchange's minute may turn a little after ours.
                 free_at = (self._window + 1) * 60 + 0.25
@@ -189,7 +187,6 @@ class WeightGovernor:
         with self._lock:
             self._roll(self.clock())
             self.used = max(self.used, reported)
-            self.peak_used = max(self.peak_used, self.used)
 
     def ban(self, status: int, retry_after: float) -> RateLimited:
         """Record a 429/418: nothing is sent before ``retry_after`` seconds have passed."""

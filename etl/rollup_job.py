@@ -7,7 +7,6 @@ the rollup read. A crash anywhere leaves either the old state or the new, and a 
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -92,7 +91,7 @@ def pending_hours(
 
     def intact(hour: int) -> bool:
         max_seq, ticks_read, purged = committed[hour]
-        return not purged and staging.count_read(hour, max_seq) == ticks_read
+        return not purged and staging.count_between(hour, hour + HOUR_MS, max_seq) == ticks_read
 
     if rerun:
         again = [h for h in staged if h in committed]
@@ -158,8 +157,7 @@ def run_rollup(
             hours = [h for h in hours if MIN_TS_MS <= h <= MAX_TS_MS]
             summary.future_ticks = staging.count_between(closed + HOUR_MS, None)
             groups = chunked(hours, sizes, settings.rollup_chunk_hours, CHUNK_TICKS)
-            full = math.ceil(settings.expected_samples_per_hour * settings.backfill_min_coverage)
-            _roll_hours(staging, wh, groups, full, summary)
+            _roll_hours(staging, wh, groups, settings.full_samples_per_hour, summary)
             purge_before = utc(now_ms - int(settings.raw_retention_h * HOUR_MS))
             candidates = wh.purge_candidates(purge_before)
             crash_point("before_purge")

@@ -230,21 +230,17 @@ class Staging:
         finally:
             conn.close()
 
-    def count_read(self, hour_ms: int, max_seq: int) -> int:
-        """Ticks of an hour up to row ``max_seq``: what a rollup that read it saw, unless some
-        were purged since."""
+    def count_between(self, lo_ms: int | None, hi_ms: int | None, max_seq: int = 2**62) -> int:
+        """Ticks with ``lo_ms <= ts < hi_ms`` (either bound open when ``None``) up to row
+        ``max_seq``: with a ledger's ``max_seq``, what that rollup read, unless some were purged."""
+        lo = -(2**62) if lo_ms is None else lo_ms
+        hi = 2**62 if hi_ms is None else hi_ms
         return int(
             self._scalar(
                 "SELECT count(*) FROM ticks WHERE ts >= ? AND ts < ? AND rowid <= ?",
-                (hour_ms, hour_ms + HOUR_MS, max_seq),
+                (lo, hi, max_seq),
             )
         )
-
-    def count_between(self, lo_ms: int | None, hi_ms: int | None) -> int:
-        """Ticks with ``lo_ms <= ts < hi_ms`` (either bound open when ``None``)."""
-        lo = -(2**62) if lo_ms is None else lo_ms
-        hi = 2**62 if hi_ms is None else hi_ms
-        return int(self._scalar("SELECT count(*) FROM ticks WHERE ts >= ? AND ts < ?", (lo, hi)))
 
     def hours_with_ticks(self, lo_ms: int | None = None, hi_ms: int | None = None) -> list[int]:
         """Start (epoch ms) of every hour in ``[lo_ms, hi_ms)`` that has at least one tick."""

@@ -110,13 +110,7 @@ def warehouse_status(
     last_closed = datetime.fromtimestamp(
         hour_floor(int(now.timestamp() * 1000) - GRACE_MS) / 1000, UTC
     )
-    ledger = wh.query("SELECT max(hour) AS last, count(*) AS hours FROM rollup_runs")
-    committed = {
-        int(h)
-        for h in wh.query("SELECT (extract(epoch FROM hour) * 1000)::bigint AS h FROM rollup_runs")[
-            "h"
-        ]
-    }
+    committed = set(wh.ledger()["hour_ms"].to_list())
     missing = wh.query(_MISSING_SQL, [symbols, now - timedelta(days=LOOKBACK_DAYS), last_closed])
     coverage = wh.query(
         _COVERAGE_SQL,
@@ -136,8 +130,8 @@ def warehouse_status(
     dated = parts.filter(pl.col("range_start").is_not_null())
     return {
         "server": wh.label,
-        "last_committed_hour": _iso(ledger["last"][0]),
-        "committed_hours": int(ledger["hours"][0]),
+        "last_committed_hour": console.iso(max(committed)) if committed else None,
+        "committed_hours": len(committed),
         "pending_hours": [console.iso(h) for h in staged_closed if h not in committed],
         "missing_hours_7d": {
             r["symbol"]: {"count": int(r["missing_hours"] or 0), "first": _iso(r["first_missing"])}
