@@ -30,12 +30,12 @@ def once(sqlite_path: str, uri: str, lo: int, hi: int) -> float:
     started = time.perf_counter()
     with sqlite3.connect(sqlite_path) as src:
         df = pd.read_sql(
-            "SELECT rowid AS seq, symbol, ts, price FROM ticks WHERE ts >= ? AND ts < ?",
+            "SELECT symbol, ts, price FROM ticks WHERE ts >= ? AND ts < ?",
             src,
             params=(lo, hi),
         )
     df["at"] = pd.to_datetime(df["ts"], unit="ms", utc=True)
-    df = df.sort_values(["symbol", "ts", "seq"]).set_index("at")
+    df = df.sort_values(["symbol", "ts"], kind="stable").set_index("at")
     grouped = df.groupby("symbol").resample("1h")["price"]
     bars = grouped.ohlc()
     bars["mean"] = grouped.mean()

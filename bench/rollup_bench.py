@@ -21,13 +21,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as pg
+import polars as pl
 
 from bench.common import median_ms, postgres, row, stage_hours, timed
-from etl import console
 from etl.config import load_settings
+from etl.hours import HOUR_MS, hour_floor
 from etl.rollup import hour_ledger, hourly_bars
 from etl.rollup_job import run_rollup
-from etl.staging import HOUR_MS, Staging, hour_floor
+from etl.staging import Staging
 from etl.warehouse import Warehouse, connect
 
 SYMBOLS = 3000
@@ -48,7 +49,6 @@ def _truncate(uri: str) -> None:
 def run(runs: int = 3, backlog: bool = True) -> dict[str, float]:
     results: dict[str, float] = {}
     work = Path(tempfile.mkdtemp(prefix="etl-bench-rollup-", dir="/tmp"))
-    console.console.quiet = True
     try:
         with postgres() as admin_uri:
             uri = _database(admin_uri, "bench_ours")
@@ -77,12 +77,17 @@ def run(runs: int = 3, backlog: bool = True) -> dict[str, float]:
 
             with Staging(path) as st:  # where the time goes, one stage at a time
                 results["read_s"] = median_ms(timed(lambda: st.read_hours([hour]), runs)) / 1000
-                ticks = st.read_hours([hour])
-            results["compute_s"] = (
-                median_ms(timed(lambda: hourly_bars(ticks, ordered=True), runs)) / 1000
+                window = st.read_hours([hour])
+                staging_id, staging_name = st.id, st.name
+
+            def compute() -> pl.DataFrame:
+                return hourly_bars(window.ticks, ordered=True, symbols=window.symbols)
+
+            results["compute_s"] = median_ms(timed(compute, runs)) / 1000
+            bars = compute().with_columns(staging_id=pl.lit(staging_id))
+            runs_frame = hour_ledger(bars, bars["bucket"][0], max_seq=window.upto).with_columns(
+                staging_id=pl.lit(staging_id), staging_name=pl.lit(staging_name)
             )
-            bars = hourly_bars(ticks, ordered=True)
-            runs_frame = hour_ledger(bars, bars["bucket"][0])
             wh = Warehouse(connect(uri))
 
             def write() -> None:
@@ -117,7 +122,6 @@ def run(runs: int = 3, backlog: bool = True) -> dict[str, float]:
             if backlog:
                 results.update(_backlog(work, admin_uri))
     finally:
-        console.console.quiet = False
         shutil.rmtree(work, ignore_errors=True)
     return results
 

@@ -22,19 +22,27 @@ Failures surface as typed exceptions a caller can catch:
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
+import polars as pl
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
+if TYPE_CHECKING:
+    from etl.config import Settings
+
 WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
-# Request weights from the official spot API docs (DESIGN.md).
+# Request weights from the official spot API docs.
 ENDPOINT_WEIGHTS: dict[str, int] = {
     "/api/v3/ping": 1,
     "/api/v3/time": 1,
@@ -46,7 +54,9 @@ DEFAULT_WEIGHT_LIMIT = 6000
 # Above this many symbols, one unfiltered request (same weight) beats a URL of thousands of names.
 MAX_LISTED_SYMBOLS = 100
 ERR_INVALID_SYMBOL = -1121
+# Keys of the state the client keeps in its store (the staging file) across restarts.
 BAN_KEY = "binance.ban"
+WEIGHT_KEY = "binance.weight"
 
 
 class BinanceError(Exception):
@@ -54,7 +64,15 @@ class BinanceError(Exception):
 
 
 class ExchangeUnavailable(BinanceError):
-    """No usable answer: connection error, timeout, or 5xx (whose outcome is unknown)."""
+    """No usable answer: connection error, timeout, or 5xx (whose outcome is unknown).
+
+    ``reached`` is False when the request cannot have reached the exchange (name resolution,
+    refused connection, connect timeout): its weight was not spent.
+    """
+
+    def __init__(self, message: str, *, reached: bool = True) -> None:
+        super().__init__(message)
+        self.reached = reached
 
 
 class BadResponse(BinanceError):
@@ -89,12 +107,28 @@ class ApiError(BinanceError):
 
 
 class UnknownSymbols(BinanceError):
-    """Symbols that are unknown to the exchange or not trading, with the reason for each."""
+    """Symbols that are unknown to the exchange or not trading, with the reason for each.
 
-    def __init__(self, bad: dict[str, str]) -> None:
+    The message names the first few (with a close listed name, if any) and counts the rest.
+    """
+
+    SHOWN = 5
+
+    def __init__(self, bad: dict[str, str], listed: Sequence[str] = ()) -> None:
         self.bad = bad
-        listed = ", ".join(f"{s} ({why})" for s, why in bad.items())
-        super().__init__(f"symbol(s) not trading on the exchange: {listed}")
+        names = list(listed)
+
+        def why(symbol: str) -> str:
+            reason = bad[symbol]
+            if reason == "unknown" and names:
+                close = difflib.get_close_matches(symbol, names, n=1, cutoff=0.75)
+                if close:
+                    return f"unknown; did you mean {close[0]}?"
+            return reason
+
+        shown = ", ".join(f"{s} ({why(s)})" for s in list(bad)[: self.SHOWN])
+        more = f" and {len(bad) - self.SHOWN:,} more" if len(bad) > self.SHOWN else ""
+        super().__init__(f"{len(bad):,} symbol(s) not trading on the exchange: {shown}{more}")
 
 
 class StateStore(Protocol):
@@ -176,6 +210,11 @@ class WeightGovernor:
             if self.sleep(max(0.0, free_at - now)):  # an Event's wait: True once stopped
                 raise WeightBudgetExhausted(free_at)
 
+    def refund(self, weight: int) -> None:
+        """Give back the weight of a request that never reached the exchange."""
+        with self._lock:
+            self.used = max(0, self.used - weight)
+
     def observe(self, headers: Any) -> None:
         value = headers.get(WEIGHT_HEADER)
         if value is None:
@@ -216,6 +255,7 @@ class WeightGovernor:
 class ExchangeInfo:
     weight_limit: int | None
     statuses: dict[str, str]
+    tick_sizes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -294,12 +334,67 @@ def parse_exchange_info(data: Any) -> ExchangeInfo:
             and isinstance(entry.get("limit"), int)
         ):
             limit = int(entry["limit"]) // max(1, int(entry.get("intervalNum") or 1))
-    statuses = {
-        s["symbol"]: str(s.get("status"))
-        for s in data["symbols"]
-        if isinstance(s, dict) and isinstance(s.get("symbol"), str)
+    symbols = [
+        s for s in data["symbols"] if isinstance(s, dict) and isinstance(s.get("symbol"), str)
+    ]
+    statuses = {s["symbol"]: str(s.get("status")) for s in symbols}
+    tick_sizes = {
+        s["symbol"]: str(f["tickSize"])
+        for s in symbols
+        for f in s.get("filters") or []
+        if isinstance(f, dict) and f.get("filterType") == "PRICE_FILTER" and f.get("tickSize")
     }
-    return ExchangeInfo(limit, statuses)
+    return ExchangeInfo(limit, statuses, tick_sizes)
+
+
+def parse_klines(rows: list[list[Any]]) -> pl.DataFrame:
+    """Kline rows ``[openTime, open, high, low, close, ...]`` as a typed frame
+    ``open_ms, open, high, low, close``."""
+    return pl.DataFrame(
+        {
+            "open_ms": [int(r[0]) for r in rows],
+            "open": [float(r[1]) for r in rows],
+            "high": [float(r[2]) for r in rows],
+            "low": [float(r[3]) for r in rows],
+            "close": [float(r[4]) for r in rows],
+        },
+        schema={
+            "open_ms": pl.Int64,
+            "open": pl.Float64,
+            "high": pl.Float64,
+            "low": pl.Float64,
+            "close": pl.Float64,
+        },
+    )
+
+
+def _failure(exc: requests.RequestException, url: str, timeout: float) -> ExchangeUnavailable:
+    """What went wrong on the way, in words: name resolution, refused, TLS, timeout."""
+    host = urlsplit(url).netloc
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        nxt = getattr(seen, "reason", None)
+        seen = nxt if isinstance(nxt, BaseException) else (seen.__cause__ or seen.__context__)
+    kinds = [type(e).__name__ for e in chain]
+    if isinstance(exc, requests.ConnectTimeout):
+        return ExchangeUnavailable(f"{host}: no connection within {timeout:.1f} s", reached=False)
+    if isinstance(exc, requests.Timeout):
+        return ExchangeUnavailable(f"{host}: no answer within {timeout:.1f} s")
+    if any(isinstance(e, socket.gaierror) for e in chain) or "NameResolutionError" in kinds:
+        return ExchangeUnavailable(f"name resolution failed for {host}", reached=False)
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return ExchangeUnavailable(f"connection refused by {host}", reached=False)
+    if isinstance(exc, requests.exceptions.SSLError) or any(
+        isinstance(e, ssl.SSLError) for e in chain
+    ):
+        return ExchangeUnavailable(f"TLS failed with {host} ({chain[-1]})", reached=False)
+    if any(isinstance(e, ConnectionResetError | BrokenPipeError) for e in chain) or any(
+        k in ("RemoteDisconnected", "ProtocolError") for k in kinds
+    ):
+        return ExchangeUnavailable(f"{host} closed the connection without an answer")
+    return ExchangeUnavailable(f"{host}: connection failed ({kinds[-1]})", reached=False)
 
 
 def _error_body(resp: requests.Response) -> tuple[int | None, str]:
@@ -327,8 +422,11 @@ class BinanceClient:
         reserve: int = 0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Any] = time.sleep,
+        session: requests.Session | None = None,
     ) -> None:
-        """``reserve``: weight per minute this client leaves to others sharing the governor."""
+        """``reserve``: weight per minute this client leaves to others sharing the governor.
+        ``session``: the transport (a ``requests.Session``, perhaps with an adapter mounted that
+        answers without a socket); by default a new one, owned and closed by the client."""
         self.base_url = base_url.rstrip("/")
         self.reserve = reserve
         self.governor = governor or WeightGovernor(clock=clock, sleep=sleep)
@@ -337,7 +435,7 @@ class BinanceClient:
         self.max_backoff = max_backoff
         self.clock = clock
         self.sleep = sleep
-        self.session = requests.Session()
+        self.session = session or requests.Session()
         self.session.headers["User-Agent"] = "etl-price-pipeline/0.1"
 
     def close(self) -> None:
@@ -362,31 +460,39 @@ class BinanceClient:
                 raise ExchangeUnavailable("no time left before the deadline")
             read_timeout = min(read_timeout, left)
         try:
+            # stream=True: the status and headers are acted on before the body is read, so a
+            # ban is stored the moment it arrives (a crash while the body streams keeps it).
             resp = self.session.get(
                 self.base_url + path,
                 params=params,
                 timeout=(min(self.connect_timeout, read_timeout), read_timeout),
+                stream=True,
             )
-        except requests.Timeout:
-            raise ExchangeUnavailable(f"{path}: timed out after {read_timeout:.1f} s") from None
         except requests.RequestException as exc:
-            reason = type(exc).__name__
-            raise ExchangeUnavailable(f"{path}: connection failed ({reason})") from None
-        self.governor.observe(resp.headers)
-        status = resp.status_code
-        if status in (418, 429):
+            failure = _failure(exc, self.base_url, read_timeout)
+            if not failure.reached:
+                self.governor.refund(weight)
+            raise failure from None
+        with resp:
+            status = resp.status_code
+            if status in (418, 429):
+                try:
+                    retry_after = float(resp.headers.get("Retry-After", "60"))
+                except ValueError:
+                    retry_after = 60.0
+                raise self.governor.ban(status, retry_after)
+            self.governor.observe(resp.headers)
             try:
-                retry_after = float(resp.headers.get("Retry-After", "60"))
-            except ValueError:
-                retry_after = 60.0
-            raise self.governor.ban(status, retry_after)
+                body = resp.content
+            except requests.RequestException as exc:
+                raise _failure(exc, self.base_url, read_timeout) from None
         if status >= 500:
             raise ExchangeUnavailable(f"{path}: HTTP {status}")
         if status >= 400:
             code, msg = _error_body(resp)
             raise ApiError(status, code, msg)
         try:
-            return resp.json()
+            return json.loads(body)
         except ValueError:
             raise BadResponse(f"{path}: the body is not JSON") from None
 
@@ -459,7 +565,11 @@ class BinanceClient:
             if info.statuses.get(s) != "TRADING"
         }
         if bad:
-            raise UnknownSymbols(bad)
+            if not any(v == "unknown" for v in bad.values()) or len(info.statuses) > len(symbols):
+                raise UnknownSymbols(bad, list(info.statuses))
+            # The filtered answer lists only what we asked for: ask for all, to suggest names.
+            everything = self.exchange_info(None, deadline=deadline)
+            raise UnknownSymbols(bad, list(everything.statuses))
         return info
 
     def prices(self, symbols: Sequence[str], deadline: float | None = None) -> PricePoll:
@@ -492,3 +602,20 @@ class BinanceClient:
         if not isinstance(data, list) or not all(isinstance(r, list) and len(r) >= 7 for r in data):
             raise BadResponse("klines: expected an array of arrays")
         return data
+
+
+def open_exchange(
+    settings: Settings,
+    store: StateStore | None = None,
+    *,
+    reserve: int = 0,
+    governor: WeightGovernor | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> BinanceClient:
+    """The configured exchange: a client with a weight governor that keeps its bans in
+    ``store`` (the staging file), so every process honours them across restarts."""
+    gov = governor or WeightGovernor(settings.weight_budget, store=store, clock=clock, sleep=sleep)
+    return BinanceClient(
+        settings.binance_url, governor=gov, reserve=reserve, clock=clock, sleep=sleep
+    )

@@ -1,106 +1,194 @@
-"""The ``etl`` command. Every ``just`` recipe is a thin call of it.
+"""The ``etl`` command. Every ``just`` recipe is a thin call of it, and every command a thin call
+of one library function; this module parses, calls, and draws the result.
 
-Global options (before the command) override the environment and ``etl.toml``::
+Every setting is an option before the command and after it (``etl --symbols BTCUSDT collect`` and
+``etl collect --symbols BTCUSDT`` mean the same), generated from the declarations in
+``etl.config``::
 
-    etl --interval-s 1 --symbols BTCUSDT,ETHUSDT collect --polls 10
+    etl --interval-s 1 collect --symbols BTCUSDT,ETHUSDT --polls 10
 """
 
 from __future__ import annotations
 
-import signal
+import functools
+import inspect
+import json
 import sys
 import traceback
-from datetime import UTC, datetime
+import typing
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
-from etl.config import Settings, load_settings
-from etl.console import error
-from etl.errors import ConfigError, EtlError
+from etl import logs, shutdown
+from etl.config import Settings, load_settings, mask_dsn, setting_fields, shown_default
+from etl.errors import DependencyError, EtlError
+from etl.hours import parse_range
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Binance price pipeline: collect ticks, roll them up hourly, keep years of history.",
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Binance price pipeline: collect ticks, roll them up hourly, keep years of history.\n\n"
+    "Settings come from flags (before or after the command), ETL_* variables, etl.toml, "
+    "then defaults. Exit codes: 0 ok, 1 degraded (status), 2 bad configuration or input, "
+    "3 a dependency unavailable.",
 )
-db_app = typer.Typer(no_args_is_help=True, help="Warehouse schema.")
+db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The warehouse.")
 app.add_typer(db_app, name="db")
 
-_SETTING_OPTIONS = (
-    "symbols",
-    "interval_s",
-    "binance_url",
-    "data_dir",
-    "sqlite_path",
-    "pg_dsn",
-    "raw_retention_h",
-    "hourly_retention_d",
-    "weight_budget",
-)
+_SETTINGS = {spec.name for spec in setting_fields()}
 
 
-def parse_time(text: str | None, name: str = "time") -> int | None:
-    """ISO 8601 to epoch milliseconds; a naive time means UTC.
+def _setting_parameters() -> list[inspect.Parameter]:
+    """One ``--name`` option per declared setting, with its metavar, env var and default."""
+    params = []
+    for spec in setting_fields():
+        meta = spec.metadata
+        option = typer.Option(
+            f"--{spec.name.replace('_', '-')}",
+            metavar=meta["metavar"],
+            help=f"{meta['help'][0].upper()}{meta['help'][1:]}. "
+            f"[env: {meta['env']}; default: {shown_default(spec)}]",
+            show_default=False,
+            rich_help_panel="Settings",
+        )
+        params.append(
+            inspect.Parameter(
+                spec.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[str | None, option],
+            )
+        )
+    return params
 
-    >>> parse_time("2026-01-05T00:00:00Z")
-    1767571200000
-    >>> parse_time("2026-01-05")
-    1767571200000
-    """
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text.strip().replace("z", "Z"))
-    except ValueError:
-        raise ConfigError(
-            f"--{name}: {text!r} is not an ISO 8601 time; use e.g. 2026-01-05T00:00:00Z"
-        ) from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
+
+def _resolved(func: Callable) -> inspect.Signature:
+    """The signature with its annotations evaluated (this module postpones them), options and
+    all: typer reads ``Annotated[..., typer.Option(...)]`` objects, not strings."""
+    hints = typing.get_type_hints(func, include_extras=True)
+    signature = inspect.signature(func)
+    return signature.replace(
+        parameters=[
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in signature.parameters.values()
+        ]
+    )
+
+
+def command(group: typer.Typer = app, name: str | None = None) -> Callable[[Callable], Callable]:
+    """Register a command that also takes every setting as an option after its name."""
+
+    def register(func: Callable) -> Callable:
+        signature = _resolved(func)
+
+        @functools.wraps(func)
+        def wrapper(ctx: typer.Context, **kwargs: Any) -> Any:
+            given = {k: kwargs.pop(k) for k in list(kwargs) if k in _SETTINGS}
+            root = ctx.find_root().obj
+            root["overrides"].update({k: v for k, v in given.items() if v is not None})
+            return func(ctx, **kwargs)
+
+        parameters = [*signature.parameters.values(), *_setting_parameters()]
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return group.command(name)(wrapper)
+
+    return register
 
 
 def settings_of(ctx: typer.Context, **extra: Any) -> Settings:
-    obj = ctx.find_root().obj or {}
-    return load_settings({**obj.get("overrides", {}), **extra}, config_path=obj.get("config"))
+    """The resolved settings for this command; sets up logging in the chosen format."""
+    obj = ctx.find_root().obj
+    settings = load_settings({**obj["overrides"], **extra}, config_path=obj["config"])
+    logs.setup(settings.log_format)
+    return settings
 
 
-@app.callback()
+def _print(*renderables: Any) -> None:
+    from etl.console import console
+
+    for item in renderables:
+        console.print(item, soft_wrap=True)
+
+
 def _root(
     ctx: typer.Context,
-    config: Annotated[str | None, typer.Option(help="Path of etl.toml (or ETL_CONFIG).")] = None,
-    symbols: Annotated[str | None, typer.Option(help="Comma list of symbols.")] = None,
-    interval_s: Annotated[str | None, typer.Option(help="Poll interval, seconds.")] = None,
-    binance_url: Annotated[str | None, typer.Option(help="Exchange REST base URL.")] = None,
-    data_dir: Annotated[
-        str | None, typer.Option(help="Where staging and embedded PG live.")
+    config: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE", help="Path of etl.toml. [env: ETL_CONFIG; default: ./etl.toml]"
+        ),
     ] = None,
-    sqlite_path: Annotated[str | None, typer.Option(help="Staging database file.")] = None,
-    pg_dsn: Annotated[str | None, typer.Option(help="PostgreSQL URI (default: embedded).")] = None,
-    raw_retention_h: Annotated[str | None, typer.Option(help="Hours of staged ticks kept.")] = None,
-    hourly_retention_d: Annotated[
-        str | None, typer.Option(help="Days of hourly bars kept.")
-    ] = None,
-    weight_budget: Annotated[str | None, typer.Option(help="Fraction of the weight limit.")] = None,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks (passwords still masked).")
+    ] = False,
+    **settings: Any,
 ) -> None:
-    values = locals()
     ctx.obj = {
         "config": config,
         "debug": debug,
-        "overrides": {k: values[k] for k in _SETTING_OPTIONS if values[k] is not None},
+        "overrides": {k: v for k, v in settings.items() if v is not None},
     }
 
 
-@app.command()
+_root_signature = _resolved(_root)
+_root.__signature__ = _root_signature.replace(  # type: ignore[attr-defined]
+    parameters=[
+        *(p for p in _root_signature.parameters.values() if p.kind != p.VAR_KEYWORD),
+        *_setting_parameters(),
+    ]
+)
+_root.__annotations__ = {p.name: p.annotation for p in _root.__signature__.parameters.values()}  # type: ignore[attr-defined]
+app.callback()(_root)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+Polls = Annotated[int | None, typer.Option(min=1, metavar="N", help="Stop after N polls.")]
+Duration = Annotated[
+    float | None, typer.Option(min=0, metavar="SECONDS", help="Stop after this many seconds.")
+]
+Since = Annotated[
+    str | None,
+    typer.Option(
+        metavar="TIME", help="First hour, ISO 8601 (UTC if no zone), e.g. 2026-01-05T00:00Z."
+    ),
+]
+Until = Annotated[
+    str | None, typer.Option(metavar="TIME", help="End of the range (exclusive), ISO 8601.")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+UsePgDsn = Annotated[
+    bool,
+    typer.Option(
+        "--use-pg-dsn",
+        help="Write demo data into the configured ETL_PG_DSN too (by default a demo keeps its "
+        "own embedded server in <data_dir>/demo).",
+    ),
+]
+
+
+def _collected(stats: Any, polls: int | None) -> None:
+    """``--polls N`` that stored nothing failed: exit 3 naming the last error."""
+    if polls is not None and stats.ticks == 0:
+        raise DependencyError(
+            f"no poll stored anything in {polls} tries"
+            + (f" (last: {stats.last_error})" if stats.last_error else "")
+        )
+
+
+@command()
 def collect(
     ctx: typer.Context,
-    polls: Annotated[int | None, typer.Option(min=1, help="Stop after N polls.")] = None,
-    duration: Annotated[float | None, typer.Option(min=0, help="Stop after S seconds.")] = None,
+    polls: Polls = None,
+    duration: Duration = None,
     no_rollup: Annotated[
-        bool, typer.Option("--no-rollup", help="Do not roll up closed hours.")
+        bool, typer.Option("--no-rollup", help="Do not roll up hours as they close.")
     ] = False,
     backfill: Annotated[
         bool,
@@ -109,212 +197,281 @@ def collect(
         ),
     ] = False,
 ) -> None:
-    """Poll the exchange into the SQLite staging store until stopped (Ctrl-C / SIGTERM)."""
+    """Poll the exchange into the SQLite staging store until stopped (Ctrl-C / SIGTERM).
+
+    Example: etl collect --symbols BTCUSDT,ETHUSDT --interval-s 5
+    """
     from etl.collector import Collector
 
-    collector = Collector(settings_of(ctx), rollup=not no_rollup, backfill=backfill)
-    collector.run(polls=polls, duration=duration)
+    settings = settings_of(ctx)
+    with shutdown.own_terminal():
+        stats = Collector(settings, rollup=not no_rollup, backfill=backfill).run(
+            polls=polls, duration=duration
+        )
+    _collected(stats, polls)
 
 
-@app.command()
+@command()
 def demo(
     ctx: typer.Context,
-    polls: Annotated[int | None, typer.Option(min=1, help="Stop after N polls.")] = None,
-    duration: Annotated[float | None, typer.Option(min=0, help="Stop after S seconds.")] = None,
-    exchange_symbols: Annotated[int, typer.Option(min=1, help="Symbols the fake serves.")] = 50,
+    polls: Polls = None,
+    duration: Duration = None,
+    exchange_symbols: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Symbols the fake exchange lists.")
+    ] = 50,
+    use_pg_dsn: UsePgDsn = False,
 ) -> None:
-    """Collect offline from the built-in fake exchange at a 1 s interval (data in <data_dir>/demo)."""
+    """Collect offline from the built-in fake exchange at a 1 s interval into <data_dir>/demo.
+
+    Example: etl demo --duration 60
+    """
     from etl.collector import Collector
     from etl.fake_exchange import FakeExchange
 
     base = settings_of(ctx)
+    overrides = ctx.find_root().obj["overrides"]
     with FakeExchange(max(exchange_symbols, len(base.symbols)), statuses=None) as exchange:
         for symbol in base.symbols:
             exchange.set_status(symbol, "TRADING")
         settings = settings_of(
-            ctx,
-            binance_url=exchange.url,
-            interval_s=ctx.find_root().obj["overrides"].get("interval_s", "1"),
-            data_dir=str(base.data_dir / "demo"),
-            sqlite_path=str(base.data_dir / "demo" / "ticks.sqlite3"),
-        )
-        Collector(settings).run(polls=polls, duration=duration)
+            ctx, binance_url=exchange.url, interval_s=overrides.get("interval_s", "1")
+        ).for_demo(keep_pg_dsn=use_pg_dsn)
+        with shutdown.own_terminal():
+            stats = Collector(settings).run(polls=polls, duration=duration)
+    data_dir = settings.data_dir
+    _print(
+        f"demo data in {data_dir}: see it with `etl --data-dir {data_dir} status`; "
+        f"charts once an hour has closed: `just notebook --demo` (or `just seed-demo` for 60 "
+        "days of generated history now)"
+    )
+    _collected(stats, polls)
 
 
-@app.command()
+@command()
 def rollup(
     ctx: typer.Context,
-    since: Annotated[str | None, typer.Option(help="First hour (ISO 8601, UTC if naive).")] = None,
-    until: Annotated[str | None, typer.Option(help="End of the range (exclusive).")] = None,
-    rerun: Annotated[bool, typer.Option(help="Roll up committed hours again.")] = False,
+    since: Since = None,
+    until: Until = None,
+    rerun: Annotated[bool, typer.Option("--rerun", help="Roll up committed hours again.")] = False,
 ) -> None:
-    """Roll up closed hours with staged ticks into PostgreSQL; then daily bars, purge, retention."""
+    """Roll up closed hours with staged ticks into PostgreSQL; then daily bars, purge, retention.
+
+    Example: etl rollup --since 2026-01-05T00:00Z --until 2026-01-06T00:00Z
+    """
+    from etl import render
+    from etl.console import BarProgress
     from etl.rollup_job import run_rollup
 
-    settings = settings_of(ctx)
-    run_rollup(
-        settings,
-        since_ms=parse_time(since, "since"),
-        until_ms=parse_time(until, "until"),
-        rerun=rerun,
+    lo, hi = parse_range(since, until)
+    result = run_rollup(
+        settings_of(ctx), since_ms=lo, until_ms=hi, rerun=rerun, progress=BarProgress()
     )
+    _print(*render.rollup(result))
 
 
-@db_app.command("init")
-def db_init(ctx: typer.Context) -> None:
-    """Apply sql/ (idempotent); also done at the start of every rollup."""
-    from etl.console import console
-    from etl.warehouse import open_warehouse
+@command()
+def status(ctx: typer.Context, json_output: Json = False) -> None:
+    """The whole pipeline on one screen, and a health check for supervisors.
 
-    settings = settings_of(ctx)
-    with open_warehouse(settings) as wh:
-        applied = wh.apply_schema()
-        parts = wh.query(
-            "SELECT c.relname AS partition FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'metrics_hourly'::regclass ORDER BY 1"
-        )
-    console.print(f"applied {', '.join(applied)} to {wh.label}")
-    console.print(f"hourly partitions: {', '.join(parts['partition'].to_list())}")
+    Exit 0 healthy, 1 degraded (problems listed), 3 a part cannot be reached.
 
-
-@app.command()
-def retention(
-    ctx: typer.Context,
-    dry_run: Annotated[
-        bool, typer.Option(help="List what would be dropped; change nothing.")
-    ] = False,
-) -> None:
-    """Apply (or list) the retention policy for hourly partitions."""
-    from etl.console import console, table
-    from etl.warehouse import open_warehouse
-
-    settings = settings_of(ctx)
-    with open_warehouse(settings) as wh:
-        wh.apply_schema()
-        result = wh.retention(settings.hourly_retention_d, dry_run=dry_run)
-    title = f"hourly partitions past {settings.hourly_retention_d:g} days"
-    console.print(table(title, result.columns, result.rows()))
-    for row in result.filter(result["action"] == "kept").iter_rows(named=True):
-        start, end = row["range_start"].date(), row["range_end"].date()
-        console.print(
-            f"[yellow]warning:[/] {row['partition']} kept: {row['missing_days']} symbol-day(s) "
-            f"missing from metrics_daily; recompute them with "
-            f"SELECT etl_refresh_daily('{start}', '{end}');"
-        )
-    if result.is_empty():
-        console.print("nothing is past retention")
-
-
-@app.command()
-def status(
-    ctx: typer.Context,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
-) -> None:
-    """One screen for the whole pipeline: staging, exchange weight and ban, warehouse, gaps."""
-    import json
-
-    from etl.console import console
-    from etl.status import gather, render
+    Example: etl status --json
+    """
+    from etl import render
+    from etl.status import gather
 
     report = gather(settings_of(ctx))
     if json_output:
-        print(json.dumps(report, indent=2, default=str))
+        print(json.dumps(report.to_json(), indent=2))
     else:
-        console.print(render(report))
+        _print(render.status(report))
+    raise typer.Exit(report.exit_code)
 
 
-@app.command()
-def backfill(
-    ctx: typer.Context,
-    since: Annotated[str | None, typer.Option(help="First hour (default: 7 days ago).")] = None,
-    until: Annotated[
-        str | None, typer.Option(help="End (exclusive; default: last closed hour).")
-    ] = None,
-    symbols: Annotated[str | None, typer.Option(help="Comma list (default: configured).")] = None,
-) -> None:
-    """Fill hours without a bar (or with thin coverage) from 1m klines (source = 'kline')."""
+@command()
+def backfill(ctx: typer.Context, since: Since = None, until: Until = None) -> None:
+    """Fill hours without a bar (or with a thin one) from 1-minute klines (source = 'kline').
+
+    Example: etl backfill --since 2026-01-05 --symbols BTCUSDT
+    """
+    from etl import render
     from etl.backfill import run_backfill
-    from etl.config import load_settings as _load
+    from etl.console import BarProgress
 
-    settings = settings_of(ctx)
-    chosen = _load({"symbols": symbols}, env={}).symbols if symbols else None
-    run_backfill(
-        settings,
-        since_ms=parse_time(since, "since"),
-        until_ms=parse_time(until, "until"),
-        symbols=chosen,
-    )
+    lo, hi = parse_range(since, until)
+    result = run_backfill(settings_of(ctx), since_ms=lo, until_ms=hi, progress=BarProgress())
+    _print(*render.backfill(result))
 
 
-@app.command()
+@command()
 def reconcile(
     ctx: typer.Context,
-    hours: Annotated[int, typer.Option(min=1, max=1000, help="Closed hours to compare.")] = 24,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    hours: Annotated[
+        int, typer.Option(min=1, max=1000, metavar="N", help="Closed hours to compare.")
+    ] = 24,
+    since: Since = None,
+    until: Until = None,
+    json_output: Json = False,
 ) -> None:
-    """Compare recent poll bars with the exchange's 1h candles (deviations in basis points)."""
-    import json
+    """Compare poll bars with the exchange's 1h candles (deviations in basis points).
 
-    from etl.console import console, table
+    Example: etl reconcile --hours 48
+    """
+    from etl import render
     from etl.reconcile import run_reconcile, summarize
 
-    result = run_reconcile(settings_of(ctx), hours=hours)
+    lo, hi = parse_range(since, until)
+    result = run_reconcile(settings_of(ctx), hours=hours, since_ms=lo, until_ms=hi)
     if json_output:
         print(json.dumps(result.to_dicts(), indent=2, default=str))
         return
-    if result.is_empty():
-        console.print(f"no poll bars to compare in the last {hours} hour(s)")
-        return
-    per_symbol = summarize(result)
-    per_symbol = per_symbol.rename(
-        {
-            c: c.replace("_mean_abs_bps", " avg").replace("_max_abs_bps", " max")
-            for c in per_symbol.columns
-        }
-    )
-    rows = [[f"{v:.2f}" if isinstance(v, float) else v for v in row] for row in per_symbol.rows()]
-    console.print(
-        table(
-            f"poll bars vs 1h klines, last {hours} h (|deviation| in bps)", per_symbol.columns, rows
-        )
-    )
+    span = f"{since} .. {until or 'now'}" if since else f"the last {hours} h"
+    per_symbol = summarize(result) if not result.is_empty() else result
+    _print(render.reconcile(result, per_symbol, span))
 
 
-@app.command("seed-demo")
-def seed_demo_command(
+@command()
+def retention(
     ctx: typer.Context,
-    days: Annotated[int, typer.Option(min=1, max=3650, help="Days of history.")] = 60,
-    force: Annotated[bool, typer.Option(help="Seed even if bars exist in the range.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be dropped; change nothing.")
+    ] = False,
 ) -> None:
-    """Generate realistic history offline into the configured warehouse, through the rollup."""
-    from etl.demo_history import seed_demo
+    """Apply (or list) the retention policy for hourly partitions.
 
-    seed_demo(settings_of(ctx), days=days, force=force)
+    Example: etl retention --dry-run
+    """
+    from etl import render
+    from etl.warehouse import open_warehouse
+
+    settings = settings_of(ctx)
+    with open_warehouse(settings) as wh:
+        wh.migrate()
+        result = wh.retention(settings.hourly_retention_d, dry_run=dry_run)
+    _print(*render.retention(result, settings.hourly_retention_d))
+
+
+@command(name="seed-demo")
+def seed_demo(
+    ctx: typer.Context,
+    days: Annotated[int, typer.Option(min=1, max=3650, metavar="N", help="Days of history.")] = 60,
+    force: Annotated[
+        bool, typer.Option("--force", help="Seed even if bars exist in the range.")
+    ] = False,
+    use_pg_dsn: UsePgDsn = False,
+) -> None:
+    """Generate realistic history offline into <data_dir>/demo, through the real rollup.
+
+    Example: etl seed-demo --days 14
+    """
+    from etl import render
+    from etl.demo_history import seed_demo as seed
+
+    settings = settings_of(ctx).for_demo(keep_pg_dsn=use_pg_dsn)
+    result = seed(settings, days=days, force=force)
+    _print(*render.rollup(result))
+    _print(
+        f"demo history in {settings.masked_dsn}: charts with `just notebook --demo`; status "
+        f"with `etl --data-dir {settings.data_dir} status`"
+    )
+
+
+@command(group=db_app, name="init")
+def db_init(ctx: typer.Context) -> None:
+    """Apply the sql/ files not applied yet (every rollup does it too); make partitions ahead.
+
+    Example: etl db init
+    """
+    from etl.warehouse import open_warehouse
+
+    settings = settings_of(ctx)
+    with open_warehouse(settings) as wh:
+        done = wh.migrate()
+        wh.ensure_partitions_ahead()
+        parts = wh.partitions()["partition"].to_list()
+    _print(
+        f"applied {', '.join(done.applied) or 'nothing new'} to {wh.label} "
+        f"({len(done.present)} applied before)",
+        f"hourly partitions: {', '.join(parts)}",
+    )
+    for name in done.changed:
+        _print(f"warning: sql/{name} changed since it was applied; put changes in a new file")
+
+
+@command()
+def notebook(
+    ctx: typer.Context,
+    demo_data: Annotated[
+        bool, typer.Option("--demo", help="Open the demo data (<data_dir>/demo).")
+    ] = False,
+) -> None:
+    """JupyterLab on notebooks/, reading this configuration's warehouse (or the demo's).
+
+    Example: etl notebook --demo
+    """
+    import os
+    import shutil
+    from pathlib import Path
+
+    settings = settings_of(ctx)
+    if demo_data:
+        settings = settings.for_demo()
+    jupyter = shutil.which("jupyter")
+    if jupyter is None:
+        raise EtlError("jupyter is not installed: pip install -e '.[notebooks]' (or '.[dev]')")
+    folder = Path(__file__).resolve().parent.parent / "notebooks"
+    args = [jupyter, "lab", str(folder)]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        args.append("--allow-root")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    env.update(settings.env())  # absolute paths: the kernels run in notebooks/
+    os.execve(jupyter, args, env)
+
+
+def _scrub(text: str, argv: list[str]) -> str:
+    """Mask every DSN password we could know of in a traceback."""
+    import os
+
+    candidates = [os.environ.get("ETL_PG_DSN", "")]
+    candidates += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--pg-dsn"]
+    candidates += [a.split("=", 1)[1] for a in argv if a.startswith("--pg-dsn=")]
+    for dsn in filter(None, candidates):
+        text = text.replace(dsn, mask_dsn(dsn))
+        if "://" in dsn and "@" in dsn:
+            userinfo = dsn.split("://", 1)[1].rpartition("@")[0]
+            secret = userinfo.partition(":")[2]
+            if len(secret) >= 3:
+                text = text.replace(secret, "***")
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line and an exit code for every expected failure."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
-    # SIGTERM exits like Ctrl-C: finally blocks run, the embedded server's handle is released.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        app(args=argv, prog_name="etl", standalone_mode=False)
-    except EtlError as exc:
+    shutdown.install()
+
+    def fail(message: str, code: int) -> None:
+        from etl.console import error
+
         if debug:
-            traceback.print_exc()
-        error(str(exc))
-        sys.exit(exc.exit_code)
+            sys.stderr.write(_scrub(traceback.format_exc(), argv))
+        error(_scrub(message, argv))
+        sys.exit(code)
+
+    try:
+        code = app(args=argv, prog_name="etl", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(code), returned without standalone mode
+            sys.exit(code)
+    except EtlError as exc:
+        fail(str(exc), exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        error("interrupted")
-        sys.exit(130)
+        fail("interrupted", 130)
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
-        error(exc.format_message() if hasattr(exc, "format_message") else str(exc))
-        sys.exit(getattr(exc, "exit_code", 2) or 2)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        fail(f"{message} (see `etl --help`)", getattr(exc, "exit_code", 2) or 2)
     except Exception as exc:  # the last line of defence: one line, no traceback unless asked
-        if debug:
-            traceback.print_exc()
-        error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
-        sys.exit(1)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        fail(f"unexpected {type(exc).__name__}: {first} (run with --debug for the traceback)", 1)

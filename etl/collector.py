@@ -2,13 +2,16 @@
 
 Slots are multiples of the interval on the wall clock, so a slow poll never shifts the ones after
 it. A poll that cannot be completed before the next slot is counted as missed, never retried into
-the next one. The collector does not exit because the exchange is down: it says since when, waits
-out bans, and recovers by itself. Closed hours are rolled up by a separate ``etl rollup`` process
-so a rollup never delays a poll (and SQLite is never opened twice in one process).
+the next one. The collector does not exit because the exchange is down: it says since when and
+why, waits out bans, and recovers by itself. It holds an OS lock on its staging file for its
+whole life, so a second collector on the same file is refused. Closed hours are rolled up by a
+separate ``etl rollup`` process (so a rollup never delays a poll, and SQLite is never opened
+twice in one process), watched: one that runs too long is stopped and the next hour's starts.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -17,32 +20,35 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from etl.binance import (
     ERR_INVALID_SYMBOL,
+    WEIGHT_KEY,
     ApiError,
     BinanceClient,
     BinanceError,
+    ExchangeUnavailable,
     RateLimited,
     UnknownSymbols,
     WeightBudgetExhausted,
-    WeightGovernor,
+    open_exchange,
 )
 from etl.config import Settings
-from etl.console import CollectorView, age, iso
-from etl.errors import ConfigError
-from etl.staging import Staging, hour_floor
+from etl.console import CollectorView, age
+from etl.errors import ConfigError, DiskFull, StagingCorrupt
+from etl.hours import closed_before, hour_floor, hour_label, iso, stamp
+from etl.logs import rotate
+from etl.shutdown import Interrupted
+from etl.staging import Staging, open_staging
 
-# A closed hour is rolled up this long after it ends: its last poll is committed well before.
-ROLLUP_GRACE_S = 10.0
 ROLLUP_RETRY_S = 300.0
-WEIGHT_KEY = "binance.weight"
+# How long a stopped rollup child gets to exit on SIGTERM before it is killed.
+ROLLUP_KILL_AFTER_S = 5.0
 
 
 class RunningMetrics:
@@ -110,7 +116,8 @@ class CollectorStats:
     last_error: str | None = None
     unreachable_since: float | None = None
     rollups: int = 0
-    last_poll_ms: float | None = None
+    rollups_failed: int = 0
+    rollups_stopped: int = 0
 
     @property
     def polls(self) -> int:
@@ -118,56 +125,108 @@ class CollectorStats:
 
 
 class RollupLauncher:
-    """Starts ``etl rollup`` in a child process once each hour has closed."""
+    """Starts ``etl rollup`` in a child process once each hour has closed, and watches it.
 
-    def __init__(self, settings: Settings, view: CollectorView, clock: Callable[[], float]) -> None:
+    A child that runs longer than ``rollup_timeout_s`` is stopped (SIGTERM, then SIGKILL) and
+    reported; the next hour's rollup starts as usual. Its output goes to ``rollup.log`` in the
+    data dir, rotated before it passes ``LOG_MAX_BYTES``.
+    """
+
+    LOG_MAX_BYTES = 1 << 20
+    LOG_KEEP = 3
+
+    def __init__(
+        self,
+        settings: Settings,
+        view: CollectorView,
+        clock: Callable[[], float],
+        command: Sequence[str] | None = None,
+    ) -> None:
         self.settings = settings
         self.view = view
         self.clock = clock
+        self.command = list(command or [sys.executable, "-m", "etl", "rollup"])
         self.log_path = settings.data_dir / "rollup.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0  # monotonic: the child runs in real time, whatever our clock
         self.done_boundary: int | None = None
         self.not_before = 0.0
         self.launched = 0
+        self.failed = 0
+        self.stopped = 0
 
     def tick(self) -> None:
         now = self.clock()
-        if self.proc is not None:
-            code = self.proc.poll()
-            if code is None:
-                return
-            self.proc = None
-            if code == 0:
-                self.view.event(f"rollup finished (log: {self.log_path})")
-            else:
-                self.view.event(
-                    f"rollup failed with exit {code}; retrying in {ROLLUP_RETRY_S:.0f} s "
-                    f"(details in {self.log_path})",
-                    "yellow",
-                )
-                self.done_boundary = None
-                self.not_before = now + ROLLUP_RETRY_S
-                return
-        boundary = hour_floor(int((now - ROLLUP_GRACE_S) * 1000))
+        if self.proc is not None and not self._reap(now):
+            return
+        boundary = closed_before(int(now * 1000))
         if now < self.not_before or boundary == self.done_boundary:
             return
         self.done_boundary = boundary
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate(self.log_path, self.LOG_MAX_BYTES, self.LOG_KEEP)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "etl", "rollup"],
-                env={**os.environ, **self.settings.env()},
+                self.command,
+                env={**os.environ, **self.settings.env(), "ETL_LOG_FORMAT": "plain"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C of the collector must not cut a rollup short
             )
+        self.started_at = time.monotonic()
         self.launched += 1
         self.view.event(f"rollup started for hours before {iso(boundary)}")
 
+    def _reap(self, now: float) -> bool:
+        """True once the child is gone (and counted); stops one that has run too long."""
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is None:
+            ran = time.monotonic() - self.started_at
+            if ran <= self.settings.rollup_timeout_s:
+                return False
+            self.stop()
+            self.stopped += 1
+            self.view.event(
+                f"rollup ran {ran:.0f} s, past ETL_ROLLUP_TIMEOUT_S "
+                f"({self.settings.rollup_timeout_s:g} s): stopped it; the next hour's rollup "
+                f"starts as usual (details in {self.log_path})",
+                logging.WARNING,
+            )
+            return True
+        self.proc = None
+        if code == 0:
+            self.view.event(f"rollup finished (log: {self.log_path})")
+            return True
+        self.failed += 1
+        self.view.event(
+            f"rollup failed with exit {code}; retrying in {ROLLUP_RETRY_S:.0f} s "
+            f"(details in {self.log_path})",
+            logging.WARNING,
+        )
+        self.done_boundary = None
+        self.not_before = now + ROLLUP_RETRY_S
+        return False
+
+    def stop(self) -> None:
+        """Stop a running child: SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(ROLLUP_KILL_AFTER_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def _stop_on_signals(stop: threading.Event, busy: threading.Event) -> Iterator[None]:
+    """SIGINT / SIGTERM set ``stop``: the current write finishes, then the loop ends. A request
+    to the exchange in flight (``busy``) is abandoned at once, so the collector stops within
+    moments even when the exchange never answers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -175,6 +234,8 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
     def handler(signum: int, frame: Any) -> None:
         stop.set()
+        if busy.is_set():
+            raise Interrupted
 
     for sig in previous:
         signal.signal(sig, handler)
@@ -185,8 +246,20 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+@contextmanager
+def _exchange_call(busy: threading.Event) -> Iterator[None]:
+    busy.set()
+    try:
+        yield
+    finally:
+        busy.clear()
+
+
 class Collector:
     """Polls the exchange into the staging store until stopped.
+
+    ``staging`` and ``client`` may be handed in (built once by the caller); by default
+    :meth:`run` opens the configured ones.
 
     >>> Collector(load_settings()).run(polls=3)        # doctest: +SKIP
     CollectorStats(polls_ok=3, ...)
@@ -196,6 +269,8 @@ class Collector:
         self,
         settings: Settings,
         *,
+        staging: Staging | None = None,
+        client: BinanceClient | None = None,
         rollup: bool = True,
         backfill: bool = False,
         view: CollectorView | None = None,
@@ -206,6 +281,8 @@ class Collector:
         """``clock`` and ``wait`` (sleep up to N s, True if stopped) can be virtual in tests."""
         self.settings = settings
         self.symbols = list(settings.symbols)
+        self.staging = staging
+        self.client = client
         self.rollup = rollup
         self.backfill = backfill
         self.view = view or CollectorView()
@@ -214,6 +291,8 @@ class Collector:
         self.wait = wait or self.stop.wait
         self.stats = CollectorStats(started=clock())
         self.metrics = RunningMetrics()
+        self.exchange_seen = False
+        self._busy = threading.Event()  # a request to the exchange is in flight
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -221,24 +300,24 @@ class Collector:
         interval = self.settings.interval_s
         self.stats = CollectorStats(started=self.clock())
         end = self.clock() + duration if duration is not None else math.inf
-        with (
-            Staging(
-                self.settings.staging_path, synchronous=self.settings.sqlite_synchronous
-            ) as staging,
-            _stop_on_signals(self.stop),
-            self.view,
-        ):
-            self.staging = staging
-            governor = WeightGovernor(
-                self.settings.weight_budget, store=staging, clock=self.clock, sleep=self.wait
-            )
-            self.client = BinanceClient(
-                self.settings.binance_url, governor=governor, clock=self.clock, sleep=self.wait
-            )
+        with ExitStack() as stack:
+            if self.staging is None:
+                self.staging = stack.enter_context(open_staging(self.settings))
+            staging = self.staging
+            staging.hold_writer_lock()
+            stack.callback(staging.release_writer_lock)
+            self._check(staging)
+            if self.client is None:
+                self.client = stack.enter_context(
+                    open_exchange(self.settings, staging, clock=self.clock, sleep=self.wait)
+                )
+            stack.enter_context(_stop_on_signals(self.stop, self._busy))
+            stack.enter_context(self.view)
+            staging.record_interval(interval, int(self.clock() * 1000))
             launcher = RollupLauncher(self.settings, self.view, self.clock) if self.rollup else None
             self.view.event(
                 f"collecting {len(self.symbols)} symbol(s) every {interval:g} s from "
-                f"{self.settings.binance_url} into {self.settings.staging_path}"
+                f"{self.settings.binance_url} into {staging.path}"
             )
             gap_since = self._report_gap(staging)
             backfill_stop = threading.Event()
@@ -267,17 +346,35 @@ class Collector:
                     next_slot = math.floor(self.clock() / interval) + 1
                     self.stats.polls_missed += max(0, next_slot - slot - 1)  # slots we overran
                     slot = next_slot
+            except Interrupted:
+                pass  # a signal abandoned a request: nothing was being written
             finally:
                 backfill_stop.set()
                 if backfiller is not None:
-                    backfiller.join(timeout=30)
-                self.client.close()
+                    backfiller.join(timeout=3)  # every command answers a signal within 5 s
                 if launcher is not None:
                     self.stats.rollups = launcher.launched
-        self._summary()
+                    self.stats.rollups_failed = launcher.failed
+                    self.stats.rollups_stopped = launcher.stopped
+            self._summary(staging)
         return self.stats
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _check(self, staging: Staging) -> None:
+        """Refuse a malformed staging file before writing to it."""
+        started = time.perf_counter()
+        verdict = staging.quick_check()
+        if verdict != "ok":
+            raise StagingCorrupt(
+                f"the staging file {staging.path} is malformed ({verdict}): recover it with "
+                f"`sqlite3 {staging.path} .recover | sqlite3 {staging.path}.recovered`, then move "
+                "the .recovered file into its place (rows keep their seq, so the ledger stays "
+                "valid)"
+            )
+        took = time.perf_counter() - started
+        if took > 1:
+            self.view.event(f"checked {staging.path} in {took:.1f} s: sound")
 
     def _report_gap(self, staging: Staging) -> int | None:
         """Say how long the collector was away, and how to fill the hole; the gap's first hour."""
@@ -294,7 +391,9 @@ class Collector:
                 f"`etl backfill --since {iso(hour_floor(last))}` (or `etl collect --backfill`) fills it"
             )
         )
-        self.view.event(f"no ticks staged since {iso(last)} ({age(gap_s)} ago): {hint}", "yellow")
+        self.view.event(
+            f"no ticks staged since {iso(last)} ({age(gap_s)} ago): {hint}", logging.WARNING
+        )
         return hour_floor(last)
 
     def _start_backfill(self, since_ms: int, stop: threading.Event) -> threading.Thread:
@@ -302,38 +401,46 @@ class Collector:
         polls their share of the budget and waits out the same bans."""
         from etl.backfill import run_backfill
 
+        assert self.client is not None
+
         def work() -> None:
             try:
                 run_backfill(
                     self.settings,
                     since_ms=since_ms,
-                    governor=self.client.governor,
+                    governor=self.client.governor,  # type: ignore[union-attr]
                     stop=stop,
                     report=self.view.event,
                 )
             except Exception as exc:  # the poller goes on, whatever the backfill does
-                self.view.event(f"backfill failed: {exc}", "yellow")
+                self.view.event(f"backfill failed: {exc}", logging.WARNING)
 
         thread = threading.Thread(target=work, name="backfill", daemon=True)
         thread.start()
         return thread
 
     def _validate(self, deadline: float) -> bool:
+        assert self.client is not None
         began = self.clock()
         try:
-            self.client.validate_symbols(self.symbols, deadline=deadline)
+            with _exchange_call(self._busy):
+                info = self.client.validate_symbols(self.symbols, deadline=deadline)
         except UnknownSymbols as exc:
-            raise ConfigError(f"{exc}: remove them from the configured symbols") from None
+            raise ConfigError(f"{exc}: fix the configured symbols") from None
         except BinanceError as exc:
             self._missed(exc, began)
             return False
+        self.exchange_seen = True
+        self.view.set_tick_sizes(info.tick_sizes)
         self.view.event(f"symbols checked against exchangeInfo: {len(self.symbols)} trading")
         return True
 
     def _poll(self, deadline: float) -> None:
+        assert self.client is not None and self.staging is not None
         started, began = time.perf_counter(), self.clock()
         try:
-            poll = self.client.prices(self.symbols, deadline=deadline)
+            with _exchange_call(self._busy):
+                poll = self.client.prices(self.symbols, deadline=deadline)
         except ApiError as exc:
             if exc.code != ERR_INVALID_SYMBOL or not self._drop_delisted(deadline):
                 self._missed(exc, began)
@@ -345,20 +452,21 @@ class Collector:
         state = {WEIGHT_KEY: {**self.client.governor.snapshot(), "at": poll.received_ms}}
         try:
             self.staging.append(poll.symbols, poll.prices, poll.received_ms, state=state)
-        except Exception as exc:  # a failed write (disk full, …) is a missed poll, not a crash
+        except DiskFull as exc:  # the disk may free up: a missed poll, named as what it is
+            self._missed(exc, began)
+            return
+        except Exception as exc:  # any other failed write is a missed poll too, not a crash
             self._missed(exc, began)
             return
         self.metrics.update(poll.symbols, poll.prices, poll.received_ms)
         if self.stats.unreachable_since is not None:
             self.view.event(
-                f"exchange reachable again after {age(self.clock() - self.stats.unreachable_since)}",
-                "green",
+                f"exchange reachable again after {age(self.clock() - self.stats.unreachable_since)}"
             )
             self.stats.unreachable_since = None
         self.stats.polls_ok += 1
         self.stats.ticks += len(poll.symbols)
         self.stats.skipped += poll.skipped
-        self.stats.last_poll_ms = poll.received_ms
         note = f", {poll.skipped} bad element(s) skipped" if poll.skipped else ""
         if poll.missing:
             note += f", missing: {', '.join(poll.missing[:5])}"
@@ -369,8 +477,10 @@ class Collector:
 
     def _drop_delisted(self, deadline: float) -> bool:
         """After -1121 on the list: re-read exchangeInfo and drop the symbols no longer listed."""
+        assert self.client is not None
         try:
-            info = self.client.exchange_info(None, deadline=deadline)
+            with _exchange_call(self._busy):
+                info = self.client.exchange_info(None, deadline=deadline)
         except BinanceError as exc:
             self._missed(exc, self.clock())
             return False
@@ -378,7 +488,9 @@ class Collector:
         if not gone:
             return False
         self.symbols = [s for s in self.symbols if s in info.statuses]
-        self.view.event(f"dropped delisted symbol(s) {', '.join(gone)}; the others go on", "yellow")
+        self.view.event(
+            f"dropped delisted symbol(s) {', '.join(gone)}; the others go on", logging.WARNING
+        )
         if not self.symbols:
             raise ConfigError("every configured symbol was delisted: configure symbols that trade")
         return True
@@ -391,9 +503,17 @@ class Collector:
         if isinstance(exc, RateLimited | WeightBudgetExhausted):
             self.view.poll_line(f"poll skipped: {exc}")
             return
+        if isinstance(exc, DiskFull):
+            self.view.event(f"poll not stored: {exc}", logging.WARNING)
+            return
         if self.stats.unreachable_since is None:
             self.stats.unreachable_since = began
-            self.view.event(f"exchange unreachable since {iso(began * 1000)}: {exc}", "yellow")
+            hint = ""
+            if not self.exchange_seen and isinstance(exc, ExchangeUnavailable) and not exc.reached:
+                hint = "; no network? `just demo` collects from a built-in fake exchange, offline"
+            self.view.event(
+                f"exchange unreachable since {iso(began * 1000)}: {exc}{hint}", logging.WARNING
+            )
         else:
             self.view.poll_line(
                 f"exchange unreachable since {iso(self.stats.unreachable_since * 1000)}: {exc}"
@@ -402,26 +522,30 @@ class Collector:
     def _refresh(self) -> None:
         if not self.view.live_mode:  # piped: one log line per poll says it all
             return
+        assert self.client is not None and self.staging is not None
         gov = self.client.governor
         status = "ok"
         if gov.banned_until > self.clock():
             status = f"rate limited ({gov.ban_status}) until {iso(gov.banned_until * 1000)}"
         elif self.stats.unreachable_since is not None:
             status = f"exchange unreachable since {iso(self.stats.unreachable_since * 1000)}"
+        now_ms = int(self.clock() * 1000)
         header = {
             "exchange": f"{self.settings.binance_url}: {status}",
             "polls": f"{self.stats.polls_ok} ok, {self.stats.polls_missed} missed, "
             f"{self.stats.ticks} ticks, {self.stats.skipped} bad elements skipped",
             "weight": f"{gov.used} / {gov.limit} this minute (budget {gov.allowed})",
             "last error": self.stats.last_error or "-",
-            "staging": str(self.settings.staging_path),
+            "staging": str(self.staging.path),
+            "hour": f"{hour_label(self.metrics.hour or hour_floor(now_ms))}, "
+            f"updated {stamp(self.clock())} UTC",
         }
         self.view.refresh(header, self.metrics.frame())
 
-    def _summary(self) -> None:
+    def _summary(self, staging: Staging) -> None:
         s = self.stats
         self.view.event(
             f"stopped after {age(self.clock() - s.started)}: {s.polls_ok} polls ok, "
             f"{s.polls_missed} missed, {s.ticks} ticks stored, {s.skipped} bad elements skipped, "
-            f"{s.rollups} rollup(s) started; staging {Path(self.settings.staging_path)}"
+            f"{s.rollups} rollup(s) started; staging {staging.path}"
         )

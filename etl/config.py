@@ -1,5 +1,10 @@
 """Settings: command-line flag > environment variable > ``etl.toml`` > default.
 
+Each setting is declared once, as a field of :class:`Settings` with its environment variable,
+parser (type and bounds), help text and metavar. That one declaration drives the dataclass, the
+environment, ``etl.toml``, the command-line options (before and after every command), the README's
+configuration table and validation.
+
 >>> s = load_settings(env={"ETL_SYMBOLS": "btcusdt,ETHUSDT", "ETL_INTERVAL_S": "2"})
 >>> s.symbols, s.interval_s
 (('BTCUSDT', 'ETHUSDT'), 2.0)
@@ -13,36 +18,299 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from etl.errors import ConfigError
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
 DEFAULT_BINANCE_URL = "https://api.binance.com"
 SYMBOL_RE = re.compile(r"[A-Z0-9]{2,20}")
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def mask_dsn(dsn: str) -> str:
+    """Hide the password of a DSN (URI or ``key=value`` form) so it can be printed.
+
+    Works on malformed URIs too (no parsing that could fail): the text between ``user:`` and the
+    last ``@`` of the authority, and every ``password=`` value, become ``***``.
+    """
+    if "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        main, sep, query = rest.partition("?")
+        if "@" in main:  # the last '@' before the query ends the user info, whatever it holds
+            userinfo, host = main.rsplit("@", 1)
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            main = f"{userinfo}@{host}"
+        query = re.sub(r"(?i)(password=)[^&]*", r"\1***", query)
+        return f"{scheme}://{main}{sep}{query}"
+    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+
+
+# -- parsers: text (or a TOML value) in, typed value out; ValueError names what is wrong -------
+
+
+def _symbols(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    cleaned = [str(s).strip().upper() for s in items if str(s).strip()]
+    if not cleaned:
+        raise ValueError("no symbols given; list at least one, e.g. BTCUSDT,ETHUSDT")
+    bad = [s for s in cleaned if not SYMBOL_RE.fullmatch(s)]
+    if bad:
+        names = ", ".join(repr(s) for s in bad[:5])
+        more = f" and {len(bad) - 5:,} more" if len(bad) > 5 else ""
+        raise ValueError(
+            f"invalid symbol(s) {names}{more}: a symbol is 2-20 upper-case letters and digits, "
+            "e.g. BTCUSDT"
+        )
+    return tuple(dict.fromkeys(cleaned))  # Binance rejects duplicates (-1151): keep the first
+
+
+def _number(kind: type, lo: float, hi: float, unit: str = "") -> Callable[[Any], Any]:
+    """A number in ``[lo, hi]``; zero and below always read "must be greater than 0"."""
+    suffix = f" {unit}" if unit else ""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a number")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{value!r} is not a number") from None
+        if not math.isfinite(number) or number <= 0:
+            raise ValueError(f"{value!r} must be greater than 0")
+        if not lo <= number <= hi:
+            raise ValueError(f"{value!r} must be between {lo:g} and {hi:g}{suffix}")
+        return number
+
+    return parse
+
+
+def _fraction(value: Any) -> float:
+    number = _number(float, 0, math.inf)(value)
+    if number > 1:
+        raise ValueError(f"{value!r} must be a fraction in (0, 1]")
+    return number
+
+
+def _url(value: Any) -> str:
+    text = str(value).strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return text
+
+
+def _dsn(value: Any) -> str | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    if "://" not in text:
+        return text  # key=value form: libpq checks it, and a bad key is a configuration error
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"{mask_dsn(text)!r} is not a PostgreSQL URI (postgresql://...)")
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError as exc:
+        raise ValueError(f"bad PostgreSQL DSN {mask_dsn(text)}: {exc}") from None
+    for key, val in parse_qsl(parts.query):
+        if key == "sslmode" and val not in _SSLMODES:
+            raise ValueError(
+                f"bad PostgreSQL DSN {mask_dsn(text)}: sslmode={val!r} is not one of "
+                f"{', '.join(_SSLMODES)}"
+            )
+    return text
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise ValueError(f"{value!r} must be one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+def _synchronous(value: Any) -> str:
+    return _choice("normal", "full")(value).upper()
+
+
+def _path(value: Any) -> Path:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("an empty path")
+    return Path(text).expanduser()
+
+
+def _name(value: Any) -> str:
+    text = str(value).strip()
+    if not text or len(text) > 200 or any(ord(c) < 32 for c in text):
+        raise ValueError(f"{value!r} must be 1-200 printable characters")
+    return text
+
+
+def _setting(
+    default: Any,
+    *,
+    env: str,
+    parse: Callable[[Any], Any],
+    help: str,
+    metavar: str,
+    shown: str | None = None,
+    empty_means_unset: bool = False,
+) -> Any:
+    """Declare a setting: its default, environment variable, parser, help and metavar.
+
+    ``shown`` is how the default reads in help and docs when it is computed from others.
+    """
+    return field(
+        default=default,
+        metadata={
+            "env": env,
+            "parse": parse,
+            "help": help,
+            "metavar": metavar,
+            "shown": shown,
+            "empty_means_unset": empty_means_unset,
+        },
+    )
 
 
 @dataclass(frozen=True)
 class Settings:
     """Resolved configuration. Build it with :func:`load_settings`."""
 
-    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
-    interval_s: float = 5.0
-    binance_url: str = DEFAULT_BINANCE_URL
-    data_dir: Path = Path("data")
-    sqlite_path: Path | None = None  # None: <data_dir>/ticks.sqlite3
-    pg_dsn: str | None = field(default=None, repr=False)
-    raw_retention_h: float = 24.0
-    hourly_retention_d: float = 400.0
-    weight_budget: float = 0.5
-    # Extensions beyond DESIGN.md's table (documented in the README).
-    sqlite_synchronous: str = "NORMAL"
-    rollup_chunk_hours: int = 24
-    backfill_min_coverage: float = 0.9
+    symbols: tuple[str, ...] = _setting(
+        DEFAULT_SYMBOLS,
+        env="ETL_SYMBOLS",
+        parse=_symbols,
+        metavar="LIST",
+        help="symbols to collect (comma list); checked against exchangeInfo (status TRADING)",
+    )
+    interval_s: float = _setting(
+        5.0,
+        env="ETL_INTERVAL_S",
+        parse=_number(float, 0.1, 3600, "seconds"),
+        metavar="SECONDS",
+        help="poll interval in seconds, 0.1 to 3600",
+    )
+    binance_url: str = _setting(
+        DEFAULT_BINANCE_URL,
+        env="ETL_BINANCE_URL",
+        parse=_url,
+        metavar="URL",
+        help="exchange REST base URL",
+    )
+    data_dir: Path = _setting(
+        Path("data"),
+        env="ETL_DATA_DIR",
+        parse=_path,
+        metavar="DIR",
+        shown="./data",
+        help="where the SQLite file and the embedded PostgreSQL live (relative: to the working "
+        "directory)",
+    )
+    sqlite_path: Path | None = _setting(
+        None,
+        env="ETL_SQLITE_PATH",
+        parse=_path,
+        metavar="FILE",
+        shown="<data_dir>/ticks.sqlite3",
+        help="staging database",
+    )
+    pg_dsn: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "env": "ETL_PG_DSN",
+            "parse": _dsn,
+            "help": "PostgreSQL URI; its password is never printed",
+            "metavar": "DSN",
+            "shown": "unset: embedded server in <data_dir>/pg",
+            "empty_means_unset": True,
+        },
+    )
+    raw_retention_h: float = _setting(
+        24.0,
+        env="ETL_RAW_RETENTION_H",
+        parse=_number(float, 0, 87_600, "hours"),
+        metavar="HOURS",
+        help="staged ticks older than this are purged once rolled up",
+    )
+    hourly_retention_d: float = _setting(
+        400.0,
+        env="ETL_HOURLY_RETENTION_D",
+        parse=_number(float, 0, 36_500, "days"),
+        metavar="DAYS",
+        help="hourly partitions older than this are dropped (daily bars are kept)",
+    )
+    weight_budget: float = _setting(
+        0.5,
+        env="ETL_WEIGHT_BUDGET",
+        parse=_fraction,
+        metavar="FRACTION",
+        help="fraction of the exchange's per-minute weight limit the collector may use",
+    )
+    staging_name: str | None = _setting(
+        None,
+        env="ETL_STAGING_NAME",
+        parse=_name,
+        metavar="NAME",
+        shown="host:staging path",
+        help="readable name of this staging file in the warehouse's ledger",
+    )
+    pg_connect_timeout_s: float = _setting(
+        10.0,
+        env="ETL_PG_CONNECT_TIMEOUT_S",
+        parse=_number(float, 2, 3600, "seconds"),
+        metavar="SECONDS",
+        help="give up connecting to PostgreSQL after this (exit 3)",
+    )
+    log_format: str = _setting(
+        "auto",
+        env="ETL_LOG_FORMAT",
+        parse=_choice("auto", "rich", "plain", "json"),
+        metavar="auto|plain|json",
+        help="log lines: auto is coloured on a terminal and plain when piped; json for log "
+        "shippers",
+    )
+    sqlite_synchronous: str = _setting(
+        "NORMAL",
+        env="ETL_SQLITE_SYNCHRONOUS",
+        parse=_synchronous,
+        metavar="NORMAL|FULL",
+        help="FULL for power-loss safety of the last polls",
+    )
+    rollup_chunk_hours: int = _setting(
+        24,
+        env="ETL_ROLLUP_CHUNK_HOURS",
+        parse=_number(int, 1, 744),
+        metavar="HOURS",
+        help="most hours per rollup chunk (also capped at about 2.5 M ticks)",
+    )
+    rollup_timeout_s: float = _setting(
+        1800.0,
+        env="ETL_ROLLUP_TIMEOUT_S",
+        parse=_number(float, 1, 86_400, "seconds"),
+        metavar="SECONDS",
+        help="the collector stops an hourly rollup child that runs longer than this",
+    )
+    backfill_min_coverage: float = _setting(
+        0.9,
+        env="ETL_BACKFILL_MIN_COVERAGE",
+        parse=_fraction,
+        metavar="FRACTION",
+        help="a poll bar below this coverage is replaced by a kline bar",
+    )
     config_file: Path | None = None
 
     @property
@@ -52,6 +320,22 @@ class Settings:
     @property
     def embedded_pgdata(self) -> Path:
         return self.data_dir / "pg"
+
+    @property
+    def demo_dir(self) -> Path:
+        """Where ``etl demo`` and ``etl seed-demo`` keep their data: never the real store."""
+        return self.data_dir / "demo"
+
+    def for_demo(self, *, keep_pg_dsn: bool = False) -> Settings:
+        """These settings moved to the demo data dir, with its own embedded server (unless
+        ``keep_pg_dsn``): generated or fake prices never land in the real warehouse."""
+        return replace(
+            self,
+            data_dir=self.demo_dir,
+            sqlite_path=None,
+            pg_dsn=self.pg_dsn if keep_pg_dsn else None,
+            staging_name=None,
+        )
 
     @property
     def expected_samples_per_hour(self) -> float:
@@ -67,119 +351,57 @@ class Settings:
         return mask_dsn(self.pg_dsn) if self.pg_dsn else f"embedded ({self.embedded_pgdata})"
 
     def env(self) -> dict[str, str]:
-        """These settings as ``ETL_*`` variables, to hand to a child process."""
-        out = {
-            "ETL_SYMBOLS": ",".join(self.symbols),
-            "ETL_INTERVAL_S": repr(self.interval_s),
-            "ETL_BINANCE_URL": self.binance_url,
-            "ETL_DATA_DIR": str(self.data_dir),
-            "ETL_SQLITE_PATH": str(self.staging_path),
-            "ETL_RAW_RETENTION_H": repr(self.raw_retention_h),
-            "ETL_HOURLY_RETENTION_D": repr(self.hourly_retention_d),
-            "ETL_WEIGHT_BUDGET": repr(self.weight_budget),
-            "ETL_SQLITE_SYNCHRONOUS": self.sqlite_synchronous,
-            "ETL_ROLLUP_CHUNK_HOURS": str(self.rollup_chunk_hours),
-            "ETL_BACKFILL_MIN_COVERAGE": repr(self.backfill_min_coverage),
-        }
-        if self.pg_dsn:
-            out["ETL_PG_DSN"] = self.pg_dsn
+        """These settings as ``ETL_*`` variables, to hand to a child process.
+
+        Paths are made absolute, so a child started elsewhere finds the same files.
+        """
+        out: dict[str, str] = {}
+        for spec in setting_fields():
+            value = getattr(self, spec.name)
+            if spec.name == "sqlite_path":
+                value = self.staging_path
+            if value is None:
+                continue
+            out[spec.metadata["env"]] = _format(value)
         return out
 
 
-def mask_dsn(dsn: str) -> str:
-    """Hide the password of a DSN (URI or ``key=value`` form) so it can be printed."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            netloc = f"{userinfo}@{host}"
-        query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+def _format(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, Path):
+        return str(value.absolute())
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
 
 
-def _symbols(value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    cleaned = [str(s).strip().upper() for s in items if str(s).strip()]
-    if not cleaned:
-        raise ValueError("no symbols given; list at least one, e.g. BTCUSDT,ETHUSDT")
-    bad = [s for s in cleaned if not SYMBOL_RE.fullmatch(s)]
-    if bad:
-        names = ", ".join(repr(s) for s in bad)
-        raise ValueError(
-            f"invalid symbol(s) {names}: a symbol is 2-20 upper-case letters and digits, e.g. BTCUSDT"
+def setting_fields() -> tuple[Field[Any], ...]:
+    """Every declared setting, in declaration order."""
+    return tuple(f for f in fields(Settings) if "env" in f.metadata)
+
+
+def shown_default(spec: Field[Any]) -> str:
+    """How a setting's default reads in help and in the README."""
+    if spec.metadata["shown"]:
+        return str(spec.metadata["shown"])
+    default = spec.default
+    if isinstance(default, tuple):
+        return ",".join(default)
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def markdown_table() -> list[str]:
+    """The README's configuration table, generated from the declarations."""
+    lines = ["| key (toml) | env | default | meaning |", "|---|---|---|---|"]
+    for spec in setting_fields():
+        lines.append(
+            f"| `{spec.name}` | `{spec.metadata['env']}` | {shown_default(spec)} | "
+            f"{spec.metadata['help']} |"
         )
-    return tuple(dict.fromkeys(cleaned))  # Binance rejects duplicates (-1151): keep the first
-
-
-def _positive(kind: type) -> Callable[[Any], Any]:
-    def parse(value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError(f"{value!r} is not a number")
-        try:
-            number = kind(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{value!r} is not a number") from None
-        if not math.isfinite(number) or number <= 0:
-            raise ValueError(f"{value!r} must be greater than 0")
-        return number
-
-    return parse
-
-
-def _fraction(value: Any) -> float:
-    number = _positive(float)(value)
-    if number > 1:
-        raise ValueError(f"{value!r} must be a fraction in (0, 1]")
-    return number
-
-
-def _url(value: Any) -> str:
-    text = str(value).strip().rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{value!r} is not an http(s) URL")
-    return text
-
-
-def _dsn(value: Any) -> str | None:
-    text = str(value).strip()
-    if not text:
-        return None
-    if "://" in text and not text.startswith(("postgresql://", "postgres://")):
-        raise ValueError(f"{mask_dsn(text)!r} is not a PostgreSQL URI (postgresql://...)")
-    return text
-
-
-def _synchronous(value: Any) -> str:
-    text = str(value).strip().upper()
-    if text not in ("NORMAL", "FULL"):
-        raise ValueError(f"{value!r} must be NORMAL or FULL")
-    return text
-
-
-def _path(value: Any) -> Path:
-    return Path(str(value)).expanduser()
-
-
-# key -> (environment variable, parser)
-_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "symbols": ("ETL_SYMBOLS", _symbols),
-    "interval_s": ("ETL_INTERVAL_S", _positive(float)),
-    "binance_url": ("ETL_BINANCE_URL", _url),
-    "data_dir": ("ETL_DATA_DIR", _path),
-    "sqlite_path": ("ETL_SQLITE_PATH", _path),
-    "pg_dsn": ("ETL_PG_DSN", _dsn),
-    "raw_retention_h": ("ETL_RAW_RETENTION_H", _positive(float)),
-    "hourly_retention_d": ("ETL_HOURLY_RETENTION_D", _positive(float)),
-    "weight_budget": ("ETL_WEIGHT_BUDGET", _fraction),
-    "sqlite_synchronous": ("ETL_SQLITE_SYNCHRONOUS", _synchronous),
-    "rollup_chunk_hours": ("ETL_ROLLUP_CHUNK_HOURS", _positive(int)),
-    "backfill_min_coverage": ("ETL_BACKFILL_MIN_COVERAGE", _fraction),
-}
+    return lines
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -194,12 +416,26 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
-    unknown = sorted(set(data) - set(_KEYS))
+    known = [spec.name for spec in setting_fields()]
+    unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(
-            f"config file {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(_KEYS)}"
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}"
         )
     return data
+
+
+def _sources(
+    spec: Field[Any],
+    overrides: Mapping[str, Any],
+    env: Mapping[str, str],
+    toml: dict,
+    toml_path: Path,
+) -> Iterator[tuple[str, Any]]:
+    """Where a setting may come from, strongest first: ``(label, raw value)``."""
+    yield f"--{spec.name.replace('_', '-')}", overrides.get(spec.name)
+    yield spec.metadata["env"], env.get(spec.metadata["env"])
+    yield f"{toml_path}: {spec.name}", toml.get(spec.name)
 
 
 def load_settings(
@@ -210,8 +446,10 @@ def load_settings(
 ) -> Settings:
     """Resolve settings from flags (``overrides``), environment, ``etl.toml`` and defaults.
 
-    ``overrides`` keys are the toml keys; ``None`` values mean "not given".
-    Raises :class:`ConfigError` with a one-line message naming the bad value.
+    ``overrides`` keys are the toml keys; ``None`` values mean "not given". An empty value is
+    refused (``ETL_SYMBOLS=""`` is a mistake, not "the defaults"), except where empty means
+    "off" (``ETL_PG_DSN=""``: the embedded server). Raises :class:`ConfigError` with a one-line
+    message naming the source of the bad value.
     """
     env = os.environ if env is None else env
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -223,21 +461,18 @@ def load_settings(
         toml = _read_toml(toml_path)
 
     values: dict[str, Any] = {}
-    for key, (env_name, parse) in _KEYS.items():
-        for source, raw in (
-            (f"--{key.replace('_', '-')}", overrides.get(key)),
-            (env_name, env.get(env_name)),
-            (f"{toml_path}: {key}", toml.get(key)),
-        ):
-            if raw is None or (source == env_name and raw == "" and key != "pg_dsn"):
+    for spec in setting_fields():
+        for label, raw in _sources(spec, overrides, env, toml, toml_path):
+            if raw is None:
                 continue
+            if isinstance(raw, str) and not raw.strip():
+                if spec.metadata["empty_means_unset"]:
+                    values[spec.name] = None
+                    break
+                raise ConfigError(f"{label} is set but empty: give a value or unset it")
             try:
-                values[key] = parse(raw)
+                values[spec.name] = spec.metadata["parse"](raw)
             except ValueError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
+                raise ConfigError(f"{label}: {exc}") from None
             break
-    known = {f.name for f in fields(Settings)}
-    return Settings(
-        **{k: v for k, v in values.items() if k in known},
-        config_file=toml_path if toml else None,
-    )
+    return Settings(**values, config_file=toml_path if toml else None)

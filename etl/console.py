@@ -1,18 +1,26 @@
-"""Rich output: a live table on a terminal, plain timestamped lines otherwise."""
+"""Rich output: the consoles, one-line errors, tables, the collector's live table, progress bars.
+
+Everything a user reads is printed literally (``markup=False``): a value holding ``[/]`` or a
+``[libpq]`` prefix is text, never rich markup.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 import polars as pl
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichBar
 from rich.table import Table
 from rich.text import Text
+
+from etl.hours import stamp
 
 MAX_LIVE_ROWS = 20
 
@@ -20,18 +28,6 @@ MAX_LIVE_ROWS = 20
 _PIPE_WIDTH = None if sys.stdout.isatty() else 160
 console = Console(highlight=False, width=_PIPE_WIDTH)
 err_console = Console(stderr=True, highlight=False, width=_PIPE_WIDTH)
-
-
-def stamp(epoch_s: float | None = None) -> str:
-    return time.strftime(
-        "%Y-%m-%d %H:%M:%S", time.gmtime(time.time() if epoch_s is None else epoch_s)
-    )
-
-
-def iso(epoch_ms: int | float | None) -> str:
-    if epoch_ms is None:
-        return "-"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_ms / 1000))
 
 
 def age(seconds: float | None) -> str:
@@ -44,17 +40,42 @@ def age(seconds: float | None) -> str:
     return f"{seconds:.1f} s"
 
 
+def size(n: int | None) -> str:
+    """Bytes for people: ``1.2 MiB``."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    """One line on stderr: ``error: message``, printed literally."""
+    line = Text("error: ", style="bold red")
+    line.append(message)
+    err_console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
-def line(message: str) -> None:
-    """A log line: one line whatever the terminal width, so a piped log greps well."""
-    console.print(message, soft_wrap=True)
+def say(message: str, style: str = "") -> None:
+    """A line of output (not a log record): printed literally, never wrapped."""
+    console.print(Text(message, style=style), soft_wrap=True, markup=False, highlight=False)
 
 
 def is_terminal() -> bool:
     return console.is_terminal and sys.stdout.isatty()
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
@@ -62,17 +83,44 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
     for name in columns:
         out.add_column(name, justify="left" if name in ("symbol", "what", "hour") else "right")
     for row in rows:
-        out.add_row(*("-" if v is None else str(v) for v in row))
+        out.add_row(*(Text(cell(v)) for v in row))
     return out
 
 
+def kv_table(title: str, rows: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Table:
+    items = rows.items() if isinstance(rows, Mapping) else rows
+    return table(title, ("what", "value"), items)
+
+
+def decimals(tick_size: str | None) -> int | None:
+    """Decimals a price shows at this tick size: ``"0.01000000"`` → 2."""
+    if not tick_size:
+        return None
+    try:
+        exponent = Decimal(tick_size).normalize().as_tuple().exponent
+    except ArithmeticError:
+        return None
+    return max(0, -int(exponent)) if isinstance(exponent, int) else None
+
+
 class CollectorView:
-    """The collector's screen: a header of counters and one row per symbol for this hour."""
+    """The collector's screen: a header of counters and one row per symbol for this hour.
+
+    Prices show to each symbol's tick size; column widths only ever grow, so the table does
+    not jump between frames.
+    """
+
+    COLUMNS = ("symbol", "open", "high", "low", "last", "mean", "samples")
 
     def __init__(self, live: bool | None = None, out: Console | None = None) -> None:
+        """``out``: print lines there (tests); by default they are log records of
+        ``etl.collector``, in whatever format the command chose."""
         self.live_mode = is_terminal() if live is None else live
         self.out = out or console
+        self._log = None if out is not None else logging.getLogger("etl.collector")
         self._live: Live | None = None
+        self._widths: dict[str, int] = {}
+        self.tick_decimals: dict[str, int] = {}
 
     def __enter__(self) -> CollectorView:
         if self.live_mode:
@@ -85,17 +133,40 @@ class CollectorView:
             self._live.__exit__(None, None, None)
             self._live = None
 
-    def event(self, message: str, style: str = "") -> None:
+    def event(self, message: str, level: int = logging.INFO) -> None:
         """Something worth a line of its own (start-up, errors, recoveries)."""
-        line = f"{stamp()} {message}"
-        if self._live is not None:
-            self._live.console.print(Text(line, style=style))
-        else:
-            self.out.print(line, markup=False, soft_wrap=True)
+        if self._log is not None:
+            self._log.log(level, message)
+            return
+        style = "yellow" if level >= logging.WARNING else ""
+        self.out.print(
+            Text(f"{stamp()} {message}", style=style), soft_wrap=True, markup=False, highlight=False
+        )
 
     def poll_line(self, message: str) -> None:
+        """A line per poll, when there is no live table to show it."""
         if self._live is None:
-            self.out.print(f"{stamp()} {message}", markup=False, soft_wrap=True)
+            self.event(message)
+
+    def set_tick_sizes(self, tick_sizes: Mapping[str, str]) -> None:
+        self.tick_decimals = {s: d for s, t in tick_sizes.items() if (d := decimals(t)) is not None}
+
+    def _price(self, symbol: str, value: float | None) -> str:
+        if value is None:
+            return "-"
+        places = self.tick_decimals.get(symbol)
+        return f"{value:,.{places}f}" if places is not None else f"{value:.8g}"
+
+    def rows(self, metrics: pl.DataFrame) -> list[list[str]]:
+        out = []
+        for symbol, *prices, samples in metrics.head(MAX_LIVE_ROWS).iter_rows():
+            places = self.tick_decimals.get(symbol)
+            cells = [self._price(symbol, p) for p in prices[:4]]
+            mean = prices[4]
+            # The mean gets two digits more than the tick: it is not a traded price.
+            cells.append(f"{mean:,.{places + 2}f}" if places is not None else f"{mean:.8g}")
+            out.append([symbol, *cells, str(samples)])
+        return out
 
     def refresh(self, header: dict[str, Any], metrics: pl.DataFrame) -> None:
         if self._live is None:
@@ -103,11 +174,20 @@ class CollectorView:
         head = Table.grid(padding=(0, 2))
         for key, value in header.items():
             head.add_row(Text(key, style="bold"), Text(str(value)))
+        rows = self.rows(metrics)
+        for row in rows:
+            for name, value in zip(self.COLUMNS, row, strict=True):
+                self._widths[name] = max(self._widths.get(name, len(name)), len(value))
         body = Table(title="this hour", title_justify="left")
-        for name in ("symbol", "open", "high", "low", "last", "mean", "samples"):
-            body.add_column(name, justify="left" if name == "symbol" else "right")
-        for row in metrics.head(MAX_LIVE_ROWS).iter_rows():
-            body.add_row(row[0], *(f"{v:.8g}" for v in row[1:6]), str(row[6]))
+        for name in self.COLUMNS:
+            body.add_column(
+                name,
+                justify="left" if name == "symbol" else "right",
+                min_width=self._widths.get(name, len(name)),
+                no_wrap=True,
+            )
+        for row in rows:
+            body.add_row(*(Text(v) for v in row))
         extra = (
             [Text(f"… and {metrics.height - MAX_LIVE_ROWS} more symbols")]
             if metrics.height > MAX_LIVE_ROWS
@@ -116,18 +196,34 @@ class CollectorView:
         self._live.update(Group(head, body, *extra), refresh=True)
 
 
-def progress(total: int, description: str, *, show: bool = True) -> Progress:
-    """A progress bar over ``total`` items; a no-op display when stdout is not a terminal (or
-    ``show`` is false, e.g. a job running under the collector's live table)."""
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[note]}"),
-        console=console,
-        disable=not (show and is_terminal()),
-        transient=False,
-    )
-    bar.add_task(description, total=total, note="")
-    return bar
+class BarProgress:
+    """A rich progress bar on a terminal; nothing when piped (the job's log lines say it)."""
+
+    def __init__(self, show: bool = True) -> None:
+        self.show = show and is_terminal()
+        self._bar: RichBar | None = None
+
+    def start(self, total: int, description: str) -> None:
+        if not self.show:
+            return
+        self._bar = RichBar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=console,
+            transient=False,
+        )
+        self._bar.add_task(description, total=total, note="")
+        self._bar.start()
+
+    def advance(self, n: int, note: str = "") -> None:
+        if self._bar is not None:
+            task = self._bar.task_ids[0]
+            self._bar.update(task, advance=n, note=note)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -7,6 +7,7 @@ coverage heatmap and correlations have something to show at once instead of afte
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -14,12 +15,14 @@ from dataclasses import replace
 
 import polars as pl
 
-from etl import console
 from etl.config import Settings
 from etl.errors import ConfigError
-from etl.rollup_job import RollupSummary, run_rollup
-from etl.staging import HOUR_MS, Staging, hour_floor
+from etl.hours import HOUR_MS, hour_floor, utc
+from etl.rollup_job import RollupResult, run_rollup
+from etl.staging import Staging
 from etl.warehouse import open_warehouse
+
+log = logging.getLogger("etl.demo")
 
 _BASES = {"BTCUSDT": 60000.0, "ETHUSDT": 2600.0, "BNBUSDT": 580.0, "SOLUSDT": 150.0, "XRPUSDT": 0.6}
 _YEAR_S = 365.25 * 86400
@@ -63,31 +66,29 @@ def generate_ticks(
     return frame.filter(keep).select("symbol", "ts", "price")
 
 
-def seed_demo(settings: Settings, *, days: int = 60, force: bool = False) -> RollupSummary:
-    """Generate ``days`` of history for the configured symbols and roll it up."""
+def seed_demo(settings: Settings, *, days: int = 60, force: bool = False) -> RollupResult:
+    """Generate ``days`` of history for the configured symbols and roll it up into the
+    warehouse ``settings`` point at (the CLI points them at the demo data dir)."""
     end = hour_floor(int(time.time() * 1000)) - HOUR_MS
     start = end - days * 24 * HOUR_MS
     interval_ms = int(settings.interval_s * 1000)
     with open_warehouse(settings) as wh:
-        wh.apply_schema()
-        existing = wh.execute(
-            "SELECT count(*) FROM metrics_hourly WHERE bucket >= to_timestamp($1 / 1000.0) "
-            "AND symbol = ANY(string_to_array($2, ','))",
-            [start, ",".join(settings.symbols)],
-        )[0][0]
+        wh.migrate()
+        existing = wh.count_bars(settings.symbols, utc(start))
     if existing and not force:
         raise ConfigError(
-            f"the warehouse already holds {existing} bars for these symbols in the last {days} days: "
-            "seed a fresh data dir (ETL_DATA_DIR=data-demo just seed-demo) or pass --force"
+            f"the warehouse {wh.label} already holds {existing} bars for these symbols in the "
+            f"last {days} days: pass --force to add generated history to it anyway"
         )
     work = settings.data_dir / "seed-demo"
     shutil.rmtree(work, ignore_errors=True)
     staging_path = work / "ticks.sqlite3"
-    with Staging(staging_path) as st:
+    with Staging(staging_path, name="seed-demo") as st:
+        st.record_interval(settings.interval_s, start)
         for symbol in settings.symbols:
             ticks = generate_ticks(symbol, start, end, interval_ms)
             st.append_frame(ticks)
-            console.line(f"{console.stamp()} generated {ticks.height:,} ticks for {symbol}")
+            log.info("generated %s ticks for %s", f"{ticks.height:,}", symbol)
     seeded = replace(settings, sqlite_path=staging_path, raw_retention_h=1.0)
     try:
         return run_rollup(seeded)

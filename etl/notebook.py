@@ -1,47 +1,60 @@
-"""Helpers for the notebooks: the project's own configuration, Polars frames through ADBC.
+"""The notebooks' access to history: the project's own configuration, Polars frames through ADBC.
 
 >>> from etl.notebook import History                       # doctest: +SKIP
 >>> h = History()                   # etl.toml / ETL_* / defaults; embedded server if no DSN
 >>> h.hourly(["BTCUSDT"], days=7)   # a Polars frame of hourly bars
+
+Relative paths in the configuration resolve against the working directory, as in every ``etl``
+command (``etl notebook`` starts JupyterLab with absolute paths, so the notebooks find the same
+data wherever their kernel runs). Looking creates nothing: with no warehouse, or an empty one,
+:class:`NoHistory` says so in one sentence.
 """
 
 from __future__ import annotations
 
 import atexit
-import os
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from etl.config import Settings, load_settings
+from etl.errors import EtlError, NothingStaged
 from etl.warehouse import Warehouse, open_warehouse
 
+_HELP = "no history yet in {where}: run `just seed-demo` (then `just notebook --demo`), or collect for an hour"
 
-def project_root(start: Path | None = None) -> Path:
-    """The directory holding ``pyproject.toml`` above ``start`` (default: the working directory)."""
-    here = (start or Path.cwd()).resolve()
-    for path in (here, *here.parents):
-        if (path / "pyproject.toml").exists() and (path / "etl").is_dir():
-            return path
-    return here
+
+class NoHistory(Exception):
+    """There is nothing to look at; shown as its one sentence, not a traceback."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [str(self)]
 
 
 class History:
-    """Read-only access to the warehouse for exploration.
-
-    Paths in the configuration are relative to the project root, as for ``just`` recipes, so the
-    working directory moves there.
-    """
+    """Read-only access to the warehouse for exploration."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        os.chdir(project_root())
         self.settings = settings or load_settings()
+        where = self.settings.masked_dsn
         self._stack = ExitStack()
-        self.wh: Warehouse = self._stack.enter_context(open_warehouse(self.settings))
+        try:
+            self.wh: Warehouse = self._stack.enter_context(
+                open_warehouse(self.settings, create=False, statement_timeout_s=None)
+            )
+        except NothingStaged:
+            raise NoHistory(_HELP.format(where=where)) from None
+        except EtlError as exc:
+            raise NoHistory(str(exc)) from None
         atexit.register(self.close)
+        if not self.wh.has_schema() or self.wh.pending_migrations():
+            self.close()
+            raise NoHistory(_HELP.format(where=where))
+        if self.latest().is_empty():
+            self.close()
+            raise NoHistory(_HELP.format(where=where))
 
     def close(self) -> None:
         self._stack.close()
@@ -51,25 +64,18 @@ class History:
         return self.wh.query(query, params)
 
     def symbols(self) -> list[str]:
-        return self.sql("SELECT symbol FROM latest_price ORDER BY symbol")["symbol"].to_list()
+        """Every symbol with history, configured ones first."""
+        stored = self.latest()["symbol"].to_list()
+        configured = [s for s in self.settings.symbols if s in stored]
+        return configured + [s for s in stored if s not in configured]
 
-    def _window(
-        self,
-        table: str,
-        column: str,
-        symbols: list[str] | None,
-        days: float | None,
-        start: datetime | None,
-        end: datetime | None,
-    ) -> pl.DataFrame:
+    @staticmethod
+    def window(
+        days: float | None = None, start: datetime | None = None, end: datetime | None = None
+    ) -> tuple[datetime, datetime]:
+        """``[start, end)``: by default the last 30 days up to now."""
         end = end or datetime.now(UTC)
-        start = start or end - timedelta(days=days or 30)
-        cast = "::date" if column == "day" else ""
-        return self.sql(
-            f"SELECT * FROM {table} WHERE {column} >= $1{cast} AND {column} < $2{cast} "
-            f"AND symbol = ANY(string_to_array($3, ',')) ORDER BY symbol, {column}",
-            [start, end, ",".join(symbols or self.symbols())],
-        )
+        return start or end - timedelta(days=days or 30), end
 
     def hourly(
         self,
@@ -80,7 +86,8 @@ class History:
         end: datetime | None = None,
     ) -> pl.DataFrame:
         """Hourly bars for ``symbols`` (default: all) in ``[start, end)`` (default: 30 days)."""
-        return self._window("metrics_hourly", "bucket", symbols, days, start, end)
+        lo, hi = self.window(days, start, end)
+        return self.wh.bars(symbols or self.symbols(), lo, hi)
 
     def daily(
         self,
@@ -91,20 +98,25 @@ class History:
         end: datetime | None = None,
     ) -> pl.DataFrame:
         """Daily bars for ``symbols`` (default: all) over the UTC days in ``[start, end)``."""
-        return self._window("metrics_daily", "day", symbols, days, start, end)
+        lo, hi = self.window(days, start, end)
+        return self.wh.bars(symbols or self.symbols(), lo, hi, daily=True)
 
     def latest(self) -> pl.DataFrame:
-        return self.sql("SELECT * FROM latest_price ORDER BY symbol")
+        return self.wh.latest()
 
-    def coverage(self, hourly: pl.DataFrame) -> pl.DataFrame:
-        """Each bar's coverage: samples against the expected count (a kline bar: of 60 minutes)."""
-        expected = (
-            pl.when(pl.col("source") == "kline")
-            .then(60.0)
-            .otherwise(self.settings.expected_samples_per_hour)
-        )
-        return hourly.with_columns(coverage=(pl.col("samples") / expected).clip(upper_bound=1.0))
+    def coverage(
+        self,
+        symbols: list[str] | None = None,
+        *,
+        days: float | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> pl.DataFrame:
+        """Every (symbol, hour) of the range with its bar's coverage, 0 where no bar: the same
+        definition as ``etl status`` (``etl_bar_coverage`` in ``sql/``)."""
+        lo, hi = self.window(days, start, end)
+        return self.wh.coverage_grid(symbols or self.symbols(), lo, hi)
 
     def explain(self, query: str) -> list[str]:
         """``EXPLAIN`` of a query (literals, no placeholders), one line per plan row."""
-        return self.sql("SELECT etl_explain($1) AS plan", [query])["plan"].to_list()
+        return self.wh.explain(query)

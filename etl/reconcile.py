@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import polars as pl
 
-from etl.backfill import parse_klines
-from etl.binance import BinanceClient, ExchangeUnavailable, RateLimited, WeightGovernor
+from etl.binance import ExchangeUnavailable, RateLimited, open_exchange, parse_klines
 from etl.config import Settings
 from etl.errors import DependencyError
-from etl.rollup_job import GRACE_MS
-from etl.staging import HOUR_MS, Staging, hour_floor
+from etl.hours import HOUR_MS, closed_range, utc
+from etl.staging import open_staging
 from etl.warehouse import open_warehouse
 
 
@@ -65,56 +63,50 @@ def summarize(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_reconcile(
-    settings: Settings, *, hours: int = 24, now: Callable[[], float] = time.time
+    settings: Settings,
+    *,
+    hours: int = 24,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    now: Callable[[], float] = time.time,
 ) -> pl.DataFrame:
-    """Compare the last ``hours`` closed hours; store and return the per-hour deviations."""
-    hi = hour_floor(int(now() * 1000) - GRACE_MS)
-    lo = hi - hours * HOUR_MS
+    """Compare closed hours (the last ``hours``, or ``[since, until)``) with the exchange's
+    candles; store and return the per-hour deviations."""
+    lo, hi = closed_range(int(now() * 1000), since_ms, until_ms)
+    lo = hi - hours * HOUR_MS if lo is None else lo
     with (
-        Staging(settings.staging_path, synchronous=settings.sqlite_synchronous) as staging,
-        BinanceClient(
-            settings.binance_url, governor=WeightGovernor(settings.weight_budget, store=staging)
-        ) as client,
+        open_staging(settings) as staging,  # keeps the exchange's bans across runs
+        open_exchange(settings, staging) as client,
         open_warehouse(settings) as wh,
     ):
-        wh.apply_schema()
-        poll = wh.query(
-            "SELECT symbol, bucket, open, high, low, close, samples FROM metrics_hourly "
-            "WHERE source = 'poll' AND bucket >= $1 AND bucket < $2 "
-            "AND symbol = ANY(string_to_array($3, ',')) ORDER BY symbol, bucket",
-            [
-                datetime.fromtimestamp(lo / 1000, UTC),
-                datetime.fromtimestamp(hi / 1000, UTC),
-                ",".join(settings.symbols),
-            ],
-        )
+        wh.migrate()
+        poll = wh.bars(settings.symbols, utc(lo), utc(hi), source="poll")
         candles = []
         try:
             for symbol in poll["symbol"].unique(maintain_order=True).to_list():
-                rows = client.klines(symbol, "1h", lo, hi - 1, limit=min(1000, hours))
+                rows = client.klines(symbol, "1h", lo, hi - 1, limit=1000)
                 candles.append(parse_klines(rows).with_columns(symbol=pl.lit(symbol)))
         except (ExchangeUnavailable, RateLimited) as exc:
             raise DependencyError(
                 f"exchange unavailable for reconcile ({exc}): try again later"
             ) from None
-        klines = (
-            pl.concat(candles).select(
-                "symbol",
-                bucket=pl.from_epoch("open_ms", "ms")
-                .dt.replace_time_zone("UTC")
-                .cast(pl.Datetime("us", "UTC")),
-                k_open="open",
-                k_high="high",
-                k_low="low",
-                k_close="close",
-            )
-            if candles
-            else pl.DataFrame()
+        if not candles:
+            return pl.DataFrame()
+        klines = pl.concat(candles).select(
+            "symbol",
+            bucket=pl.from_epoch("open_ms", "ms")
+            .dt.replace_time_zone("UTC")
+            .cast(pl.Datetime("us", "UTC")),
+            k_open="open",
+            k_high="high",
+            k_low="low",
+            k_close="close",
         )
-        result = (
-            deviations(poll.with_columns(pl.col("bucket").cast(pl.Datetime("us", "UTC"))), klines)
-            if candles
-            else pl.DataFrame()
+        result = deviations(
+            poll.select("symbol", "bucket", "open", "high", "low", "close", "samples").with_columns(
+                pl.col("bucket").cast(pl.Datetime("us", "UTC"))
+            ),
+            klines,
         )
         wh.write_reconciliation(result)
     return result

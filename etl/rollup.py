@@ -12,11 +12,9 @@ from datetime import datetime
 
 import polars as pl
 
-HOUR_MS = 3_600_000
+from etl.hours import HOUR_MS, MINUTE_MS
+
 UTC_US = pl.Datetime("us", "UTC")
-# Ticks the warehouse cannot place are set aside, not rolled up: before 1970 or after 9999.
-MIN_TS_MS = 0
-MAX_TS_MS = 253_402_300_799_999
 
 BAR_SCHEMA = {
     "symbol": pl.String,
@@ -31,6 +29,7 @@ BAR_SCHEMA = {
     "last_at": UTC_US,
     "max_gap_s": pl.Float64,
     "source": pl.String,
+    "interval_s": pl.Float64,
 }
 
 
@@ -40,25 +39,45 @@ def _utc(col: str | pl.Expr) -> pl.Expr:
 
 
 def hourly_bars(
-    ticks: pl.DataFrame | pl.LazyFrame, source: str = "poll", *, ordered: bool = False
+    ticks: pl.DataFrame | pl.LazyFrame,
+    source: str = "poll",
+    *,
+    ordered: bool = False,
+    symbols: pl.DataFrame | None = None,
+    interval_s: float | pl.Expr | None = None,
 ) -> pl.DataFrame:
-    """One bar per symbol and UTC hour from ticks ``seq, symbol, ts (epoch ms), price``.
+    """One bar per symbol and UTC hour from ticks ``[seq,] symbol, ts (epoch ms), price``.
 
-    Within a symbol, ticks are ordered by ``ts`` then ``seq`` (the staging rowid), so equal
+    Within a symbol, ticks are ordered by ``ts`` then ``seq`` (the staging row id), so equal
     timestamps resolve deterministically: the first written is the earlier. ``max_gap_s`` is the
     longest stretch without a sample, counting from the hour's start and up to its end, so a
-    single sample at half past has a gap of 1800 s. ``max_seq`` is the bar's last staging row.
+    single sample at half past has a gap of 1800 s. ``max_seq`` is the bar's last staging row
+    (null without a ``seq`` column). ``interval_s`` is the poll interval the ticks were collected
+    at (a number, or an expression of ``bucket_ms``), kept with the bar for its coverage.
 
-    ``ordered=True`` promises the input is already ordered by ``ts, seq`` (as the staging reads
-    are): a stable sort by symbol then suffices, which is about twice as fast.
+    Symbols come as names (``symbol``), or as ids (``sym``) with ``symbols`` mapping ``sym`` to
+    ``symbol``, as the staging store reads them. ``ordered=True`` promises the input is already
+    ordered by ``ts, seq`` (as staging reads are): a stable sort by symbol then suffices, which
+    is about twice as fast.
     """
-    # Group on the symbol's dictionary code, not the string: sorting and gathering 2 M integers
-    # is several times cheaper (in time and memory) than 2 M strings; the names come back from
-    # a small code -> symbol table after the aggregation.
-    frame = ticks.lazy().with_columns(code=pl.col("symbol").cast(pl.Categorical).to_physical())
-    names = frame.select("code", "symbol").unique("code")
-    frame = frame.select("code", "seq", "ts", "price")
-    frame = frame.sort("code", maintain_order=True) if ordered else frame.sort("code", "ts", "seq")
+    frame = ticks.lazy()
+    names = frame.lazy()
+    if symbols is not None:
+        # Group on the staging file's integer symbol ids; names join the bars afterwards.
+        frame = frame.rename({"sym": "code"})
+        names = symbols.lazy().select(code="sym", symbol="symbol")
+    else:
+        # Group on the symbol's dictionary code, not the string: sorting and gathering 2 M
+        # integers is several times cheaper than 2 M strings.
+        frame = frame.with_columns(code=pl.col("symbol").cast(pl.Categorical).to_physical())
+        names = frame.select("code", "symbol").unique("code")
+    has_seq = "seq" in frame.collect_schema().names()
+    seq = pl.col("seq") if has_seq else pl.lit(None, dtype=pl.Int64)
+    frame = frame.select("code", seq.alias("seq"), "ts", "price")
+    if ordered:
+        frame = frame.sort("code", maintain_order=True)
+    else:
+        frame = frame.sort("code", "ts", "seq") if has_seq else frame.sort("code", "ts")
     bars = (
         frame.group_by_dynamic(
             "ts", every=f"{HOUR_MS}i", closed="left", label="left", group_by="code"
@@ -77,8 +96,15 @@ def hourly_bars(
         )
         .join(names, on="code")
     )
+    if interval_s is None:
+        interval = pl.lit(None, dtype=pl.Float64)
+    elif isinstance(interval_s, pl.Expr):
+        interval = interval_s
+    else:
+        interval = pl.lit(float(interval_s))
     return (
-        bars.with_columns(
+        bars.with_columns(bucket_ms=pl.col("ts"))
+        .with_columns(
             bucket=_utc("ts"),
             first_at=_utc("first_ts"),
             last_at=_utc("last_ts"),
@@ -89,6 +115,7 @@ def hourly_bars(
             ).cast(pl.Float64)
             / 1000,
             source=pl.lit(source),
+            interval_s=interval,
         )
         .select(*BAR_SCHEMA, "max_seq")
         .cast({**BAR_SCHEMA, "max_seq": pl.Int64})  # type: ignore[arg-type]
@@ -96,15 +123,21 @@ def hourly_bars(
     )
 
 
-def hour_ledger(bars: pl.DataFrame, started_at: datetime) -> pl.DataFrame:
-    """The ``rollup_runs`` rows for the hours in ``bars``: symbols, bars, ticks read, max seq."""
+def hour_ledger(
+    bars: pl.DataFrame, started_at: datetime, *, max_seq: int | None = None
+) -> pl.DataFrame:
+    """The ``rollup_runs`` rows for the hours in ``bars``: symbols, bars, ticks read, max seq.
+
+    ``max_seq`` overrides the bars' own: a read that saw every row of its hours up to a bound
+    records that bound.
+    """
     return (
         bars.group_by(hour="bucket")
         .agg(
             symbols=pl.col("symbol").n_unique().cast(pl.Int32),
             rows=pl.len().cast(pl.Int32),
             ticks_read=pl.col("samples").sum().cast(pl.Int64),
-            max_seq=pl.col("max_seq").max(),
+            max_seq=pl.col("max_seq").max() if max_seq is None else pl.lit(max_seq, pl.Int64),
         )
         .with_columns(started_at=pl.lit(started_at, dtype=UTC_US))
         .sort("hour")
@@ -114,8 +147,8 @@ def hour_ledger(bars: pl.DataFrame, started_at: datetime) -> pl.DataFrame:
 def kline_bars(klines: pl.DataFrame, symbol: str) -> pl.DataFrame:
     """Hourly bars (``source = 'kline'``) from 1-minute klines ``open_ms, open, high, low, close``.
 
-    The mean is the mean of the minute closes; ``samples`` is the number of minutes, so a
-    kline bar's coverage is ``samples / 60``.
+    The mean is the mean of the minute closes; ``samples`` is the number of minutes (an
+    ``interval_s`` of 60), so a kline bar's coverage is ``samples / 60``.
     """
     minutes = klines.lazy().select(
         seq=pl.col("open_ms"),
@@ -138,8 +171,8 @@ def kline_bars(klines: pl.DataFrame, symbol: str) -> pl.DataFrame:
             mean=pl.col("close").mean(),
             samples=pl.len().cast(pl.Int32),
             first_ts=pl.col("ts").first(),
-            last_ts=pl.col("ts").last() + 60_000,
-            inner_gap=(pl.col("ts").diff().max() - 60_000),
+            last_ts=pl.col("ts").last() + MINUTE_MS,
+            inner_gap=(pl.col("ts").diff().max() - MINUTE_MS),
         )
         .rename({"at": "bucket"})
     )
@@ -156,6 +189,7 @@ def kline_bars(klines: pl.DataFrame, symbol: str) -> pl.DataFrame:
             ).cast(pl.Float64)
             / 1000,
             source=pl.lit("kline"),
+            interval_s=pl.lit(60.0),  # a kline bar's samples are minutes
         )
         .select(list(BAR_SCHEMA))
         .cast(BAR_SCHEMA)  # type: ignore[arg-type]

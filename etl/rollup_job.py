@@ -1,32 +1,35 @@
 """The rollup job: staged ticks → hourly bars in PostgreSQL, then daily bars, purge, retention.
 
 Order matters for "no data loss": bars and their ledger rows commit together; only then are
-staged ticks of ledger hours (older than ``raw_retention_h``) deleted, and only up to the last row
-the rollup read. A crash anywhere leaves either the old state or the new, and a rerun converges.
+staged ticks of this staging file's ledger hours (older than ``raw_retention_h``) deleted, and
+only up to the last row the rollup read. A crash anywhere leaves either the old state or the new,
+and a rerun converges. The job returns a :class:`RollupResult`; the CLI draws it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import polars as pl
 
-from etl import console
 from etl.config import Settings
-from etl.rollup import MAX_TS_MS, MIN_TS_MS, hour_ledger, hourly_bars
-from etl.staging import HOUR_MS, Staging, hour_floor
+from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, utc
+from etl.progress import NoProgress, Progress
+from etl.rollup import hour_ledger, hourly_bars
+from etl.staging import Staging, open_staging
 from etl.warehouse import Warehouse, open_warehouse
 
-# An hour is closed for the rollup this long after it ends (its last poll is committed by then).
-GRACE_MS = 10_000
+log = logging.getLogger("etl.rollup")
+
 # Ticks per rollup chunk: about an hour of 3,000 symbols at 5 s; ~650 MiB peak for the process.
 CHUNK_TICKS = 2_500_000
-DAY_MS = 86_400_000
 CRASH_ENV = "ETL_CRASH_AT"  # test hook: SIGKILL ourselves at a named point
 
 
@@ -36,36 +39,28 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
 @dataclass
-class RollupSummary:
+class RollupResult:
+    """What a rollup did, for the CLI to draw and scripts to read."""
+
+    staging: str = ""
+    looked_for: str = ""
+    staged_hours: int = 0
     hours: int = 0
     bars: int = 0
     ticks: int = 0
     purged: int = 0
     days: int = 0
+    rejected: int = 0
+    kline_kept: int = 0
+    lost_to_other_files: int = 0
+    displaced: int = 0
     dropped: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     future_ticks: int = 0
-    ancient_hours: int = 0
     skipped_hours: list[int] = field(default_factory=list)
-    kline_kept: int = 0
     seconds: float = 0.0
-
-    def rows(self) -> list[tuple[str, object]]:
-        return [
-            ("hours rolled up", self.hours),
-            ("bars written", self.bars),
-            ("ticks read", self.ticks),
-            ("daily rows refreshed", self.days),
-            ("staged ticks purged", self.purged),
-            ("kline bars kept over thinner poll bars", self.kline_kept),
-            ("hourly partitions dropped", ", ".join(self.dropped) or 0),
-            ("seconds", f"{self.seconds:.2f}"),
-        ]
+    nothing: str = ""  # set when nothing was there to roll up: what was looked for, and where
 
 
 def pending_hours(
@@ -78,12 +73,12 @@ def pending_hours(
 ) -> tuple[list[int], list[int]]:
     """Hours to roll up, and committed hours that must not be rolled up again.
 
-    Pending: staged hours not in the ledger (with ``rerun``, every staged hour), plus ledger
-    hours that gained ticks after they were read. A committed hour is only read again while
-    every tick the first rollup read is still staged; once some are purged, a new bar would
-    hold part of the hour, so the committed bar stays and the hour is reported instead.
+    Pending: staged hours not in this file's ledger (with ``rerun``, every staged hour), plus
+    ledger hours that gained ticks after they were read. A committed hour is only read again
+    while every tick the first rollup read is still staged; once some are purged, a new bar
+    would hold part of the hour, so the committed bar stays and the hour is reported instead.
     """
-    ledger = wh.ledger()
+    ledger = wh.ledger(staging.id)
     committed = {
         row["hour_ms"]: (row["max_seq"], row["ticks_read"], row["purged"])
         for row in ledger.iter_rows(named=True)
@@ -128,6 +123,123 @@ def chunked(
     return chunks
 
 
+def _range_text(lo_ms: int | None, hi_ms: int) -> str:
+    return f"closed hours from {iso(lo_ms) if lo_ms is not None else 'the first'} to {iso(hi_ms)}"
+
+
+class Rollup:
+    """One rollup of a staging file into a warehouse, both opened by the caller.
+
+    >>> with open_staging(settings) as st, open_warehouse(settings) as wh:   # doctest: +SKIP
+    ...     Rollup(settings, st, wh).run()
+    RollupResult(hours=3, ...)
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        staging: Staging,
+        wh: Warehouse,
+        *,
+        progress: Progress | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.staging = staging
+        self.wh = wh
+        self.progress = progress or NoProgress()
+        self.now = now
+
+    def run(
+        self,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        *,
+        rerun: bool = False,
+        apply_retention: bool = True,
+    ) -> RollupResult:
+        """Roll up every closed hour with staged ticks that this file has not committed yet
+        (or all of them, ``rerun``); then purge and apply retention."""
+        started = time.perf_counter()
+        staging, wh, settings = self.staging, self.wh, self.settings
+        now_ms = int(self.now() * 1000)
+        lo_ms, hi_ms = closed_range(now_ms, since_ms, until_ms)
+        result = RollupResult(staging=staging.name, looked_for=_range_text(lo_ms, hi_ms))
+        wh.migrate()
+        wh.ensure_partitions_ahead()
+        with wh.run_lock(lambda: log.info("another rollup is running; waiting for it")):
+            staging.sweep_out_of_range()
+            sizes = staging.hour_sizes(lo_ms, hi_ms)
+            result.staged_hours = len(sizes)
+            hours, result.skipped_hours = pending_hours(
+                staging, wh, list(sizes), lo_ms, hi_ms, rerun
+            )
+            result.future_ticks = staging.count_between(hi_ms + HOUR_MS, NO_UPPER)
+            groups = chunked(hours, sizes, settings.rollup_chunk_hours, CHUNK_TICKS)
+            self._roll(groups, result)
+            purge_before = utc(now_ms - int(settings.raw_retention_h * HOUR_MS))
+            candidates = wh.purge_candidates(staging.id, purge_before)
+            crash_point("before_purge")
+            if candidates:
+                result.purged = staging.purge(candidates)
+                crash_point("after_purge")
+                wh.mark_purged(staging.id, [hour for hour, _ in candidates])
+            if apply_retention:
+                kept = wh.retention(settings.hourly_retention_d, dry_run=False)
+                result.dropped = kept.filter(pl.col("action") == "dropped")["partition"].to_list()
+                result.kept = kept.filter(pl.col("action") == "kept")["partition"].to_list()
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _roll(self, groups: list[list[int]], result: RollupResult) -> None:
+        if not groups:
+            return
+        self.progress.start(sum(map(len, groups)), "rolling up hours")
+        try:
+            for group in groups:
+                ticks, bars = self._roll_chunk(group, result)
+                self.progress.advance(len(group), iso(group[-1]))
+                log.info(
+                    "rolled up %d hour(s) up to %s: %d ticks, %d bars",
+                    len(group),
+                    iso(group[-1]),
+                    ticks,
+                    bars,
+                )
+        finally:
+            self.progress.finish()
+
+    def _roll_chunk(self, group: Sequence[int], result: RollupResult) -> tuple[int, int]:
+        """Read, compute and commit one chunk of hours. Its frames die when this returns, before
+        the next chunk is read: holding two chunks at once fragments the heap."""
+        started_at = datetime.now(UTC)
+        window = self.staging.read_hours(group)
+        result.rejected += window.rejected
+        crash_point("after_read")
+        intervals = self.staging.hour_intervals(group)
+        bars = hourly_bars(
+            window.ticks,
+            ordered=True,  # staging reads come ordered by ts, seq
+            symbols=window.symbols,
+            interval_s=pl.col("bucket_ms").replace_strict(
+                intervals, default=self.settings.interval_s, return_dtype=pl.Float64
+            ),
+        ).with_columns(staging_id=pl.lit(self.staging.id))
+        runs = hour_ledger(bars, started_at, max_seq=window.upto).with_columns(
+            staging_id=pl.lit(self.staging.id), staging_name=pl.lit(self.staging.name)
+        )
+        written = self.wh.write_bars(bars, runs, before_commit=lambda: crash_point("before_commit"))
+        crash_point("after_commit")
+        result.bars += written.bars
+        result.days += written.days
+        result.kline_kept += written.kline_kept
+        result.lost_to_other_files += written.lost_total - written.kline_kept
+        result.displaced += written.displaced
+        result.hours += len(group)
+        result.ticks += window.ticks.height
+        return window.ticks.height, bars.height
+
+
 def run_rollup(
     settings: Settings,
     *,
@@ -136,105 +248,33 @@ def run_rollup(
     rerun: bool = False,
     now: Callable[[], float] = time.time,
     apply_retention: bool = True,
-) -> RollupSummary:
-    """Roll up every closed hour with staged ticks that is not committed yet (or all, ``rerun``)."""
-    started = time.perf_counter()
-    summary = RollupSummary()
-    now_ms = int(now() * 1000)
-    closed = hour_floor(now_ms - GRACE_MS)  # hours starting before this have ended
-    hi_ms = min(closed, -(-until_ms // HOUR_MS) * HOUR_MS) if until_ms is not None else closed
-    lo_ms = hour_floor(since_ms) if since_ms is not None else None
-    with (
-        Staging(settings.staging_path, synchronous=settings.sqlite_synchronous) as staging,
-        open_warehouse(settings) as wh,
-    ):
-        wh.apply_schema()
-        with wh.run_lock(lambda: console.line("another rollup is running; waiting for it")):
-            sizes = staging.hour_sizes(lo_ms, hi_ms)
-            hours, skipped = pending_hours(staging, wh, list(sizes), lo_ms, hi_ms, rerun)
-            summary.skipped_hours = skipped
-            summary.ancient_hours = sum(1 for h in hours if h < MIN_TS_MS)
-            hours = [h for h in hours if MIN_TS_MS <= h <= MAX_TS_MS]
-            summary.future_ticks = staging.count_between(closed + HOUR_MS, None)
-            groups = chunked(hours, sizes, settings.rollup_chunk_hours, CHUNK_TICKS)
-            _roll_hours(staging, wh, groups, settings.full_samples_per_hour, summary)
-            purge_before = utc(now_ms - int(settings.raw_retention_h * HOUR_MS))
-            candidates = wh.purge_candidates(purge_before)
-            crash_point("before_purge")
-            if candidates:
-                summary.purged = staging.purge(candidates)
-                crash_point("after_purge")
-                wh.mark_purged(purge_before)
-            if apply_retention:
-                result = wh.retention(settings.hourly_retention_d, dry_run=False)
-                summary.dropped = result.filter(pl.col("action") == "dropped")[
-                    "partition"
-                ].to_list()
-                summary.kept = result.filter(pl.col("action") == "kept")["partition"].to_list()
-    summary.seconds = time.perf_counter() - started
-    _report(summary)
-    return summary
+    progress: Progress | None = None,
+) -> RollupResult:
+    """Open the configured staging file and warehouse and roll up (see :class:`Rollup`).
 
-
-def _roll_hours(
-    staging: Staging, wh: Warehouse, groups: list[list[int]], full: int, summary: RollupSummary
-) -> None:
-    if not groups:
-        return
-    with console.progress(sum(map(len, groups)), "rolling up hours") as bar:
-        for group in groups:
-            ticks, bars = _roll_chunk(staging, wh, group, full, summary)
-            bar.advance(bar.task_ids[0], len(group))
-            bar.update(bar.task_ids[0], note=console.iso(group[-1]))
-            if bar.disable:
-                console.line(
-                    f"{console.stamp()} rolled up {len(group)} hour(s) up to "
-                    f"{console.iso(group[-1])}: {ticks} ticks, {bars} bars"
-                )
-
-
-def _roll_chunk(
-    staging: Staging, wh: Warehouse, group: Sequence[int], full: int, summary: RollupSummary
-) -> tuple[int, int]:
-    """Read, compute and commit one chunk of hours. Its frames die when this returns, before the
-    next chunk is read: holding two chunks at once fragments the heap and memory creeps up."""
-    started_at = datetime.now(UTC)
-    ticks = staging.read_hours(group)
-    crash_point("after_read")
-    bars = hourly_bars(ticks, ordered=True)  # staging reads come ordered by ts, seq
-    runs = hour_ledger(bars, started_at)
-    written = wh.write_bars(
-        bars, runs, full_samples=full, before_commit=lambda: crash_point("before_commit")
-    )
-    summary.bars += written.bars
-    summary.days += written.days
-    summary.kline_kept += written.kline_kept
-    crash_point("after_commit")
-    summary.hours += len(group)
-    summary.ticks += ticks.height
-    return ticks.height, bars.height
-
-
-def _report(summary: RollupSummary) -> None:
-    out = console
-    console.console.print(console.table("rollup", ("what", "value"), summary.rows()))
-    for name in summary.kept:
-        out.line(
-            f"[yellow]warning:[/] hourly partition {name} is past retention but some of its days "
-            "are missing from metrics_daily: kept"
+    A missing staging file is :class:`NothingStaged`; with nothing staged in the range, the
+    warehouse is not even opened (so nothing is created) and the result says what was looked
+    for.
+    """
+    with ExitStack() as stack:
+        staging = stack.enter_context(open_staging(settings, create=False))
+        lo_ms, hi_ms = closed_range(int(now() * 1000), since_ms, until_ms)
+        if not staging.hour_sizes(lo_ms, hi_ms):
+            return RollupResult(
+                staging=staging.name,
+                looked_for=_range_text(lo_ms, hi_ms),
+                nothing=f"nothing staged in {staging.path} for {_range_text(lo_ms, hi_ms)}"
+                + _hint(staging),
+            )
+        wh = stack.enter_context(open_warehouse(settings))
+        return Rollup(settings, staging, wh, progress=progress, now=now).run(
+            since_ms, until_ms, rerun=rerun, apply_retention=apply_retention
         )
-    if summary.future_ticks:
-        out.line(
-            f"[yellow]warning:[/] {summary.future_ticks} staged tick(s) are stamped in the future "
-            "(clock skew or a bad writer): set aside until their hour closes"
-        )
-    if summary.ancient_hours:
-        out.line(
-            f"[yellow]warning:[/] {summary.ancient_hours} staged hour(s) before 1970 set aside: "
-            "their ts is not epoch milliseconds"
-        )
-    for hour in summary.skipped_hours:
-        out.line(
-            f"[yellow]warning:[/] {console.iso(hour)} is committed and some of its ticks are "
-            "purged: its bar stays as committed; the ticks that arrived since stay staged"
-        )
+
+
+def _hint(staging: Staging) -> str:
+    last = staging.last_tick()
+    if last is None:
+        return ": the file holds no ticks yet (`etl collect` fills it)"
+    hours = staging.hour_sizes()
+    return f"; its ticks span {iso(min(hours))} .. {iso(last)}"

@@ -1,8 +1,17 @@
 """SQLite staging store for raw ticks, through ADBC.
 
-One file on disk in WAL mode. ``ticks(symbol, ts, price)`` holds every polled price with ``ts`` in
-epoch milliseconds (UTC) and an index on ``ts`` so that an hour is a range scan. A small ``state``
-table keeps what must survive a restart (the exchange's ban-until time, the last weight seen).
+One file on disk in WAL mode. Outside tools read and write the view ``ticks(symbol, ts, price)``
+(``ts`` in epoch milliseconds, UTC); underneath, rows live in ``tick_rows(seq, sym, ts, price)``
+with integer symbol ids from ``symbols``, an index on ``ts`` (an hour is a range scan) and
+constraints that refuse a row that cannot be a tick (STRICT types, ``ts`` in 1970..9999, a finite
+price > 0, a symbol of 2-20 upper-case letters and digits). ``seq`` is the row's id: it only grows,
+and the rollup's ledger refers to it.
+
+Small tables beside: ``meta`` (the file's identity: a UUID and a readable name, created with it),
+``state`` (what must survive a restart: the exchange's ban, the last weight seen), ``intervals``
+(the poll interval in force since when, so coverage is measured against what was collected) and
+``ticks_rejected`` (quarantine: rows that got in past the constraints, or came with an older
+file, with the reason; never rolled up, never purged).
 
 >>> with Staging(tmp_path / "ticks.sqlite3") as st:          # doctest: +SKIP
 ...     st.append(["BTCUSDT", "ETHUSDT"], [60262.05, 2594.25], ts_ms=1_767_225_600_000)
@@ -10,72 +19,161 @@ table keeps what must survive a restart (the exchange's ban-until time, the last
 2
 
 Everything goes through ADBC, never stdlib ``sqlite3``: mixing the two on one file in one process
-gives disk I/O errors (DESIGN.md).
+gives disk I/O errors.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import fcntl
 import json
+import os
 import threading
+import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import adbc_driver_sqlite.dbapi as adbc_sqlite
 import polars as pl
 import pyarrow as pa
 
-from etl.errors import ConfigError
+from etl.config import Settings
+from etl.errors import ConfigError, DiskFull, NothingStaged, StagingBusy, StagingCorrupt
+from etl.hours import HOUR_MS, MAX_TS_MS, MIN_TS_MS, NO_LOWER, NO_UPPER, hour_floor
 
-HOUR_MS = 3_600_000
+SCHEMA_VERSION = 2
+WINDOW_SCHEMA = {"sym": pl.Int64, "ts": pl.Int64, "price": pl.Float64}
 TICK_SCHEMA = {"seq": pl.Int64, "symbol": pl.String, "ts": pl.Int64, "price": pl.Float64}
-_ARROW_SCHEMA = pa.schema([("symbol", pa.string()), ("ts", pa.int64()), ("price", pa.float64())])
+SYMBOLS_SCHEMA = {"sym": pl.Int64, "symbol": pl.String}
+_APPEND_SCHEMA = pa.schema([("sym", pa.int64()), ("ts", pa.int64()), ("price", pa.float64())])
+# Rows per purge transaction: short enough that a collector's next commit never waits long.
+PURGE_BATCH = 20_000
+
+_SYMBOL_RULE = "length(symbol) BETWEEN 2 AND 20 AND symbol NOT GLOB '*[^A-Z0-9]*'"
 _DDL = (
-    "CREATE TABLE IF NOT EXISTS ticks ("
-    " symbol TEXT NOT NULL, ts INTEGER NOT NULL, price REAL NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS ticks_ts ON ticks (ts)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
     "CREATE TABLE IF NOT EXISTS state ("
     " key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_ms INTEGER NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS symbols (id INTEGER PRIMARY KEY,"
+    f" symbol TEXT NOT NULL UNIQUE CHECK ({_SYMBOL_RULE})) STRICT",
+    f"CREATE TABLE IF NOT EXISTS tick_rows (seq INTEGER PRIMARY KEY,"
+    f" sym INTEGER NOT NULL CHECK (sym > 0),"
+    f" ts INTEGER NOT NULL CHECK (ts BETWEEN {MIN_TS_MS} AND {MAX_TS_MS}),"
+    f" price REAL NOT NULL CHECK (price > 0 AND price < 9e999)) STRICT",
+    "CREATE TABLE IF NOT EXISTS ticks_rejected (symbol ANY, ts ANY, price ANY,"
+    " reason TEXT NOT NULL, moved_at INTEGER NOT NULL, seq INTEGER) STRICT",
+    "CREATE TABLE IF NOT EXISTS intervals (from_ms INTEGER PRIMARY KEY,"
+    " interval_s REAL NOT NULL CHECK (interval_s > 0)) STRICT",
 )
-_READ_SQL = (
-    "SELECT rowid AS seq, symbol, ts, price FROM ticks WHERE ts >= ? AND ts < ? AND rowid <= ? "
-    "ORDER BY ts, rowid"
+_VIEW_DDL = (
+    "CREATE INDEX IF NOT EXISTS tick_rows_ts ON tick_rows (ts)",
+    "CREATE VIEW IF NOT EXISTS ticks (symbol, ts, price) AS"
+    " SELECT s.symbol, t.ts, t.price FROM tick_rows t JOIN symbols s ON s.id = t.sym",
+    # Outside tools keep writing ticks(symbol, ts, price); a bad row fails their INSERT.
+    "CREATE TRIGGER IF NOT EXISTS ticks_insert INSTEAD OF INSERT ON ticks BEGIN"
+    " INSERT INTO symbols (symbol) SELECT NEW.symbol"
+    "  WHERE NOT EXISTS (SELECT 1 FROM symbols WHERE symbol = NEW.symbol);"
+    " INSERT INTO tick_rows (sym, ts, price)"
+    "  VALUES ((SELECT id FROM symbols WHERE symbol = NEW.symbol), NEW.ts, NEW.price);"
+    " END",
+)
+# Why a row of a pre-identity file cannot be a tick (NULL: it can).
+_REJECT_REASON = f"""CASE
+  WHEN symbol IS NULL THEN 'symbol is NULL'
+  WHEN typeof(symbol) != 'text' THEN 'symbol is ' || typeof(symbol) || ', not text'
+  WHEN NOT ({_SYMBOL_RULE}) THEN 'symbol does not match [A-Z0-9]{{2,20}}'
+  WHEN ts IS NULL THEN 'ts is NULL'
+  WHEN typeof(ts) != 'integer' THEN 'ts is ' || typeof(ts) || ', not integer'
+  WHEN ts NOT BETWEEN {MIN_TS_MS} AND {MAX_TS_MS} THEN 'ts out of range (epoch ms, 1970 to 9999)'
+  WHEN price IS NULL THEN 'price is NULL'
+  WHEN typeof(price) NOT IN ('real', 'integer') THEN 'price is ' || typeof(price) || ', not a number'
+  WHEN price >= 9e999 OR price <= -9e999 THEN 'price is not finite'
+  WHEN price <= 0 THEN 'price is not greater than 0'
+END"""
+# A row of tick_rows (alias t, symbols joined as s) that got past the constraints (PRAGMA
+# ignore_check_constraints): an unknown symbol id, a price that is not finite and > 0, or a ts
+# no hour can hold.
+_BAD_ROW = (
+    f"(s.id IS NULL OR NOT (t.price > 0 AND t.price < 9e999) "
+    f"OR t.ts NOT BETWEEN {MIN_TS_MS} AND {MAX_TS_MS})"
+)
+_PRICE_REASON = (
+    "WHEN NOT (t.price < 9e999 AND t.price > -9e999) THEN 'price is not finite' "
+    "WHEN t.price <= 0 THEN 'price is not greater than 0' "
+    "ELSE 'ts out of range (epoch ms, 1970 to 9999)'"
 )
 _UPSERT_STATE = (
     "INSERT INTO state (key, value, updated_ms) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms"
 )
+_CORRUPT = ("malformed", "not a database", "file is encrypted", "disk i/o error")
 
 
-def hour_floor(ts_ms: int) -> int:
-    return ts_ms // HOUR_MS * HOUR_MS
+@dataclass
+class Window:
+    """Staged ticks of some hours, as the rollup reads them.
+
+    ``ticks`` is ``sym, ts, price`` ordered by ``ts, seq`` (so by ``ts, seq`` within a symbol);
+    ``symbols`` maps ``sym`` to ``symbol``; ``upto`` is the highest ``seq`` the read could see:
+    every row of these hours up to it was read, and none after it.
+    """
+
+    ticks: pl.DataFrame
+    symbols: pl.DataFrame
+    upto: int
+    rejected: int = 0
+
+
+def default_name(path: Path) -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{path.resolve()}"
 
 
 class Staging:
-    """The on-disk tick store. Thread-safe; one connection for writes, one per reader thread."""
+    """The on-disk tick store. Thread-safe; one connection for writes, one per reader thread.
 
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+    ``create=False`` refuses a file that does not exist (:class:`NothingStaged`), so looking
+    never creates state. ``name`` renames the file in the ledger (default: host and path).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        create: bool = True,
+        name: str | None = None,
+    ) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self._lock_file: IO[str] | None = None
+        self._sym_ids: dict[str, int] = {}
+        self._last_ids: tuple[Sequence[str], pa.Array] | None = None
+        if not create and not self.path.exists():
+            raise NothingStaged(f"nothing staged in {self.path}: no staging file there")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._connect()
-            with self._cursor() as cur:
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.fetchall()
-                cur.execute(f"PRAGMA synchronous={synchronous}")
-                for ddl in _DDL:
-                    cur.execute(ddl)
         except (OSError, adbc_sqlite.Error) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            reason = getattr(exc, "strerror", None) or _first_line(exc)
             raise ConfigError(
                 f"cannot open the staging database {self.path} ({reason}): "
                 "set ETL_DATA_DIR or ETL_SQLITE_PATH to a writable place"
             ) from None
+        with self._cursor() as cur:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.fetchall()
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+        self.upgraded_from = self._ensure_schema()
+        self.id, self.name = self._identity(name)
+        self._load_symbols()
 
     def _connect(self) -> adbc_sqlite.Connection:
         # autocommit: an ADBC read otherwise leaves a transaction (and a stale WAL snapshot) open.
@@ -84,10 +182,32 @@ class Staging:
             cur.execute("PRAGMA busy_timeout=10000")
         return conn
 
+    def _mapped(self, exc: Exception) -> Exception | None:
+        """A storage error as one of ours: disk full (exit 3), a malformed file (exit 2)."""
+        text = str(exc).lower()
+        if "database or disk is full" in text or "no space left" in text:
+            return DiskFull(
+                f"disk full: {self.path} (free some space; nothing already stored is lost)"
+            )
+        if any(marker in text for marker in _CORRUPT):
+            return StagingCorrupt(
+                f"the staging file {self.path} is malformed ({_first_line(exc)}): stop the "
+                f"collector, then recover it with `sqlite3 {self.path} .recover | sqlite3 "
+                f"{self.path}.recovered` and move the .recovered file into its place (rows keep "
+                "their seq, so the rollup's ledger stays valid)"
+            )
+        return None
+
     @contextmanager
     def _cursor(self) -> Iterator[adbc_sqlite.Cursor]:
         with self._lock, self._conn.cursor() as cur:
-            yield cur
+            try:
+                yield cur
+            except adbc_sqlite.Error as exc:
+                mapped = self._mapped(exc)
+                if mapped is None:
+                    raise
+                raise mapped from None
 
     @contextmanager
     def transaction(self) -> Iterator[adbc_sqlite.Cursor]:
@@ -106,6 +226,7 @@ class Staging:
 
     def close(self) -> None:
         with self._lock:
+            self.release_writer_lock()
             self._conn.close()
 
     def __enter__(self) -> Staging:
@@ -114,7 +235,137 @@ class Staging:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- schema, identity, upgrade -------------------------------------------------------------
+
+    def _ensure_schema(self) -> int | None:
+        """Create the schema, or upgrade a file made before staging identity (a ``ticks`` table).
+
+        Returns the version upgraded from, if any. The upgrade keeps every row's id (the ledger
+        refers to it) and moves rows that cannot be ticks to ``ticks_rejected``, in one
+        transaction: a crash or a full disk leaves the file as it was.
+        """
+        with self._cursor() as cur:
+            cur.execute("SELECT type FROM sqlite_master WHERE name = 'ticks'")
+            row = cur.fetchone()
+        legacy = row is not None and row[0] == "table"
+        if not legacy and row is not None:
+            return None  # already current: nothing to create
+        now = int(time.time() * 1000)
+        with self.transaction() as cur:
+            for ddl in _DDL:
+                cur.execute(ddl)
+            if legacy:
+                cur.execute(
+                    # seq stays NULL: these rows' ids belong to the old table, not tick_rows.
+                    "INSERT INTO ticks_rejected (symbol, ts, price, reason, moved_at) "
+                    f"SELECT symbol, ts, price, reason, ? FROM (SELECT symbol, ts, price, "
+                    f"{_REJECT_REASON} AS reason FROM ticks) WHERE reason IS NOT NULL",
+                    (now,),
+                )
+                cur.execute(
+                    "INSERT INTO symbols (symbol) SELECT DISTINCT symbol FROM ticks "
+                    f"WHERE ({_REJECT_REASON}) IS NULL ORDER BY symbol"
+                )
+                cur.execute(
+                    "INSERT INTO tick_rows (seq, sym, ts, price) SELECT t.rowid, s.id, t.ts, "
+                    "t.price FROM ticks t JOIN symbols s ON s.symbol = t.symbol "
+                    f"WHERE ({_REJECT_REASON.replace('symbol', 't.symbol')}) IS NULL"
+                )
+                cur.execute("DROP TABLE ticks")
+            for ddl in _VIEW_DDL:
+                cur.execute(ddl)
+            cur.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?), "
+                "('staging_id', ?), ('created_ms', ?)",
+                (str(SCHEMA_VERSION), str(uuid.uuid4()), str(now)),
+            )
+            if legacy:
+                cur.execute("INSERT OR REPLACE INTO meta VALUES ('upgraded_from', '1')")
+        return 1 if legacy else None
+
+    def _identity(self, name: str | None) -> tuple[str, str]:
+        meta = self.meta()
+        stored = meta.get("name")
+        if (name is not None and name != stored) or stored is None:
+            stored = name or default_name(self.path)
+            with self.transaction() as cur:
+                cur.execute("INSERT OR REPLACE INTO meta VALUES ('name', ?)", (stored,))
+        return meta["staging_id"], stored
+
+    def meta(self) -> dict[str, str]:
+        with self._cursor() as cur:
+            cur.execute("SELECT key, value FROM meta")
+            return {str(k): str(v) for k, v in cur.fetchall()}
+
+    # -- one writer per file -------------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def hold_writer_lock(self) -> None:
+        """Take the collector's lock on this file for this process's lifetime.
+
+        An OS lock (``flock``), so the kernel releases it when the process dies, ``kill -9``
+        included. A second collector gets :class:`StagingBusy` naming the holder's pid.
+        """
+        if self._lock_file is not None:
+            return
+        handle = self.lock_path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StagingBusy(
+                f"another collector (pid {holder}) is writing to {self.path}: stop it first, "
+                "or give this one its own ETL_DATA_DIR / ETL_SQLITE_PATH"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_file = handle
+
+    def release_writer_lock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the descriptor releases the flock
+            self._lock_file = None
+
+    def quick_check(self) -> str:
+        """``PRAGMA quick_check``: ``ok``, or the first problem found."""
+        with self._cursor() as cur:
+            cur.execute("PRAGMA quick_check(1)")
+            return str(cur.fetchone()[0])
+
+    def integrity_check(self) -> str:
+        with self._cursor() as cur:
+            cur.execute("PRAGMA integrity_check")
+            return str(cur.fetchone()[0])
+
     # -- writes --------------------------------------------------------------------------------
+
+    def _load_symbols(self) -> None:
+        with self._cursor() as cur:
+            cur.execute("SELECT symbol, id FROM symbols")
+            self._sym_ids = {str(s): int(i) for s, i in cur.fetchall()}
+
+    def symbol_ids(self, symbols: Sequence[str]) -> list[int]:
+        """The ids of ``symbols``, adding those not seen before."""
+        missing = [s for s in dict.fromkeys(symbols) if s not in self._sym_ids]
+        if missing:
+            with self.transaction() as cur:
+                for symbol in missing:
+                    cur.execute("INSERT OR IGNORE INTO symbols (symbol) VALUES (?)", (symbol,))
+            self._load_symbols()
+        return [self._sym_ids[s] for s in symbols]
+
+    def _ids_array(self, symbols: Sequence[str]) -> pa.Array:
+        # A collector sends the same list poll after poll: map it once.
+        if self._last_ids is None or self._last_ids[0] != symbols:
+            self._last_ids = (list(symbols), pa.array(self.symbol_ids(symbols), pa.int64()))
+        return self._last_ids[1]
 
     def append(
         self,
@@ -127,50 +378,166 @@ class Staging:
         """Append one poll (every price stamped ``ts_ms``) and optional state, in one transaction."""
         table = pa.Table.from_arrays(
             [
-                pa.array(symbols, pa.string()),
+                self._ids_array(symbols),
                 pa.repeat(pa.scalar(ts_ms, pa.int64()), len(symbols)),
                 pa.array(prices, pa.float64()),
             ],
-            schema=_ARROW_SCHEMA,
+            schema=_APPEND_SCHEMA,
         )
         with self.transaction() as cur:
             if table.num_rows:
-                cur.adbc_ingest("ticks", table, mode="append")
+                cur.adbc_ingest("tick_rows", table, mode="append")
             for key, value in (state or {}).items():
                 cur.execute(_UPSERT_STATE, (key, json.dumps(value), ts_ms))
         return table.num_rows
 
     def append_frame(self, frame: pl.DataFrame | pa.Table) -> int:
         """Bulk append of ``symbol, ts, price`` rows (seeding, benchmarks, outside tools)."""
-        table = frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame
-        table = table.select(["symbol", "ts", "price"]).cast(_ARROW_SCHEMA)
+        rows = frame if isinstance(frame, pl.DataFrame) else pl.from_arrow(frame)
+        assert isinstance(rows, pl.DataFrame)
+        names = rows["symbol"].unique(maintain_order=True).to_list()
+        ids = pl.DataFrame(
+            {"symbol": names, "sym": self.symbol_ids(names)},
+            schema={"symbol": pl.String, "sym": pl.Int64},
+        )
+        table = (
+            rows.join(ids, on="symbol", how="left", maintain_order="left")
+            .select("sym", pl.col("ts").cast(pl.Int64), pl.col("price").cast(pl.Float64))
+            .to_arrow()
+            .cast(_APPEND_SCHEMA)
+        )
         with self.transaction() as cur:
-            cur.adbc_ingest("ticks", table, mode="append")
+            cur.adbc_ingest("tick_rows", table, mode="append")
         return table.num_rows
 
     def set_state(self, key: str, value: Any, now_ms: int) -> None:
         with self.transaction() as cur:
             cur.execute(_UPSERT_STATE, (key, json.dumps(value), now_ms))
 
-    def purge(self, hours: Iterable[tuple[int, int]]) -> int:
+    def record_interval(self, interval_s: float, from_ms: int) -> None:
+        """Note that polls from ``from_ms`` on come every ``interval_s`` (if that is new)."""
+        with self.transaction() as cur:
+            cur.execute("SELECT interval_s FROM intervals ORDER BY from_ms DESC LIMIT 1")
+            row = cur.fetchone()
+            if row is None or float(row[0]) != float(interval_s):
+                cur.execute(
+                    "INSERT OR REPLACE INTO intervals VALUES (?, ?)", (from_ms, float(interval_s))
+                )
+
+    def intervals(self) -> list[tuple[int, float]]:
+        with self._cursor() as cur:
+            cur.execute("SELECT from_ms, interval_s FROM intervals ORDER BY from_ms")
+            return [(int(a), float(b)) for a, b in cur.fetchall()]
+
+    def hour_intervals(self, hours: Iterable[int]) -> dict[int, float]:
+        """The poll interval each hour was collected at (the shortest, if it changed within the
+        hour); hours before any record are left out."""
+        records = self.intervals()
+        out: dict[int, float] = {}
+        for hour in hours:
+            in_force = [s for start, s in records if start < hour + HOUR_MS]
+            during = [s for start, s in records if hour < start < hour + HOUR_MS]
+            if in_force:
+                out[hour] = min([in_force[-1], *during])
+        return out
+
+    def purge(self, hours: Iterable[tuple[int, int]], *, batch: int = PURGE_BATCH) -> int:
         """Delete the ticks of committed hours: ``(hour_start_ms, max_seq)`` pairs.
 
         Only rows up to the ``max_seq`` the rollup read are deleted, so a tick that arrived after
-        its hour was committed is never lost. The newest row always stays: SQLite reuses rowids
-        once the largest is gone, and ``seq`` must only ever grow. One transaction per hour, so
-        the collector's next write never waits long.
+        its hour was committed is never lost. The newest row always stays: SQLite reuses ids
+        once the largest is gone, and ``seq`` must only ever grow. Deletes go in batches of
+        ``batch`` rows, one short transaction each, so the collector's next commit never waits
+        behind a whole hour. The WAL is truncated afterwards when nobody is reading.
         """
         deleted = 0
         for hour, max_seq in hours:
-            with self.transaction() as cur:
-                cur.execute(
-                    "DELETE FROM ticks WHERE ts >= ? AND ts < ? AND rowid <= ? "
-                    "AND rowid < (SELECT max(rowid) FROM ticks)",
-                    (hour, hour + HOUR_MS, max_seq),
-                )
-                cur.execute("SELECT changes()")  # ADBC reports no rowcount for a DELETE
-                deleted += int(cur.fetchone()[0])
+            while True:
+                with self.transaction() as cur:
+                    cur.execute(
+                        "DELETE FROM tick_rows WHERE seq IN (SELECT seq FROM tick_rows "
+                        "WHERE ts >= ? AND ts < ? AND seq <= ? "
+                        "AND seq < (SELECT max(seq) FROM tick_rows) LIMIT ?)",
+                        (hour, hour + HOUR_MS, max_seq, batch),
+                    )
+                    cur.execute("SELECT changes()")  # ADBC reports no rowcount for a DELETE
+                    done = int(cur.fetchone()[0])
+                deleted += done
+                if done < batch:
+                    break
+        if deleted:
+            self.checkpoint()
         return deleted
+
+    def checkpoint(self) -> bool:
+        """Fold the WAL into the file and truncate it, without waiting for anyone: a writer or
+        a reader in the way makes it a no-op until next time. True if it truncated."""
+        with self._cursor() as cur:
+            cur.execute("PRAGMA busy_timeout=0")
+            try:
+                cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                busy = int(cur.fetchone()[0])
+            finally:
+                cur.execute("PRAGMA busy_timeout=10000")
+        return busy == 0
+
+    # -- quarantine ----------------------------------------------------------------------------
+
+    def quarantine(self, lo_ms: int, hi_ms: int) -> int:
+        """Move rows with ``lo_ms <= ts < hi_ms`` that cannot be ticks to ``ticks_rejected``.
+
+        The constraints keep them out unless a writer turned them off (``PRAGMA
+        ignore_check_constraints``); then this finds them before a rollup reads them. The newest
+        row of the file is copied but stays (its id must not be reused); readers skip it.
+        Returns the rows newly quarantined.
+        """
+        now = int(time.time() * 1000)
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO ticks_rejected (symbol, ts, price, reason, moved_at, seq) "
+                "SELECT coalesce(s.symbol, 'symbol id ' || t.sym), t.ts, t.price, "
+                f"CASE WHEN s.id IS NULL THEN 'unknown symbol id' {_PRICE_REASON} END, ?, t.seq "
+                f"FROM tick_rows t LEFT JOIN symbols s ON s.id = t.sym WHERE {_BAD_ROW} "
+                "AND t.ts >= ? AND t.ts < ? "
+                "AND t.seq NOT IN (SELECT seq FROM ticks_rejected WHERE seq IS NOT NULL)",
+                (now, lo_ms, hi_ms),
+            )
+            cur.execute("SELECT changes()")
+            moved = int(cur.fetchone()[0])
+            cur.execute(
+                "DELETE FROM tick_rows WHERE seq IN (SELECT t.seq FROM tick_rows t "
+                f"LEFT JOIN symbols s ON s.id = t.sym WHERE {_BAD_ROW} AND t.ts >= ? AND t.ts < ?) "
+                "AND seq < (SELECT max(seq) FROM tick_rows)",
+                (lo_ms, hi_ms),
+            )
+        return moved
+
+    def sweep_out_of_range(self) -> int:
+        """Quarantine rows whose ``ts`` no hour can hold (before 1970 or after 9999): no read
+        would ever see them, so no rollup would ever take or purge them."""
+        return self.quarantine(NO_LOWER, MIN_TS_MS) + self.quarantine(MAX_TS_MS + 1, NO_UPPER)
+
+    def rejected(self) -> pl.DataFrame:
+        """Quarantined rows per reason: ``reason, rows, first_moved_ms, last_moved_ms``."""
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT reason, count(*), min(moved_at), max(moved_at) FROM ticks_rejected "
+                "GROUP BY reason ORDER BY count(*) DESC"
+            )
+            rows = cur.fetchall()
+        return pl.DataFrame(
+            rows,
+            schema={
+                "reason": pl.String,
+                "rows": pl.Int64,
+                "first_moved_ms": pl.Int64,
+                "last_moved_ms": pl.Int64,
+            },
+            orient="row",
+        )
+
+    def rejected_count(self) -> int:
+        return int(self._scalar("SELECT count(*) FROM ticks_rejected"))
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -186,65 +553,94 @@ class Staging:
             row = cur.fetchone()
         return row[0] if row else None
 
-    def read_window(self, lo_ms: int, hi_ms: int, *, threads: int = 2) -> pl.DataFrame:
-        """Ticks with ``lo_ms <= ts < hi_ms`` as ``seq, symbol, ts, price``, ordered by ts, seq."""
-        bounds = [lo_ms + (hi_ms - lo_ms) * k // threads for k in range(threads + 1)]
-        return self.read_slices(list(itertools.pairwise(bounds)), threads=threads)
+    def read_window(self, lo_ms: int, hi_ms: int) -> pl.DataFrame:
+        """Ticks with ``lo_ms <= ts < hi_ms`` as ``seq, symbol, ts, price``, ordered by ts, seq.
 
-    def read_hours(self, hours: Sequence[int], *, threads: int = 2) -> pl.DataFrame:
-        """The ticks of the hours starting at ``hours`` (epoch ms), each read in slices."""
+        For people and tests; the rollup reads symbol ids with :meth:`read_hours`.
+        """
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT t.seq, s.symbol, t.ts, t.price FROM tick_rows t "
+                "JOIN symbols s ON s.id = t.sym WHERE t.ts >= ? AND t.ts < ? ORDER BY t.ts, t.seq",
+                (max(lo_ms, NO_LOWER), min(hi_ms, NO_UPPER)),
+            )
+            table = cur.fetch_arrow_table()
+        return pl.from_arrow(table).cast(TICK_SCHEMA)  # type: ignore[union-attr]
+
+    def symbols(self) -> pl.DataFrame:
+        """``sym, symbol`` for every symbol id in the file."""
+        with self._cursor() as cur:
+            cur.execute("SELECT id AS sym, symbol FROM symbols ORDER BY id")
+            table = cur.fetch_arrow_table()
+        return pl.from_arrow(table).cast(SYMBOLS_SCHEMA)  # type: ignore[union-attr]
+
+    def read_hours(self, hours: Sequence[int], *, threads: int = 2) -> Window:
+        """The ticks of the hours starting at ``hours`` (epoch ms), each read in slices.
+
+        SQLite's row stepping is the bottleneck of a read and ADBC releases the GIL, so two
+        connections on two cores read about twice as fast as one. Every slice reads only rows
+        that existed when the read began (``seq <= upto``), so the slices agree with each other
+        and the ``max_seq`` the purge relies on covers nothing that was not read. A row that got
+        past the constraints is moved to quarantine first and counted.
+        """
         slices = [
             (h + HOUR_MS * k // threads, h + HOUR_MS * (k + 1) // threads)
             for h in hours
             for k in range(threads)
         ]
-        return self.read_slices(slices, threads=threads)
-
-    def read_slices(self, slices: Sequence[tuple[int, int]], *, threads: int = 2) -> pl.DataFrame:
-        """Read ``[lo, hi)`` ts slices on ``threads`` connections and concatenate them in order.
-
-        SQLite's row stepping is the bottleneck of a read and ADBC releases the GIL, so two
-        connections on two cores read about twice as fast as one. Every slice reads only rows
-        that existed when the read began (``rowid <= max``), so the slices agree with each other
-        and the ``max_seq`` the purge relies on covers nothing that was not read.
-        """
-        if not slices:
-            return pl.DataFrame(schema=TICK_SCHEMA)
         upto = self.max_seq()
+        window = self._read(slices, threads, upto)
+        valid = (pl.col("price") > 0) & pl.col("price").is_finite()
+        if window.ticks.filter(~valid).height or not self._known(window):
+            window.rejected = sum(self.quarantine(h, h + HOUR_MS) for h in hours)
+            ids = window.symbols["sym"]
+            window.ticks = window.ticks.filter(valid & pl.col("sym").is_in(ids.implode()))
+        return window
+
+    @staticmethod
+    def _known(window: Window) -> bool:
+        """Every symbol id read has a name (checked on the few distinct ids, not every row)."""
+        ids = window.ticks["sym"].unique()
+        return bool(ids.is_in(window.symbols["sym"].implode()).all())
+
+    def _read(self, slices: Sequence[tuple[int, int]], threads: int, upto: int) -> Window:
         if threads <= 1 or len(slices) == 1:
             parts = [self._read_slice(lo, hi, upto) for lo, hi in slices]
         else:
             with ThreadPoolExecutor(max_workers=threads) as pool:
                 parts = list(pool.map(lambda b: self._read_slice(*b, upto), slices))
-        return pl.concat(parts, rechunk=False)
+        ticks = pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=WINDOW_SCHEMA)
+        return Window(ticks, self.symbols(), upto)
 
     def _read_slice(self, lo_ms: int, hi_ms: int, upto: int) -> pl.DataFrame:
         conn = self._connect()
         try:
             return pl.read_database(
-                _READ_SQL,
+                "SELECT sym, ts, price FROM tick_rows WHERE ts >= ? AND ts < ? AND seq <= ? "
+                "ORDER BY ts, seq",
                 conn,
                 execute_options={"parameters": [lo_ms, hi_ms, upto]},
-                schema_overrides=TICK_SCHEMA,  # an empty window would come back all Int64
+                schema_overrides=WINDOW_SCHEMA,  # an empty window would come back all Int64
             )
+        except adbc_sqlite.Error as exc:
+            mapped = self._mapped(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
         finally:
             conn.close()
 
-    def count_between(self, lo_ms: int | None, hi_ms: int | None, max_seq: int = 2**62) -> int:
+    def count_between(self, lo_ms: int | None, hi_ms: int | None, max_seq: int = NO_UPPER) -> int:
         """Ticks with ``lo_ms <= ts < hi_ms`` (either bound open when ``None``) up to row
         ``max_seq``: with a ledger's ``max_seq``, what that rollup read, unless some were purged."""
-        lo = -(2**62) if lo_ms is None else lo_ms
-        hi = 2**62 if hi_ms is None else hi_ms
+        lo = NO_LOWER if lo_ms is None else lo_ms
+        hi = NO_UPPER if hi_ms is None else hi_ms
         return int(
             self._scalar(
-                "SELECT count(*) FROM ticks WHERE ts >= ? AND ts < ? AND rowid <= ?",
+                "SELECT count(*) FROM tick_rows WHERE ts >= ? AND ts < ? AND seq <= ?",
                 (lo, hi, max_seq),
             )
         )
-
-    def hours_with_ticks(self, lo_ms: int | None = None, hi_ms: int | None = None) -> list[int]:
-        """Start (epoch ms) of every hour in ``[lo_ms, hi_ms)`` that has at least one tick."""
-        return list(self.hour_sizes(lo_ms, hi_ms))
 
     def hour_sizes(self, lo_ms: int | None = None, hi_ms: int | None = None) -> dict[int, int]:
         """Every hour in ``[lo_ms, hi_ms)`` with ticks, and about how many ticks it holds.
@@ -254,12 +650,12 @@ class Staging:
         order, an estimate otherwise (it only sizes rollup chunks).
         """
         firsts: list[tuple[int, int]] = []
-        cursor = lo_ms if lo_ms is not None else -(2**62)
-        upper = hi_ms if hi_ms is not None else 2**62
+        cursor = lo_ms if lo_ms is not None else NO_LOWER
+        upper = hi_ms if hi_ms is not None else NO_UPPER
         while True:
             with self._cursor() as cur:
                 cur.execute(
-                    "SELECT ts, rowid FROM ticks WHERE ts >= ? AND ts < ? ORDER BY ts LIMIT 1",
+                    "SELECT ts, seq FROM tick_rows WHERE ts >= ? AND ts < ? ORDER BY ts LIMIT 1",
                     (cursor, upper),
                 )
                 row = cur.fetchone()
@@ -277,31 +673,51 @@ class Staging:
         """Hours before ``hi_ms`` holding ticks written after row ``seq`` (late arrivals)."""
         with self._cursor() as cur:
             cur.execute(
-                "SELECT DISTINCT ts - (ts % 3600000 + 3600000) % 3600000 FROM ticks "
-                "WHERE rowid > ? AND ts < ?",
+                "SELECT DISTINCT ts - ts % 3600000 FROM tick_rows WHERE seq > ? AND ts < ?",
                 (seq, hi_ms),
             )
             return {int(r[0]) for r in cur.fetchall()}
 
     def max_seq(self) -> int:
-        return int(self._scalar("SELECT coalesce(max(rowid), 0) FROM ticks"))
+        return int(self._scalar("SELECT coalesce(max(seq), 0) FROM tick_rows"))
 
     def count(self) -> int:
-        return int(self._scalar("SELECT count(*) FROM ticks"))
+        return int(self._scalar("SELECT count(*) FROM tick_rows"))
 
     def last_tick(self) -> int | None:
-        return self._scalar("SELECT max(ts) FROM ticks")
+        return self._scalar("SELECT max(ts) FROM tick_rows")
 
-    def last_ticks(self, since_ms: int, until_ms: int = 2**62) -> dict[str, int]:
+    def last_ticks(self, since_ms: int, until_ms: int = NO_UPPER) -> dict[str, int]:
         """Newest ``ts`` per symbol among ticks in ``[since_ms, until_ms]``."""
         with self._cursor() as cur:
             cur.execute(
-                "SELECT symbol, max(ts) FROM ticks WHERE ts >= ? AND ts <= ? GROUP BY symbol",
+                "SELECT s.symbol, max(t.ts) FROM tick_rows t JOIN symbols s ON s.id = t.sym "
+                "WHERE t.ts >= ? AND t.ts <= ? GROUP BY s.symbol",
                 (since_ms, until_ms),
             )
             return {str(s): int(t) for s, t in cur.fetchall()}
 
-    def integrity_check(self) -> str:
-        with self._cursor() as cur:
-            cur.execute("PRAGMA integrity_check")
-            return str(cur.fetchone()[0])
+    def file_sizes(self) -> dict[str, int]:
+        """Bytes on disk: the file, its WAL and its shared-memory index."""
+        out = {}
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                out[self.path.name + suffix] = (
+                    (self.path.parent / (self.path.name + suffix)).stat().st_size
+                )
+        return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_staging(settings: Settings, *, create: bool = True) -> Staging:
+    """The configured staging file. ``create=False`` for commands that only look."""
+    return Staging(
+        settings.staging_path,
+        synchronous=settings.sqlite_synchronous,
+        create=create,
+        name=settings.staging_name,
+    )

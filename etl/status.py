@@ -1,258 +1,304 @@
-"""``etl status``: one screen (or one JSON document) for the whole pipeline.
+"""``etl status``: the whole pipeline on one screen (or in one JSON document), and a health check.
 
 Every part is gathered on its own, so an unreachable warehouse or a missing staging file is
-reported as a problem next to whatever else could be read.
+reported next to whatever else could be read. The verdict is an exit code that supervisors read
+(systemd, Docker HEALTHCHECK, cron, Nagios-style checks): 0 healthy, 1 degraded (every problem
+listed), 3 a part cannot be reached. Times are ISO 8601 UTC throughout; the JSON document follows
+``docs/status.schema.json``.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
-import polars as pl
-from rich.console import Group
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
-
-from etl import console
-from etl.binance import BAN_KEY
-from etl.collector import WEIGHT_KEY
+from etl.binance import BAN_KEY, WEIGHT_KEY
 from etl.config import Settings
-from etl.errors import EtlError
-from etl.rollup_job import GRACE_MS
-from etl.staging import HOUR_MS, Staging, hour_floor
+from etl.errors import DependencyError, NothingStaged
+from etl.hours import HOUR_MS, closed_before, iso, iso_or_none, to_ms, utc
+from etl.staging import Staging, open_staging
 from etl.warehouse import Warehouse, open_warehouse
 
-LOOKBACK_DAYS = 7
-
-_PARTITIONS_SQL = """
-SELECT c.relname::text AS partition,
-       pg_get_expr(c.relpartbound, c.oid) AS bound,
-       (regexp_match(pg_get_expr(c.relpartbound, c.oid), $re$FROM \\('([^']+)'\\)$re$))[1]::timestamptz AS range_start
-FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'metrics_hourly'::regclass
-ORDER BY range_start NULLS LAST
-"""
-
-_MISSING_SQL = """
-WITH syms AS (SELECT unnest(string_to_array($1, ',')) AS symbol),
-first_bar AS (
-    SELECT s.symbol, (SELECT min(bucket) FROM metrics_hourly m WHERE m.symbol = s.symbol
-                      AND m.bucket >= $2) AS first_bucket
-    FROM syms s
-),
-hours AS (
-    SELECT f.symbol, generate_series(f.first_bucket, $3 - interval '1 hour', interval '1 hour') AS bucket
-    FROM first_bar f WHERE f.first_bucket IS NOT NULL
-)
-SELECT s.symbol,
-       count(h.bucket) FILTER (WHERE m.bucket IS NULL) AS missing_hours,
-       min(h.bucket) FILTER (WHERE m.bucket IS NULL) AS first_missing
-FROM syms s
-LEFT JOIN hours h ON h.symbol = s.symbol
-LEFT JOIN metrics_hourly m ON m.symbol = h.symbol AND m.bucket = h.bucket
-GROUP BY s.symbol ORDER BY s.symbol
-"""
-
-_COVERAGE_SQL = """
-SELECT symbol, count(*) AS bars,
-       avg(CASE WHEN source = 'kline' THEN samples / 60.0 ELSE samples / $1 END) AS coverage,
-       count(*) FILTER (WHERE source = 'kline') AS kline_bars
-FROM metrics_hourly
-WHERE bucket >= $2 AND bucket < $3 AND symbol = ANY(string_to_array($4, ','))
-GROUP BY symbol ORDER BY symbol
-"""
+LOOKBACK_HOURS = 24
+# A closed hour not rolled up this long after it ended is overdue (the collector starts its
+# rollup 10 s after the hour; a cron rollup may come later).
+ROLLUP_OVERDUE_MS = 15 * 60_000
+LAST_ROLLUP_KEY = "rollup.last"
+HEALTHY, DEGRADED, UNREACHABLE = 0, 1, 3
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+@dataclass
+class StagingStatus:
+    path: str
+    exists: bool = False
+    name: str | None = None
+    id: str | None = None
+    rows: int = 0
+    hours: int = 0
+    oldest_hour: str | None = None
+    newest_hour: str | None = None
+    interval_s: float | None = None
+    last_tick: dict[str, str | None] = field(default_factory=dict)
+    last_tick_age_s: dict[str, float | None] = field(default_factory=dict)
+    weight: dict[str, Any] = field(default_factory=dict)
+    ban: dict[str, Any] = field(default_factory=dict)
+    rejected: int = 0
+    rejected_reasons: list[dict[str, Any]] = field(default_factory=list)
+    last_rollup: dict[str, Any] | None = None
+    bytes: dict[str, int] = field(default_factory=dict)
+    problem: str | None = None
 
 
-def staging_status(settings: Settings, now_ms: int) -> dict[str, Any]:
-    path = settings.staging_path
-    if not path.exists():
-        return {"path": str(path), "problem": f"no staging database at {path}: run `etl collect`"}
-    with Staging(path, synchronous=settings.sqlite_synchronous) as st:
-        hours = st.hours_with_ticks()
-        last = st.last_ticks(now_ms - 24 * HOUR_MS, now_ms)
-        weight = st.get_state(WEIGHT_KEY) or {}
-        ban = st.get_state(BAN_KEY) or {}
-        rows = st.count()
-    closed = hour_floor(now_ms - GRACE_MS)
-    return {
-        "path": str(path),
-        "rows": rows,
-        "hours": len(hours),
-        "closed_hours": [h for h in hours if h < closed],
-        "oldest_hour": console.iso(hours[0]) if hours else None,
-        "newest_hour": console.iso(hours[-1]) if hours else None,
-        "last_tick_age_s": {
+@dataclass
+class WarehouseStatus:
+    server: str
+    reachable: bool = False
+    exists: bool = False
+    last_committed_hour: str | None = None
+    committed_hours: int = 0
+    pending_hours: list[str] = field(default_factory=list)
+    overdue_hours: list[str] = field(default_factory=list)
+    bars_lost_7d: int = 0
+    missing_hours_24h: dict[str, dict[str, Any]] = field(default_factory=dict)
+    missing_hours_7d: dict[str, dict[str, Any]] = field(default_factory=dict)
+    coverage_24h: dict[str, dict[str, Any]] = field(default_factory=dict)
+    partitions: list[str] = field(default_factory=list)
+    partitions_ahead: int | None = None
+    default_partition: str | None = None
+    default_partition_rows: int | None = None
+    changed_sql_files: list[str] = field(default_factory=list)
+    bytes: int | None = None
+    problem: str | None = None
+
+
+@dataclass
+class Status:
+    checked_at: str
+    health: str
+    exit_code: int
+    problems: list[str]
+    staging: StagingStatus
+    warehouse: WarehouseStatus
+    logs: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def staging_status(staging: Staging, settings: Settings, now_ms: int) -> StagingStatus:
+    sizes = staging.hour_sizes()
+    hours = sorted(sizes)
+    last = staging.last_ticks(now_ms - LOOKBACK_HOURS * HOUR_MS, now_ms)
+    weight = staging.get_state(WEIGHT_KEY) or {}
+    ban = staging.get_state(BAN_KEY) or {}
+    intervals = staging.intervals()
+    meta = staging.meta()
+    return StagingStatus(
+        path=str(staging.path),
+        exists=True,
+        name=staging.name,
+        id=meta.get("staging_id"),
+        rows=staging.count(),
+        hours=len(hours),
+        oldest_hour=iso_or_none(hours[0]) if hours else None,
+        newest_hour=iso_or_none(hours[-1]) if hours else None,
+        interval_s=intervals[-1][1] if intervals else None,
+        last_tick={s: iso_or_none(last.get(s)) for s in settings.symbols},
+        last_tick_age_s={
             s: (round((now_ms - last[s]) / 1000, 1) if s in last else None)
             for s in settings.symbols
         },
-        "weight": {k: weight.get(k) for k in ("used", "limit", "budget", "at")},
-        "ban": {
+        weight={
+            "used": weight.get("used"),
+            "limit": weight.get("limit"),
+            "budget": weight.get("budget"),
+            "at": iso_or_none(weight.get("at")),
+        },
+        ban={
             "active": bool(ban) and ban.get("until", 0) * 1000 > now_ms,
-            "until": console.iso(ban["until"] * 1000) if ban.get("until") else None,
+            "until": iso_or_none(ban["until"] * 1000) if ban.get("until") else None,
             "status": ban.get("status"),
         },
-    }
+        rejected=staging.rejected_count(),
+        rejected_reasons=staging.rejected().rows(named=True),
+        last_rollup=staging.get_state(LAST_ROLLUP_KEY),
+        bytes=staging.file_sizes(),
+    )
 
 
 def warehouse_status(
-    wh: Warehouse, settings: Settings, now: datetime, staged_closed: list[int]
-) -> dict[str, Any]:
-    if wh.execute("SELECT to_regclass('metrics_hourly') IS NOT NULL")[0][0] is False:
-        return {"problem": "the warehouse has no tables yet: run `etl db init` or `etl rollup`"}
-    symbols = ",".join(settings.symbols)
-    last_closed = datetime.fromtimestamp(
-        hour_floor(int(now.timestamp() * 1000) - GRACE_MS) / 1000, UTC
-    )
-    committed = set(wh.ledger()["hour_ms"].to_list())
-    missing = wh.query(_MISSING_SQL, [symbols, now - timedelta(days=LOOKBACK_DAYS), last_closed])
-    coverage = wh.query(
-        _COVERAGE_SQL,
-        [
-            settings.expected_samples_per_hour,
-            last_closed - timedelta(hours=24),
-            last_closed,
-            symbols,
-        ],
-    )
-    parts = wh.query(_PARTITIONS_SQL)
-    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    default = parts.filter(pl.col("bound") == "DEFAULT")["partition"].to_list()
-    default_rows = (
-        int(wh.execute(f'SELECT count(*) FROM "{default[0]}"')[0][0]) if default else None
-    )
-    dated = parts.filter(pl.col("range_start").is_not_null())
-    return {
-        "server": wh.label,
-        "last_committed_hour": console.iso(max(committed)) if committed else None,
-        "committed_hours": len(committed),
-        "pending_hours": [console.iso(h) for h in staged_closed if h not in committed],
-        "missing_hours_7d": {
-            r["symbol"]: {"count": int(r["missing_hours"] or 0), "first": _iso(r["first_missing"])}
-            for r in missing.iter_rows(named=True)
-        },
-        "coverage_24h": {
-            r["symbol"]: {
-                "bars": int(r["bars"]),
-                "coverage": round(float(r["coverage"]), 4),
-                "kline_bars": int(r["kline_bars"]),
-            }
-            for r in coverage.iter_rows(named=True)
-        },
-        "partitions": dated["partition"].to_list(),
-        "partitions_ahead": int(dated.filter(pl.col("range_start") > this_month).height),
-        "default_partition": default[0] if default else None,
-        "default_partition_rows": default_rows,
-    }
-
-
-def gather(settings: Settings, now: float | None = None) -> dict[str, Any]:
-    """Everything ``etl status`` shows, as plain data."""
-    now = time.time() if now is None else now
-    now_ms = int(now * 1000)
-    out: dict[str, Any] = {"checked_at": console.iso(now_ms), "problems": []}
-    try:
-        out["staging"] = staging_status(settings, now_ms)
-    except EtlError as exc:
-        out["staging"] = {"problem": str(exc)}
-    if "problem" in out["staging"]:
-        out["problems"].append(out["staging"]["problem"])
-    staged_closed = out["staging"].get("closed_hours", [])
-    try:
-        with open_warehouse(settings) as wh:
-            out["warehouse"] = warehouse_status(
-                wh, settings, datetime.fromtimestamp(now, UTC), staged_closed
-            )
-    except EtlError as exc:
-        out["warehouse"] = {"server": settings.masked_dsn, "problem": str(exc)}
-    if "problem" in out["warehouse"]:
-        out["problems"].append(out["warehouse"]["problem"])
-    out["staging"].pop("closed_hours", None)
-    ban = out["staging"].get("ban") or {}
-    if ban.get("active"):
-        out["problems"].append(f"the exchange has banned us ({ban['status']}) until {ban['until']}")
-    wh = out["warehouse"]
-    if wh.get("pending_hours"):
-        out["problems"].append(
-            f"{len(wh['pending_hours'])} closed hour(s) staged but not rolled up: run `etl rollup`"
+    wh: Warehouse, settings: Settings, staging: Staging | None, now_ms: int
+) -> WarehouseStatus:
+    out = WarehouseStatus(server=wh.label, reachable=True)
+    if not wh.has_schema():
+        out.problem = "the warehouse has no tables yet: `etl db init` or `etl rollup` makes them"
+        return out
+    out.exists = True
+    behind = wh.pending_migrations()
+    if behind:
+        out.problem = (
+            f"the warehouse schema is {len(behind)} sql/ file(s) behind ({behind[0]} ...): "
+            "`etl db init` (or the next rollup) applies them"
         )
-    gaps = {s: m["count"] for s, m in (wh.get("missing_hours_7d") or {}).items() if m["count"]}
-    if gaps:
-        out["problems"].append(
-            f"hours without a bar in the last {LOOKBACK_DAYS} days: {gaps}: run `etl backfill`"
-        )
-    if wh.get("partitions_ahead") is not None and wh["partitions_ahead"] < 2:
-        out["problems"].append("fewer than 2 monthly partitions ahead: run `etl db init`")
-    if wh.get("default_partition_rows"):
-        out["problems"].append(f"{wh['default_partition_rows']} row(s) in the default partition")
+        return out
+    closed = closed_before(now_ms)
+    ledger = wh.ledger()
+    if ledger.height:
+        out.last_committed_hour = iso_or_none(int(ledger["hour_ms"].max()))
+    if staging is not None:
+        mine = ledger.filter(ledger["staging_id"] == staging.id)
+        committed = set(mine["hour_ms"].to_list())
+        out.committed_hours = len(committed)
+        staged = [h for h in staging.hour_sizes(None, closed) if h not in committed]
+        out.pending_hours = [iso(h) for h in staged]
+        out.overdue_hours = [iso(h) for h in staged if h + HOUR_MS + ROLLUP_OVERDUE_MS < now_ms]
+        week = mine.filter(mine["hour_ms"] >= now_ms - 7 * 24 * HOUR_MS)
+        out.bars_lost_7d = int(week["bars_lost"].sum() or 0)
+    lo, hi = utc(closed - LOOKBACK_HOURS * HOUR_MS), utc(closed)
+    out.missing_hours_24h = _missing(wh, settings, lo, hi)
+    out.missing_hours_7d = _missing(wh, settings, utc(closed - 7 * 24 * HOUR_MS), hi)
+    for row in wh.coverage(settings.symbols, lo, hi).iter_rows(named=True):
+        out.coverage_24h[row["symbol"]] = {
+            "bars": int(row["bars"]),
+            "coverage": round(min(1.0, float(row["coverage"])), 4),
+            "kline_bars": int(row["kline_bars"]),
+        }
+    parts = wh.partitions()
+    dated = parts.filter(parts["range_start"].is_not_null())
+    out.partitions = dated["partition"].to_list()
+    this_month = utc(now_ms).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    out.partitions_ahead = int(dated.filter(dated["range_start"] > this_month).height)
+    defaults = parts.filter(parts["range_start"].is_null())["partition"].to_list()
+    out.default_partition = defaults[0] if defaults else None
+    out.default_partition_rows = wh.count_rows(defaults[0]) if defaults else None
+    out.changed_sql_files = wh.changed_migrations()
+    out.bytes = wh.sizes()["database"]
     return out
 
 
-def render(status: dict[str, Any]) -> Group:
-    st, wh = status["staging"], status["warehouse"]
-    head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
-    head.add_row("checked at", status["checked_at"])
-    head.add_row(
-        "staging",
-        st.get("problem")
-        or f"{st['path']}: {st['rows']:,} ticks in {st['hours']} hour(s) ({st['oldest_hour']} .. {st['newest_hour']})",
-    )
-    weight = st.get("weight") or {}
-    if weight.get("used") is not None:
-        head.add_row(
-            "weight",
-            f"{weight['used']} / {weight['limit']} (budget {weight['budget']}) at {console.iso(weight['at'])}",
-        )
-    ban = st.get("ban") or {}
-    head.add_row(
-        "ban",
-        f"[red]active ({ban['status']}) until {ban['until']}[/]" if ban.get("active") else "none",
-    )
-    head.add_row(
-        "warehouse",
-        wh.get("problem")
-        or f"{wh['server']}: last committed hour {wh['last_committed_hour']} ({wh['committed_hours']} in the ledger)",
-    )
-    if "partitions" in wh:
-        head.add_row(
-            "partitions",
-            f"{len(wh['partitions'])} ({wh['partitions'][0] if wh['partitions'] else '-'} .. {wh['partitions'][-1] if wh['partitions'] else '-'}), {wh['partitions_ahead']} ahead; default partition: {wh['default_partition'] or 'none'}",
-        )
+def _missing(
+    wh: Warehouse, settings: Settings, lo: datetime, hi: datetime
+) -> dict[str, dict[str, Any]]:
+    return {
+        row["symbol"]: {
+            "count": int(row["missing_hours"] or 0),
+            "first": iso_or_none(to_ms(row["first_missing"])) if row["first_missing"] else None,
+        }
+        for row in wh.missing_hours(settings.symbols, lo, hi).iter_rows(named=True)
+    }
 
-    per_symbol = Table(title="per symbol", title_justify="left")
-    for name in (
-        "symbol",
-        "last tick age",
-        "bars 24h",
-        "coverage 24h",
-        f"missing hours {LOOKBACK_DAYS}d",
-        "first missing",
-    ):
-        per_symbol.add_column(name, justify="left" if name == "symbol" else "right")
-    ages = st.get("last_tick_age_s") or {}
-    coverage = wh.get("coverage_24h") or {}
-    missing = wh.get("missing_hours_7d") or {}
-    for symbol in sorted(set(ages) | set(coverage) | set(missing)):
-        cov = coverage.get(symbol) or {}
-        gap = missing.get(symbol) or {}
-        per_symbol.add_row(
-            symbol,
-            console.age(ages.get(symbol)),
-            str(cov.get("bars", 0)),
-            f"{cov['coverage']:.1%}" if cov else "-",
-            str(gap.get("count", "-")),
-            gap.get("first") or "-",
+
+def log_sizes(settings: Settings) -> dict[str, int]:
+    """Bytes of every log the pipeline writes under the data dir."""
+    out = {}
+    for pattern in ("rollup.log*", "pg/log*", "pg/*.log*"):
+        for path in sorted(settings.data_dir.glob(pattern)):
+            if path.is_file():
+                out[str(path)] = path.stat().st_size
+    return out
+
+
+def problems_of(st: StagingStatus, wh: WarehouseStatus, settings: Settings) -> list[str]:
+    """Every condition a supervisor should hear about, in words, with what to do."""
+    out = []
+    if st.problem:
+        out.append(st.problem)
+    if wh.problem and (wh.reachable or not wh.exists):
+        out.append(wh.problem)
+    stale = [
+        f"{s} ({'never' if age is None else f'{age:.0f} s ago'})"
+        for s, age in st.last_tick_age_s.items()
+        if age is None or age > 3 * (st.interval_s or settings.interval_s)
+    ]
+    if st.exists and stale:
+        out.append(
+            f"no tick for more than 3 intervals: {', '.join(stale[:5])}"
+            + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+            + ": is `etl collect` running?"
         )
-    problems = Text(
-        "\n".join(f"• {p}" for p in status["problems"]) or "none",
-        style="yellow" if status["problems"] else "green",
+    if st.ban.get("active"):
+        out.append(f"the exchange has banned us (HTTP {st.ban['status']}) until {st.ban['until']}")
+    if wh.overdue_hours:
+        out.append(
+            f"{len(wh.overdue_hours)} closed hour(s) staged but not rolled up "
+            f"(oldest {wh.overdue_hours[0]}): run `etl rollup`"
+        )
+    last = st.last_rollup or {}
+    if last and not last.get("ok", True):
+        out.append(
+            f"the last rollup failed at {last.get('at')} ({last.get('error', 'see rollup.log')}): "
+            "run `etl rollup` to see why"
+        )
+    gaps = {s: m["count"] for s, m in wh.missing_hours_24h.items() if m["count"]}
+    if gaps:
+        listed = ", ".join(f"{s} {n}" for s, n in list(gaps.items())[:5])
+        out.append(
+            f"hours without a bar in the last {LOOKBACK_HOURS} h: {listed}: run `etl backfill`"
+        )
+    if st.rejected:
+        out.append(
+            f"{st.rejected:,} staged row(s) quarantined in ticks_rejected "
+            f"({st.rejected_reasons[0]['reason']}{', ...' if len(st.rejected_reasons) > 1 else ''}): "
+            "see README, Quarantine"
+        )
+    if wh.bars_lost_7d:
+        out.append(
+            f"{wh.bars_lost_7d} bar(s) of this staging file lost to better bars from another "
+            "source in the last 7 days (see rollup_runs.bars_lost): is another collector polling "
+            "the same symbols?"
+        )
+    if wh.partitions_ahead is not None and wh.partitions_ahead < 2:
+        out.append("fewer than 2 monthly partitions ahead: run `etl db init`")
+    if wh.default_partition_rows:
+        out.append(f"{wh.default_partition_rows} row(s) in the default partition")
+    if wh.changed_sql_files:
+        out.append(
+            f"sql/ file(s) changed after they were applied: {', '.join(wh.changed_sql_files)} "
+            "(files are applied once; put changes in a new file)"
+        )
+    return out
+
+
+def gather(settings: Settings, now: float | None = None) -> Status:
+    """Everything ``etl status`` shows, and the verdict. Creates nothing: a missing staging file
+    or embedded warehouse is reported, not made."""
+    now = time.time() if now is None else now
+    now_ms = int(now * 1000)
+    unreachable = False
+    staging: Staging | None = None
+    try:
+        staging = open_staging(settings, create=False)
+        st = staging_status(staging, settings, now_ms)
+    except NothingStaged:
+        st = StagingStatus(
+            path=str(settings.staging_path),
+            problem=f"no staging database at {settings.staging_path}: start `etl collect` "
+            "(or point ETL_DATA_DIR / ETL_SQLITE_PATH at yours)",
+        )
+    try:
+        try:
+            with open_warehouse(settings, create=False, statement_timeout_s=30) as wh:
+                whs = warehouse_status(wh, settings, staging, now_ms)
+        except NothingStaged as exc:
+            whs = WarehouseStatus(server=settings.masked_dsn, problem=str(exc))
+        except DependencyError as exc:
+            unreachable = True
+            whs = WarehouseStatus(server=settings.masked_dsn, problem=str(exc))
+    finally:
+        if staging is not None:
+            staging.close()
+    problems = problems_of(st, whs, settings)
+    if unreachable and whs.problem:
+        problems.insert(0, whs.problem)
+    code = UNREACHABLE if unreachable else DEGRADED if problems else HEALTHY
+    return Status(
+        checked_at=iso(now_ms),
+        health={HEALTHY: "healthy", DEGRADED: "degraded", UNREACHABLE: "unreachable"}[code],
+        exit_code=code,
+        problems=problems,
+        staging=st,
+        warehouse=whs,
+        logs=log_sizes(settings),
     )
-    return Group(Panel(head, title="etl status"), per_symbol, Panel(problems, title="problems"))

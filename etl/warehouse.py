@@ -1,36 +1,45 @@
-"""PostgreSQL through ADBC: connect, apply ``sql/``, upsert bars with their ledger rows, retention.
+"""PostgreSQL through ADBC: connect, migrate ``sql/``, upsert bars with their ledger rows, and the
+named queries every job uses. SQL against the warehouse lives here and in ``sql/``, nowhere else.
 
 >>> with open_warehouse(load_settings()) as wh:        # doctest: +SKIP
-...     wh.apply_schema()
-...     wh.query("SELECT * FROM latest_price")
+...     wh.migrate()
+...     wh.latest()
 shape: (5, 3) ...
 
 Writes go to a temporary table through ``adbc_ingest`` and then ``INSERT … ON CONFLICT DO UPDATE``
 together with the ``rollup_runs`` rows, in one transaction under an advisory lock. Reads end their
 transaction at once, so no connection sits "idle in transaction" blocking partition DDL.
+Which of two bars for one (symbol, hour) is kept is decided by one SQL function,
+``etl_bar_replaces`` (``sql/011_bar_rule.sql``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
+from urllib.parse import parse_qsl
 
 import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 
 from etl.config import Settings, mask_dsn
-from etl.errors import ConfigError, DependencyError
+from etl.errors import ConfigError, DependencyError, NothingStaged
+from etl.hours import utc
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 WRITE_LOCK = 0x45544C01  # pg_advisory_xact_lock key for bar writes
 RUN_LOCK = 0x45544C02  # pg_advisory_lock key held by a whole rollup / backfill run
 SCHEMA_LOCK = 0x45544C03  # pg_advisory_lock key held while sql/ is applied
+# Ledger rows from before staging files had an identity (sql/010_staging_identity.sql).
+LEGACY_STAGING = "00000000-0000-0000-0000-000000000000"
 HOURLY_COLUMNS = (
     "symbol",
     "bucket",
@@ -44,64 +53,213 @@ HOURLY_COLUMNS = (
     "last_at",
     "max_gap_s",
     "source",
+    "staging_id",
+    "interval_s",
 )
-_DSN_ERRORS = ("invalid connection option", "invalid uri", "invalid integer value", 'missing "="')
+_DSN_ERRORS = (
+    "invalid connection option",
+    "invalid uri",
+    "invalid integer value",
+    'missing "="',
+    "invalid sslmode value",
+    "invalid value for parameter",
+    "invalid percent-encoded token",
+    "unexpected spaces",
+    "invalid ipv6",
+    "end of string reached",
+)
+_TIMEOUT_ERRORS = ("timeout expired", "canceling statement due to statement timeout")
 
 
-def _upsert_hourly(where: str = "") -> str:
+def _rule(new: str, old: str) -> str:
+    """``etl_bar_replaces`` of bar ``new`` over bar ``old`` (table aliases); ``$1`` is the
+    configured interval, ``$2`` the full-coverage fraction."""
+    cols = ("source", "staging_id", "samples", "interval_s")
+    args = ", ".join([*(f"{new}.{c}" for c in cols), *(f"{old}.{c}" for c in cols)])
+    return f"etl_bar_replaces({args}, $1, $2)"
+
+
+_STAGED = (
+    "SELECT symbol, bucket, open, high, low, close, mean, samples, first_at, last_at, "
+    "max_gap_s, source, staging_id::uuid AS staging_id, interval_s FROM etl_stage_hourly"
+)
+
+
+def _upsert_hourly() -> str:
     cols = ", ".join(HOURLY_COLUMNS)
     updates = ", ".join(f"{c} = excluded.{c}" for c in HOURLY_COLUMNS[2:])
     values = ", ".join(f"m.{c}" for c in HOURLY_COLUMNS[2:])
     new = ", ".join(f"excluded.{c}" for c in HOURLY_COLUMNS[2:])
-    # Only a changed bar is touched, so a rerun leaves the table (updated_at included) as it was.
+    # Only a changed bar that wins is touched, so a rerun leaves the table (updated_at included)
+    # as it was, and a losing bar never overwrites a better one.
     return (
-        f"INSERT INTO metrics_hourly AS m ({cols}) SELECT {cols} FROM etl_stage_hourly "
+        f"INSERT INTO metrics_hourly AS m ({cols}) {_STAGED} "
         f"ON CONFLICT (symbol, bucket) DO UPDATE SET {updates}, updated_at = now() "
-        f"WHERE ({values}) IS DISTINCT FROM ({new}) {where}"
+        f"WHERE ({values}) IS DISTINCT FROM ({new}) AND {_rule('excluded', 'm')}"
     )
 
 
+# Per existing bar the new one meets: does it lose, or does it displace another staging file's?
+_CONTESTS = f"""
+SELECT s.bucket, m.staging_id AS old_staging, m.source AS old_source,
+       NOT {_rule("s", "m")} AS lost
+FROM ({_STAGED}) s JOIN metrics_hourly m USING (symbol, bucket)
+WHERE NOT (s.source = m.source AND s.staging_id IS NOT DISTINCT FROM m.staging_id)
+"""
 _UPSERT_RUNS = (
-    "INSERT INTO rollup_runs AS r (hour, symbols, rows, ticks_read, max_seq, started_at, finished_at) "
-    "SELECT hour, symbols, rows, ticks_read, max_seq, started_at, now() FROM etl_stage_runs "
-    "ON CONFLICT (hour) DO UPDATE SET symbols = excluded.symbols, rows = excluded.rows, "
-    "ticks_read = excluded.ticks_read, max_seq = excluded.max_seq, "
+    "INSERT INTO rollup_runs AS r (staging_id, staging_name, hour, symbols, rows, ticks_read, "
+    "max_seq, bars_lost, started_at, finished_at) "
+    "SELECT staging_id::uuid, staging_name, hour, symbols, rows, ticks_read, max_seq, bars_lost, "
+    "started_at, now() FROM etl_stage_runs "
+    "ON CONFLICT (staging_id, hour) DO UPDATE SET staging_name = excluded.staging_name, "
+    "symbols = excluded.symbols, rows = excluded.rows, ticks_read = excluded.ticks_read, "
+    "max_seq = excluded.max_seq, bars_lost = excluded.bars_lost, "
     "started_at = excluded.started_at, finished_at = excluded.finished_at, purged_at = NULL"
 )
 _ENSURE_STAGED_PARTITIONS = (
     "SELECT count(etl_ensure_hourly_partitions(month, month)) FROM "
     "(SELECT DISTINCT date_trunc('month', bucket, 'UTC') AS month FROM etl_stage_hourly) months"
 )
-
-
 _REFRESH_STAGED_DAYS = (
     "SELECT coalesce(sum(etl_refresh_daily(day, day + 1)), 0) FROM "
     "(SELECT DISTINCT (bucket AT TIME ZONE 'UTC')::date AS day FROM etl_stage_hourly) days"
 )
+_MISSING_SQL = """
+WITH syms AS (SELECT unnest(string_to_array($1, ',')) AS symbol),
+first_bar AS (
+    SELECT s.symbol, (SELECT min(bucket) FROM metrics_hourly m WHERE m.symbol = s.symbol
+                      AND m.bucket >= $2) AS first_bucket
+    FROM syms s
+),
+hours AS (
+    SELECT f.symbol, generate_series(f.first_bucket, $3 - interval '1 hour', interval '1 hour') AS bucket
+    FROM first_bar f WHERE f.first_bucket IS NOT NULL
+)
+SELECT s.symbol,
+       count(h.bucket) FILTER (WHERE m.bucket IS NULL) AS missing_hours,
+       min(h.bucket) FILTER (WHERE m.bucket IS NULL) AS first_missing
+FROM syms s
+LEFT JOIN hours h ON h.symbol = s.symbol
+LEFT JOIN metrics_hourly m ON m.symbol = h.symbol AND m.bucket = h.bucket
+GROUP BY s.symbol ORDER BY s.symbol
+"""
+# Coverage over a range: an hour without a bar counts as 0.
+_COVERAGE_SQL = """
+WITH syms AS (SELECT unnest(string_to_array($4, ',')) AS symbol)
+SELECT s.symbol, count(m.bucket) AS bars,
+       coalesce(sum(etl_bar_coverage(m.source, m.samples, m.interval_s, $1)), 0)
+           / greatest(1, extract(epoch FROM $3::timestamptz - $2::timestamptz) / 3600) AS coverage,
+       count(m.bucket) FILTER (WHERE m.source = 'kline') AS kline_bars
+FROM syms s
+LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket >= $2 AND m.bucket < $3
+GROUP BY s.symbol ORDER BY s.symbol
+"""
+_COVERAGE_GRID_SQL = """
+WITH syms AS (SELECT unnest(string_to_array($4, ',')) AS symbol),
+hours AS (SELECT generate_series(date_trunc('hour', $2::timestamptz),
+                                 $3::timestamptz - interval '1 hour', interval '1 hour') AS bucket)
+SELECT s.symbol, h.bucket, m.source,
+       coalesce(etl_bar_coverage(m.source, m.samples, m.interval_s, $1), 0.0) AS coverage
+FROM syms s CROSS JOIN hours h
+LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket = h.bucket
+ORDER BY 1, 2
+"""
+_BACKFILL_TARGETS_SQL = """
+WITH syms AS (SELECT unnest(string_to_array($3, ',')) AS symbol),
+hours AS (SELECT generate_series($4::timestamptz, $5::timestamptz - interval '1 hour', interval '1 hour') AS hour)
+SELECT s.symbol, (extract(epoch FROM h.hour) * 1000)::bigint AS hour_ms
+FROM syms s CROSS JOIN hours h
+LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket = h.hour
+LEFT JOIN backfill_log b ON b.symbol = s.symbol AND b.hour = h.hour
+WHERE b.hour IS NULL
+  AND (m.bucket IS NULL OR etl_bar_replaces('kline', NULL, 60, 60.0,
+                                            m.source, m.staging_id, m.samples, m.interval_s, $1, $2))
+ORDER BY 1, 2
+"""
 
 
-class Written(NamedTuple):
-    """What one write changed: bars inserted or updated, daily rows refreshed, kline bars kept."""
+@dataclass
+class Written:
+    """What one write changed: bars inserted or updated, daily rows refreshed, and the bars that
+    met another source's bar for their (symbol, hour): kept out (``lost``, by the winner's
+    source, and per hour) or put in over another staging file's bar (``displaced``)."""
 
     bars: int = 0
     days: int = 0
-    kline_kept: int = 0
+    lost: dict[str, int] = field(default_factory=dict)
+    lost_by_hour: dict[datetime, int] = field(default_factory=dict)
+    displaced: int = 0
+
+    @property
+    def kline_kept(self) -> int:
+        return self.lost.get("kline", 0)
+
+    @property
+    def lost_total(self) -> int:
+        return sum(self.lost.values())
 
 
-def connect(dsn: str) -> pg.Connection:
-    """Open an ADBC connection; a bad DSN is a :class:`ConfigError`, an unreachable server a
-    :class:`DependencyError`, both one line with the password masked."""
+def with_timeouts(dsn: str, connect_timeout_s: float) -> str:
+    """The DSN with libpq's connect timeout and TCP keepalives, unless it sets them itself.
+
+    ``connect_timeout`` bounds the whole start-up, so a server that accepts and never answers
+    is given up on; keepalives notice a peer that vanished mid-query.
+    """
+    extra = {
+        "connect_timeout": str(max(2, round(connect_timeout_s))),
+        "keepalives": "1",
+        "keepalives_idle": "30",
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
+    }
+    if "://" in dsn:
+        query = dsn.partition("?")[2]
+        present = {k for k, _ in parse_qsl(query)}
+        add = "&".join(f"{k}={v}" for k, v in extra.items() if k not in present)
+        if not add:
+            return dsn
+        return f"{dsn}{'&' if query else '?'}{add}" if "?" in dsn else f"{dsn}?{add}"
+    present = set(re.findall(r"(\w+)\s*=", dsn))
+    return " ".join([dsn, *(f"{k}={v}" for k, v in extra.items() if k not in present)])
+
+
+def _reason(exc: BaseException, *dsns: str) -> str:
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    for dsn in dsns:
+        reason = reason.replace(dsn, mask_dsn(dsn))
+    return reason
+
+
+def connect(
+    dsn: str, *, connect_timeout_s: float = 10.0, statement_timeout_s: float | None = None
+) -> pg.Connection:
+    """Open an ADBC connection in UTC with bounded waits.
+
+    A bad DSN is a :class:`ConfigError`; an unreachable or silent server a
+    :class:`DependencyError`: one line each, with the password masked.
+    """
+    full = with_timeouts(dsn, connect_timeout_s)
     try:
-        conn = pg.connect(dsn)
+        conn = pg.connect(full)
         with conn.cursor() as cur:  # every date and hour is UTC, whatever the server's zone
             cur.execute("SET TIME ZONE 'UTC'")
+            if statement_timeout_s:
+                cur.execute(f"SET statement_timeout = '{int(statement_timeout_s * 1000)}ms'")
+            # A client that dies mid-transaction must not hold its locks for ever.
+            cur.execute("SET idle_in_transaction_session_timeout = '10min'")
         conn.commit()
         return conn
     except pg.Error as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        reason = reason.replace(dsn, mask_dsn(dsn))
-        if any(marker in reason.lower() for marker in _DSN_ERRORS):
+        reason = _reason(exc, full, dsn)
+        lowered = reason.lower()
+        if any(marker in lowered for marker in _DSN_ERRORS):
             raise ConfigError(f"bad PostgreSQL DSN {mask_dsn(dsn)}: {reason}") from None
+        if any(marker in lowered for marker in _TIMEOUT_ERRORS):
+            raise DependencyError(
+                f"PostgreSQL at {mask_dsn(dsn)} did not answer within {connect_timeout_s:g} s: "
+                "check that it is up and reachable (or raise ETL_PG_CONNECT_TIMEOUT_S)"
+            ) from None
         raise DependencyError(
             f"PostgreSQL unreachable at {mask_dsn(dsn)} ({reason}): start it or fix ETL_PG_DSN"
         ) from None
@@ -111,12 +269,39 @@ def sql_files(directory: Path = SQL_DIR) -> list[Path]:
     return sorted(p for p in directory.glob("*.sql") if re.match(r"\d{3}_", p.name))
 
 
-class Warehouse:
-    """One ADBC connection to the warehouse (autocommit off; every method ends its transaction)."""
+def checksum(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    def __init__(self, conn: pg.Connection, label: str = "") -> None:
+
+@dataclass
+class Migrations:
+    """What :meth:`Warehouse.migrate` did: files applied now, files applied before, and files
+    whose content changed after they were applied (they are not applied again)."""
+
+    applied: list[str]
+    present: list[str]
+    changed: list[str]
+
+
+class Warehouse:
+    """One ADBC connection to the warehouse (autocommit off; every method ends its transaction).
+
+    ``default_interval_s`` and ``full_coverage`` are the parameters of the bar rule: the poll
+    interval assumed for bars that did not record theirs, and the coverage that makes a poll bar
+    complete.
+    """
+
+    def __init__(
+        self,
+        conn: pg.Connection,
+        label: str = "",
+        *,
+        default_interval_s: float = 5.0,
+        full_coverage: float = 0.9,
+    ) -> None:
         self.conn = conn
         self.label = label
+        self.rule = [float(default_interval_s), float(full_coverage)]
 
     def close(self) -> None:
         self.conn.close()
@@ -141,7 +326,12 @@ class Warehouse:
             self.conn.rollback()
 
     def _lost(self, exc: Exception) -> DependencyError:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = _reason(exc)
+        if "statement timeout" in reason.lower():
+            return DependencyError(
+                f"PostgreSQL at {self.label} did not finish in time ({reason}): nothing partial "
+                "was committed; check the server's load and locks, then run the command again"
+            )
         return DependencyError(
             f"PostgreSQL failed at {self.label} ({reason}): nothing partial was committed; "
             "run the command again once it is back"
@@ -165,21 +355,62 @@ class Warehouse:
 
     # -- schema --------------------------------------------------------------------------------
 
-    def apply_schema(self, directory: Path = SQL_DIR) -> list[str]:
-        """Apply every ``sql/NNN_*.sql`` in order. The files are idempotent.
+    def migrate(self, directory: Path = SQL_DIR) -> Migrations:
+        """Apply each ``sql/NNN_*.sql`` not applied yet, in order, once, recording its checksum
+        in ``etl_migrations``. Each file and its ledger row commit together.
 
-        A session-level advisory lock keeps two processes from racing on the same DDL (a
-        transaction-level one would not do: ``executescript`` commits before it runs).
+        A warehouse from before the ledger has its tables and no ledger: its files were written
+        to be idempotent, so applying them all once records them without changing a row.
         """
         files = sql_files(directory)
-        self.execute("SELECT pg_advisory_lock($1)", [SCHEMA_LOCK])
-        try:
-            with self.transaction() as cur:
-                for path in files:
+        with self._session_lock(SCHEMA_LOCK):
+            self.execute(
+                "CREATE TABLE IF NOT EXISTS etl_migrations (name text PRIMARY KEY, "
+                "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = dict(self.execute("SELECT name, checksum FROM etl_migrations"))
+            applied = []
+            for path in files:
+                if path.name in done:
+                    continue
+                with self.transaction() as cur:
                     cur.executescript(path.read_text())
-        finally:
-            self.execute("SELECT pg_advisory_unlock($1)", [SCHEMA_LOCK])
-        return [p.name for p in files]
+                    cur.execute(
+                        "INSERT INTO etl_migrations (name, checksum) VALUES ($1, $2)",
+                        parameters=[path.name, checksum(path)],
+                    )
+                applied.append(path.name)
+        changed = [p.name for p in files if p.name in done and done[p.name] != checksum(p)]
+        return Migrations(applied, [p.name for p in files if p.name in done], changed)
+
+    def ensure_partitions_ahead(self, months: int = 2) -> int:
+        """Partitions for this month and the next ``months`` (new ones counted)."""
+        return int(
+            self.execute(
+                "SELECT etl_ensure_hourly_partitions(now(), now() + make_interval(months => $1::int))",
+                [months],
+            )[0][0]
+        )
+
+    def _applied(self) -> dict[str, str]:
+        if not self.execute("SELECT to_regclass('etl_migrations') IS NOT NULL")[0][0]:
+            return {}
+        return dict(self.execute("SELECT name, checksum FROM etl_migrations"))
+
+    def pending_migrations(self, directory: Path = SQL_DIR) -> list[str]:
+        """``sql/`` files not applied yet (read-only)."""
+        done = self._applied()
+        return [p.name for p in sql_files(directory) if p.name not in done]
+
+    def changed_migrations(self, directory: Path = SQL_DIR) -> list[str]:
+        """Applied ``sql/`` files whose content changed since (read-only)."""
+        done = self._applied()
+        return [
+            p.name for p in sql_files(directory) if p.name in done and done[p.name] != checksum(p)
+        ]
+
+    def has_schema(self) -> bool:
+        return bool(self.execute("SELECT to_regclass('metrics_hourly') IS NOT NULL")[0][0])
 
     # -- rollup writes -------------------------------------------------------------------------
 
@@ -188,47 +419,47 @@ class Warehouse:
         bars: pl.DataFrame,
         runs: pl.DataFrame | None = None,
         *,
-        full_samples: int | None = None,
         before_commit: Callable[[], None] | None = None,
     ) -> Written:
         """Upsert hourly bars and their ``rollup_runs`` rows in one transaction.
 
         Partitions for every month in ``bars`` are created first, and the closed days the bars
         touch are recomputed into ``metrics_daily`` last, all in the same transaction: a crash
-        leaves either none of it or all of it. With ``full_samples``, a ``kline`` bar is not
-        replaced by a poll bar with fewer samples (a backfilled hour beats a thin rerun).
+        leaves either none of it or all of it. Where a bar meets another source's bar for its
+        (symbol, hour), ``etl_bar_replaces`` decides; the loser is counted in its file's ledger
+        row (``bars_lost``), on either side.
         """
         if bars.is_empty() and (runs is None or runs.is_empty()):
             return Written()
-        where = ""
-        if full_samples is not None:
-            where = f"AND NOT (m.source = 'kline' AND excluded.samples < {int(full_samples)})"
         with self.transaction() as cur:
-            written = self._upsert_bars(cur, bars, where, kline_below=full_samples)
+            written = self._upsert_bars(cur, bars)
             if runs is not None and not runs.is_empty():
+                lost = pl.DataFrame(
+                    {
+                        "hour": list(written.lost_by_hour),
+                        "bars_lost": list(written.lost_by_hour.values()),
+                    },
+                    schema={"hour": runs.schema["hour"], "bars_lost": pl.Int32},
+                )
+                runs = runs.join(lost, on="hour", how="left").with_columns(
+                    pl.col("bars_lost").fill_null(0)
+                )
                 cur.adbc_ingest("etl_stage_runs", runs.to_arrow(), mode="replace", temporary=True)
                 cur.execute(_UPSERT_RUNS)
             if before_commit is not None:
                 before_commit()
         return written
 
-    def write_kline_bars(
-        self, bars: pl.DataFrame, fetched: pl.DataFrame, full_samples: int
-    ) -> Written:
-        """Upsert backfilled bars and their ``backfill_log`` rows in one transaction.
-
-        A ``poll`` bar with at least ``full_samples`` samples is never replaced.
-        """
+    def write_kline_bars(self, bars: pl.DataFrame, fetched: pl.DataFrame) -> Written:
+        """Upsert backfilled bars and their ``backfill_log`` rows in one transaction."""
         with self.transaction() as cur:
-            written = self._upsert_bars(
-                cur, bars, f"AND NOT (m.source = 'poll' AND m.samples >= {int(full_samples)})"
-            )
+            written = self._upsert_bars(cur, bars)
             cur.adbc_ingest("etl_stage_fetched", fetched.to_arrow(), mode="replace", temporary=True)
             cur.execute(
                 "INSERT INTO backfill_log (symbol, hour, minutes, written) "
-                "SELECT f.symbol, f.hour, f.minutes, NOT EXISTS ("
+                "SELECT f.symbol, f.hour, f.minutes, EXISTS ("
                 "  SELECT 1 FROM metrics_hourly m WHERE m.symbol = f.symbol AND m.bucket = f.hour"
-                "  AND m.source = 'poll') FROM etl_stage_fetched f "
+                "  AND m.source = 'kline') FROM etl_stage_fetched f "
                 "ON CONFLICT (symbol, hour) DO UPDATE SET minutes = excluded.minutes, "
                 "written = excluded.written, fetched_at = now()"
             )
@@ -249,56 +480,76 @@ class Warehouse:
                 "checked_at = now()"
             )
 
-    def _upsert_bars(
-        self, cur: pg.Cursor, bars: pl.DataFrame, where: str = "", kline_below: int | None = None
-    ) -> Written:
+    def _upsert_bars(self, cur: pg.Cursor, bars: pl.DataFrame) -> Written:
         cur.execute("SELECT pg_advisory_xact_lock($1)", parameters=[WRITE_LOCK])
         cur.fetchall()
         cur.execute("SET LOCAL lock_timeout = '60s'")
         if bars.is_empty():
             return Written()
-        cur.adbc_ingest(
-            "etl_stage_hourly",
-            bars.select(HOURLY_COLUMNS).to_arrow(),
-            mode="replace",
-            temporary=True,
+        frame = bars.with_columns(
+            staging_id=pl.col("staging_id") if "staging_id" in bars.columns else pl.lit(None),
+            interval_s=pl.col("interval_s") if "interval_s" in bars.columns else pl.lit(None),
         )
+        frame = frame.select(HOURLY_COLUMNS).cast(
+            {"staging_id": pl.String, "interval_s": pl.Float64}
+        )
+        cur.adbc_ingest("etl_stage_hourly", frame.to_arrow(), mode="replace", temporary=True)
         cur.execute(_ENSURE_STAGED_PARTITIONS)
         cur.fetchall()
-        kept = 0
-        if kline_below is not None:
+        written = Written()
+        cur.execute(_CONTESTS, parameters=self.rule)
+        displaced: dict[tuple[Any, datetime], int] = {}
+        for bucket, old_staging, old_source, lost in cur.fetchall():
+            if lost:
+                written.lost[old_source] = written.lost.get(old_source, 0) + 1
+                written.lost_by_hour[bucket] = written.lost_by_hour.get(bucket, 0) + 1
+            elif old_staging is not None:
+                displaced[(old_staging, bucket)] = displaced.get((old_staging, bucket), 0) + 1
+        for (old_staging, bucket), n in displaced.items():
             cur.execute(
-                "SELECT count(*) FROM etl_stage_hourly s JOIN metrics_hourly m USING (symbol, bucket) "
-                f"WHERE m.source = 'kline' AND s.samples < {int(kline_below)}"
+                "UPDATE rollup_runs SET bars_lost = bars_lost + $1 "
+                "WHERE staging_id = $2::uuid AND hour = $3",
+                parameters=[n, str(old_staging), bucket],
             )
-            kept = int(cur.fetchall()[0][0])
-        cur.execute(_upsert_hourly(where))
-        bars_written = max(cur.rowcount, 0)
+        written.displaced = sum(displaced.values())
+        cur.execute(_upsert_hourly(), parameters=self.rule)
+        written.bars = max(cur.rowcount, 0)
         cur.execute(_REFRESH_STAGED_DAYS)
-        days = int(cur.fetchall()[0][0])
-        return Written(bars_written, days, kept)
+        written.days = int(cur.fetchall()[0][0])
+        return written
 
-    def ledger(self) -> pl.DataFrame:
-        """``rollup_runs`` as ``hour_ms, max_seq, ticks_read, purged``."""
+    # -- the ledger and the purge --------------------------------------------------------------
+
+    def ledger(self, staging_id: str | None = None) -> pl.DataFrame:
+        """``rollup_runs`` (of one staging file, or all) as ``staging_id, staging_name, hour_ms,
+        max_seq, ticks_read, rows, bars_lost, purged``."""
+        where = "WHERE staging_id = $1::uuid" if staging_id else ""
         return self.query(
-            "SELECT (extract(epoch FROM hour) * 1000)::bigint AS hour_ms, max_seq, ticks_read, "
-            "purged_at IS NOT NULL AS purged FROM rollup_runs ORDER BY hour"
+            "SELECT staging_id::text AS staging_id, staging_name, "
+            "(extract(epoch FROM hour) * 1000)::bigint AS hour_ms, max_seq, ticks_read, rows, "
+            f"bars_lost, purged_at IS NOT NULL AS purged FROM rollup_runs {where} "
+            "ORDER BY hour, staging_id",
+            [staging_id] if staging_id else None,
         )
 
-    def purge_candidates(self, before: datetime) -> list[tuple[int, int]]:
-        """Committed hours that ended before ``before`` and whose ticks are still staged."""
+    def purge_candidates(self, staging_id: str, before: datetime) -> list[tuple[int, int]]:
+        """This staging file's committed hours that ended before ``before`` and whose ticks are
+        still staged: ``(hour_ms, max_seq)``."""
         rows = self.execute(
             "SELECT (extract(epoch FROM hour) * 1000)::bigint, max_seq FROM rollup_runs "
-            "WHERE purged_at IS NULL AND hour + interval '1 hour' <= $1 ORDER BY hour",
-            [before],
+            "WHERE staging_id = $1::uuid AND purged_at IS NULL "
+            "AND hour + interval '1 hour' <= $2 ORDER BY hour",
+            [staging_id, before],
         )
         return [(int(h), int(s)) for h, s in rows]
 
-    def mark_purged(self, before: datetime) -> None:
+    def mark_purged(self, staging_id: str, hours: Sequence[int]) -> None:
+        if not hours:
+            return
         self.execute(
-            "UPDATE rollup_runs SET purged_at = now() "
-            "WHERE purged_at IS NULL AND hour + interval '1 hour' <= $1",
-            [before],
+            "UPDATE rollup_runs SET purged_at = now() WHERE staging_id = $1::uuid "
+            "AND purged_at IS NULL AND hour = ANY($2::timestamptz[])",
+            [staging_id, [utc(h) for h in hours]],
         )
 
     def retention(self, keep_days: float, *, dry_run: bool) -> pl.DataFrame:
@@ -311,30 +562,124 @@ class Warehouse:
         return pl.from_arrow(table)  # type: ignore[return-value]
 
     @contextmanager
-    def run_lock(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-        """Hold the run lock for a whole job, so two rollups started together run one after the
-        other and the second finds nothing left to do.
-
-        Polled rather than blocking: a process waiting inside libpq would not see a SIGTERM
-        until the lock came free.
-        """
-        waiting = False
-        while not self.execute("SELECT pg_try_advisory_lock($1)", [RUN_LOCK])[0][0]:
-            if not waiting and on_wait is not None:
+    def _session_lock(self, key: int, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold a session advisory lock. Polled rather than blocking: a process waiting inside
+        libpq would not see a SIGTERM until the lock came free."""
+        said = False
+        while not self.execute("SELECT pg_try_advisory_lock($1)", [key])[0][0]:
+            if not said and on_wait is not None:
                 on_wait()
-            waiting = True
+            said = True
             time.sleep(0.25)
         try:
             yield
         finally:
-            self.execute("SELECT pg_advisory_unlock($1)", [RUN_LOCK])
+            self.execute("SELECT pg_advisory_unlock($1)", [key])
+
+    @contextmanager
+    def run_lock(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold the run lock for a whole job, so two rollups started together run one after the
+        other and the second finds nothing left to do."""
+        with self._session_lock(RUN_LOCK, on_wait):
+            yield
+
+    # -- named reads ---------------------------------------------------------------------------
+
+    def partitions(self) -> pl.DataFrame:
+        """``partition, range_start, range_end`` of ``metrics_hourly``, oldest first."""
+        return self.query("SELECT * FROM etl_hourly_partitions()")
+
+    def count_rows(self, table: str) -> int:
+        return int(self.execute(f'SELECT count(*) FROM "{table}"')[0][0])
+
+    def missing_hours(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
+        """Per symbol, hours in ``[first bar after lo, hi)`` without a bar: count and first."""
+        return self.query(_MISSING_SQL, [",".join(symbols), lo, hi])
+
+    def coverage(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
+        """Per symbol over ``[lo, hi)``: bars, coverage (hours without a bar count as 0, each
+        bar's as ``etl_bar_coverage``) and kline bars."""
+        return self.query(_COVERAGE_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
+
+    def coverage_grid(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
+        """Every (symbol, hour) in ``[lo, hi)``: the bar's source (null: no bar) and coverage
+        (0 without a bar)."""
+        return self.query(_COVERAGE_GRID_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
+
+    def backfill_targets(
+        self, symbols: Sequence[str], lo: datetime, hi: datetime
+    ) -> dict[str, list[int]]:
+        """Per symbol, the hours in ``[lo, hi)`` where a kline bar would be kept (no bar, or one
+        the rule ranks below a kline bar), not fetched before."""
+        rows = self.query(_BACKFILL_TARGETS_SQL, [*self.rule, ",".join(symbols), lo, hi])
+        out: dict[str, list[int]] = {}
+        for symbol, hour in rows.iter_rows():
+            out.setdefault(symbol, []).append(int(hour))
+        return out
+
+    def bars(
+        self,
+        symbols: Sequence[str],
+        lo: datetime,
+        hi: datetime,
+        *,
+        source: str | None = None,
+        daily: bool = False,
+    ) -> pl.DataFrame:
+        """Hourly (or daily) bars of ``symbols`` in ``[lo, hi)``, by symbol and time."""
+        table, column, cast = (
+            ("metrics_daily", "day", "::date") if daily else ("metrics_hourly", "bucket", "")
+        )
+        where = "AND source = $4" if source else ""
+        params: list[Any] = [lo, hi, ",".join(symbols)]
+        return self.query(
+            f"SELECT * FROM {table} WHERE {column} >= $1{cast} AND {column} < $2{cast} "
+            f"AND symbol = ANY(string_to_array($3, ',')) {where} ORDER BY symbol, {column}",
+            [*params, source] if source else params,
+        )
+
+    def count_bars(self, symbols: Sequence[str], since: datetime) -> int:
+        return int(
+            self.execute(
+                "SELECT count(*) FROM metrics_hourly WHERE bucket >= $1 "
+                "AND symbol = ANY(string_to_array($2, ','))",
+                [since, ",".join(symbols)],
+            )[0][0]
+        )
+
+    def latest(self) -> pl.DataFrame:
+        """``symbol, price, at``: the newest committed close of every symbol."""
+        return self.query("SELECT symbol, price, at FROM latest_price ORDER BY symbol")
+
+    def explain(self, query: str) -> list[str]:
+        """``EXPLAIN`` of a query (literals, no placeholders), one line per plan row."""
+        return self.query("SELECT etl_explain($1) AS plan", [query])["plan"].to_list()
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes of the warehouse's database."""
+        return {"database": int(self.execute("SELECT pg_database_size(current_database())")[0][0])}
 
 
 @contextmanager
-def open_warehouse(settings: Settings) -> Iterator[Warehouse]:
-    """The configured warehouse: ``pg_dsn`` if set, else the embedded server in ``<data_dir>/pg``."""
+def open_warehouse(
+    settings: Settings, *, create: bool = True, statement_timeout_s: float | None = 600.0
+) -> Iterator[Warehouse]:
+    """The configured warehouse: ``pg_dsn`` if set, else the embedded server in ``<data_dir>/pg``.
+
+    ``create=False`` (commands that only look) refuses to create an embedded server that does not
+    exist yet (:class:`NothingStaged`). ``statement_timeout_s`` bounds any single statement.
+    """
+    rule = {
+        "default_interval_s": settings.interval_s,
+        "full_coverage": settings.backfill_min_coverage,
+    }
     if settings.pg_dsn:
-        wh = Warehouse(connect(settings.pg_dsn), mask_dsn(settings.pg_dsn))
+        conn = connect(
+            settings.pg_dsn,
+            connect_timeout_s=settings.pg_connect_timeout_s,
+            statement_timeout_s=statement_timeout_s,
+        )
+        wh = Warehouse(conn, mask_dsn(settings.pg_dsn), **rule)
         try:
             yield wh
         finally:
@@ -342,8 +687,18 @@ def open_warehouse(settings: Settings) -> Iterator[Warehouse]:
         return
     from etl.embedded_pg import embedded_server
 
+    if not create and not (settings.embedded_pgdata / "PG_VERSION").exists():
+        raise NothingStaged(
+            f"no warehouse yet in {settings.embedded_pgdata}: the first `etl rollup` (or an hour "
+            "of `etl collect`) creates it"
+        )
     with embedded_server(settings.embedded_pgdata) as uri:
-        wh = Warehouse(connect(uri), f"embedded ({settings.embedded_pgdata})")
+        conn = connect(
+            uri,
+            connect_timeout_s=settings.pg_connect_timeout_s,
+            statement_timeout_s=statement_timeout_s,
+        )
+        wh = Warehouse(conn, f"embedded ({settings.embedded_pgdata})", **rule)
         try:
             yield wh
         finally:

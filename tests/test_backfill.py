@@ -19,8 +19,9 @@ from etl.collector import Collector
 from etl.config import Settings
 from etl.console import CollectorView
 from etl.fake_exchange import FakeExchange
+from etl.hours import HOUR_MS, hour_floor
 from etl.rollup_job import run_rollup
-from etl.staging import HOUR_MS, Staging, hour_floor
+from etl.staging import Staging
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import query
 

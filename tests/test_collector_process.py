@@ -16,6 +16,7 @@ from etl.config import Settings
 from etl.fake_exchange import FakeExchange
 from etl.staging import Staging
 from tests.conftest import etl_env, run_etl
+from tests.pgutil import seed_ticks
 
 
 def start_collector(settings: Settings, *args: str) -> subprocess.Popen[str]:
@@ -47,7 +48,7 @@ def no_traceback(text: str) -> bool:
 
 
 def test_kill_9_leaves_a_sound_file_with_every_committed_poll(settings: Settings) -> None:
-    settings = replace(settings, interval_s=0.05)
+    settings = replace(settings, interval_s=0.1)
     proc = start_collector(settings)
     lines = read_until(proc, "poll ok", 15)
     os.kill(proc.pid, signal.SIGKILL)
@@ -104,9 +105,10 @@ def test_ban_is_honoured_by_a_restarted_collector(
 ) -> None:
     exchange.inject("status", status=418, retry_after=4, code=-1003)
     first = run_etl(["collect", "--no-rollup", "--polls", "2"], etl_env(settings))
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 3 and "IP banned (418)" in first.stderr  # both polls banned
     banned_at = next(r.at for r in exchange.requests if r.status == 418)
-    second = run_etl(["collect", "--no-rollup", "--polls", "3"], etl_env(settings))
+    # long enough to outlast the ban and store polls after it
+    second = run_etl(["collect", "--no-rollup", "--duration", "6"], etl_env(settings))
     assert second.returncode == 0
     during_ban = [r for r in exchange.requests if banned_at < r.at < banned_at + 4]
     assert during_ban == []
@@ -150,6 +152,8 @@ def test_bad_configuration_exits_2_with_one_line(
 def test_a_dsn_password_never_appears_in_any_output(settings: Settings) -> None:
     secret = "Sup3rS3cretPw"
     env = etl_env(settings, ETL_PG_DSN=f"postgresql://etl:{secret}@127.0.0.1:9/etl")
+    now_hour = int(time.time() * 1000) // 3_600_000 * 3_600_000
+    seed_ticks(settings.staging_path, ["BTCUSDT"], now_hour - 3_600_000, polls=10)  # to roll up
     outputs = [
         run_etl(["collect", "--polls", "1"], env),
         run_etl(["rollup"], env),

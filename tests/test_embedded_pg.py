@@ -22,6 +22,7 @@ from etl.embedded_pg import embedded_server, prune_stale_pids
 from etl.errors import ConfigError
 from etl.warehouse import RUN_LOCK
 from tests.conftest import etl_env, run_etl
+from tests.pgutil import seed_ticks
 
 
 @pytest.fixture
@@ -83,6 +84,8 @@ def test_sigterm_releases_the_handle_and_the_last_user_stops_the_server(data_roo
     pgdata = data_root / "pg"
     env = etl_env(None, ETL_DATA_DIR=str(data_root), PYTHONUNBUFFERED="1")
     assert run_etl(["db", "init"], env).returncode == 0
+    now_hour = int(time.time() * 1000) // 3_600_000 * 3_600_000
+    seed_ticks(data_root / "ticks.sqlite3", ["BTCUSDT"], now_hour - 3_600_000, polls=10)
     with (
         embedded_server(pgdata) as uri,
         pg.connect(uri, autocommit=True) as conn,

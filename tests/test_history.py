@@ -16,9 +16,10 @@ from nbclient import NotebookClient
 
 from etl.config import Settings
 from etl.demo_history import generate_ticks, seed_demo
+from etl.hours import HOUR_MS, hour_floor
 from etl.rollup import hourly_bars
 from etl.rollup_job import run_rollup
-from etl.staging import HOUR_MS, Staging, hour_floor
+from etl.staging import Staging
 from etl.warehouse import open_warehouse
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import execute, query, seed_ticks
@@ -81,7 +82,7 @@ def test_retention_drops_only_old_partitions_whose_days_are_downsampled(pgs: Set
     )
     recent = (now - timedelta(days=20)).replace(hour=0, minute=0, second=0, microsecond=0)
     with open_warehouse(pgs) as wh:
-        wh.apply_schema()
+        wh.migrate()
         for day in (old_done, old_missing, recent):
             wh.write_bars(_bars_at(day, SYMBOLS))  # downsamples each closed day it touches
         wh.execute("DELETE FROM metrics_daily WHERE day = $1::date", [old_missing])
@@ -132,7 +133,7 @@ def test_status_json_reports_every_part(pgs: Settings) -> None:
     with Staging(pgs.staging_path) as st:
         st.append(SYMBOLS, [1.0, 2.0, 3.0], int(time.time() * 1000) - 2000)
     done = run_etl(["status", "--json"], etl_env(pgs))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # degraded: a bar is missing
     report = json.loads(done.stdout)
     staging, wh = report["staging"], report["warehouse"]
     assert staging["rows"] == 4 * 720 * 3 + 3 and staging["hours"] == 5
@@ -145,13 +146,13 @@ def test_status_json_reports_every_part(pgs: Settings) -> None:
     assert 0 < wh["coverage_24h"]["BTCUSDT"]["coverage"] <= 1
     assert any("backfill" in p for p in report["problems"])
     screen = run_etl(["status"], etl_env(pgs))
-    assert screen.returncode == 0 and "etl status" in screen.stdout and "BTCUSDT" in screen.stdout
+    assert screen.returncode == 1 and "etl status" in screen.stdout and "BTCUSDT" in screen.stdout
 
 
 def test_status_says_what_is_unreachable(settings: Settings) -> None:
     env = etl_env(replace(settings, pg_dsn="postgresql://etl:pw0rd@127.0.0.1:9/etl"))
     done = run_etl(["status", "--json"], env)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # a part cannot be reached
     report = json.loads(done.stdout)
     assert any(
         "PostgreSQL unreachable at postgresql://etl:***@127.0.0.1:9/etl" in p
@@ -163,7 +164,7 @@ def test_status_says_what_is_unreachable(settings: Settings) -> None:
 
 def test_seed_demo_fills_the_warehouse_and_refuses_to_overwrite(pgs: Settings) -> None:
     env = etl_env(replace(pgs, interval_s=60.0))
-    done = run_etl(["seed-demo", "--days", "3"], env)
+    done = run_etl(["seed-demo", "--days", "3", "--use-pg-dsn"], env)
     assert done.returncode == 0, done.stderr
     counts = query(
         pgs.pg_dsn,
@@ -172,7 +173,7 @@ def test_seed_demo_fills_the_warehouse_and_refuses_to_overwrite(pgs: Settings) -
     assert counts["symbol"].to_list() == SYMBOLS
     assert all(66 <= b <= 72 for b in counts["bars"])  # 72 hours minus a few gaps
     assert query(pgs.pg_dsn, "SELECT count(*) AS n FROM metrics_daily")["n"][0] >= 3 * 2  # type: ignore[arg-type]
-    again = run_etl(["seed-demo", "--days", "3"], env)
+    again = run_etl(["seed-demo", "--days", "3", "--use-pg-dsn"], env)
     assert again.returncode == 2 and "already holds" in again.stderr
 
 

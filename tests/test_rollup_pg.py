@@ -21,8 +21,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from etl.config import Settings
+from etl.hours import HOUR_MS, hour_floor
 from etl.rollup_job import run_rollup
-from etl.staging import HOUR_MS, Staging, hour_floor
+from etl.staging import Staging
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import query, seed_ticks, snapshot
 
@@ -243,9 +244,13 @@ def test_far_past_and_future_ticks_never_fail_the_batch(pgs: Settings) -> None:
 
 
 def test_the_open_hour_is_never_rolled_up(pgs: Settings) -> None:
+    from etl.warehouse import open_warehouse
+
     now = int(time.time() * 1000)
     with Staging(pgs.staging_path) as st:
         st.append(["BTCUSDT"], [1.0], now - 1000)
+    with open_warehouse(pgs) as wh:  # the rollup finds nothing closed and leaves it untouched
+        wh.migrate()
     summary = run_rollup(pgs)
     assert summary.hours == 0
     assert snapshot(pgs.pg_dsn)["hourly"] == []  # type: ignore[arg-type]
@@ -374,7 +379,7 @@ def test_a_thin_poll_bar_never_replaces_a_kline_bar(pgs: Settings) -> None:
         }
     )
     with open_warehouse(pgs) as wh:
-        wh.apply_schema()
+        wh.migrate()
         wh.write_bars(kline_bars(minutes, "BTCUSDT"))
     seed_ticks(pgs.staging_path, ["BTCUSDT"], hour, polls=10, interval_ms=1000)  # 10 of 18,000
     summary = run_rollup(pgs)

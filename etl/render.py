@@ -1,0 +1,225 @@
+"""What the CLI draws for each job's result: tables and warnings, printed literally.
+
+Jobs return typed results and never print; this module turns them into rich renderables, so
+the same result can also go out as JSON or into metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from etl.backfill import BackfillResult
+from etl.console import age, kv_table, size, table
+from etl.hours import iso
+from etl.rollup_job import RollupResult
+from etl.status import Status
+
+
+def warning(message: str) -> Text:
+    line = Text("warning: ", style="yellow")
+    line.append(message)
+    return line
+
+
+def kept_partition(name: str, missing_days: int | None, start: Any, end: Any) -> Text:
+    """The one wording of "a partition past retention was kept"."""
+    count = f"{missing_days} symbol-day(s)" if missing_days is not None else "some of its days"
+    return warning(
+        f"{name} kept: it is past retention, but {count} are missing from metrics_daily; "
+        f"recompute them with SELECT etl_refresh_daily('{start}', '{end}');"
+    )
+
+
+def rollup(result: RollupResult) -> list[RenderableType]:
+    if result.nothing:
+        return [Text(result.nothing)]
+    out: list[RenderableType] = [
+        kv_table(
+            f"rollup of {result.staging}",
+            [
+                ("hours rolled up", result.hours),
+                ("bars written", result.bars),
+                ("ticks read", result.ticks),
+                ("daily rows refreshed", result.days),
+                ("staged ticks purged", result.purged),
+                ("rows quarantined (ticks_rejected)", result.rejected),
+                ("bars kept from kline (thinner poll bars not written)", result.kline_kept),
+                ("bars kept from another staging file", result.lost_to_other_files),
+                ("bars of another staging file replaced", result.displaced),
+                ("hourly partitions dropped", ", ".join(result.dropped) or 0),
+                ("seconds", f"{result.seconds:.2f}"),
+            ],
+        )
+    ]
+    if not result.hours and not result.skipped_hours:
+        out.append(Text(f"every staged hour of {result.looked_for} was already rolled up"))
+    out += [kept_partition(name, None, "FIRST_DAY", "DAY_AFTER") for name in result.kept]
+    if result.future_ticks:
+        out.append(
+            warning(
+                f"{result.future_ticks} staged tick(s) are stamped in the future (clock skew or "
+                "a bad writer): set aside until their hour closes"
+            )
+        )
+    if result.rejected:
+        out.append(
+            warning(
+                f"{result.rejected} staged row(s) could not be ticks and were moved to "
+                "ticks_rejected (README: Quarantine)"
+            )
+        )
+    out += [
+        warning(
+            f"{iso(hour)} is committed and some of its ticks are purged: its bar stays as "
+            "committed; the ticks that arrived since stay staged"
+        )
+        for hour in result.skipped_hours
+    ]
+    return out
+
+
+def backfill(result: BackfillResult) -> list[RenderableType]:
+    out: list[RenderableType] = [kv_table("backfill", result.rows())]
+    if not result.hours:
+        out.append(
+            Text(
+                f"nothing to fill for {', '.join(result.symbols)} in {result.looked_for}: every "
+                "hour has a bar at least as good as a kline bar, or was fetched before"
+            )
+        )
+    return out
+
+
+def reconcile(result: pl.DataFrame, per_symbol: pl.DataFrame, hours_text: str) -> RenderableType:
+    if result.is_empty():
+        return Text(f"no poll bars to compare in {hours_text}")
+    renamed = per_symbol.rename(
+        {
+            c: c.replace("_mean_abs_bps", " avg").replace("_max_abs_bps", " max")
+            for c in per_symbol.columns
+        }
+    )
+    rows = [[f"{v:.2f}" if isinstance(v, float) else v for v in row] for row in renamed.rows()]
+    return table(
+        f"poll bars vs 1h klines, {hours_text} (|deviation| in bps)", renamed.columns, rows
+    )
+
+
+def retention(result: pl.DataFrame, keep_days: float) -> list[RenderableType]:
+    if result.is_empty():
+        return [Text("nothing is past retention")]
+    out: list[RenderableType] = [
+        table(f"hourly partitions past {keep_days:g} days", result.columns, result.rows())
+    ]
+    for row in result.filter(pl.col("action") == "kept").iter_rows(named=True):
+        out.append(
+            kept_partition(
+                row["partition"],
+                row["missing_days"],
+                row["range_start"].date(),
+                row["range_end"].date(),
+            )
+        )
+    return out
+
+
+def _span(first: str | None, last: str | None) -> str:
+    return f"{first} .. {last}" if first and last else "none"
+
+
+def status(report: Status) -> RenderableType:
+    st, wh = report.staging, report.warehouse
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+
+    def row(key: str, value: str, style: str = "") -> None:
+        head.add_row(key, Text(value, style=style))
+
+    row("checked at", report.checked_at)
+    row(
+        "health",
+        report.health,
+        {"healthy": "green", "degraded": "yellow"}.get(report.health, "red"),
+    )
+    if st.exists:
+        row(
+            "staging",
+            f"{st.path} ({st.name}): {st.rows:,} ticks in {st.hours} hour(s), "
+            f"{_span(st.oldest_hour, st.newest_hour)}",
+        )
+        row("staging size", ", ".join(f"{k} {size(v)}" for k, v in st.bytes.items()))
+        if st.interval_s:
+            row("poll interval", f"{st.interval_s:g} s (as recorded by the collector)")
+    else:
+        row("staging", st.problem or "-")
+    if st.weight.get("used") is not None:
+        row(
+            "weight",
+            f"{st.weight['used']} / {st.weight['limit']} (budget {st.weight['budget']}) "
+            f"at {st.weight['at']}",
+        )
+    ban = st.ban
+    row(
+        "ban",
+        f"active (HTTP {ban['status']}) until {ban['until']}" if ban.get("active") else "none",
+        "red" if ban.get("active") else "",
+    )
+    if st.last_rollup:
+        last = st.last_rollup
+        row(
+            "last rollup",
+            f"{'ok' if last.get('ok') else 'FAILED'} at {last.get('at')}"
+            + (f": {last.get('error')}" if last.get("error") else ""),
+        )
+    if wh.exists:
+        row(
+            "warehouse",
+            f"{wh.server}: last committed hour {wh.last_committed_hour or 'none'} "
+            f"({wh.committed_hours} hour(s) of this staging file in the ledger), "
+            f"{size(wh.bytes)}",
+        )
+        first = wh.partitions[0] if wh.partitions else "-"
+        last_part = wh.partitions[-1] if wh.partitions else "-"
+        row(
+            "partitions",
+            f"{len(wh.partitions)} ({first} .. {last_part}), {wh.partitions_ahead} ahead",
+        )
+    else:
+        row("warehouse", f"{wh.server}: {wh.problem or 'none yet'}")
+    if report.logs:
+        row("logs", ", ".join(f"{k} {size(v)}" for k, v in report.logs.items()))
+
+    per_symbol = Table(title="per symbol", title_justify="left")
+    for name in ("symbol", "last tick", "bars 24h", "coverage 24h", "missing 24h", "first missing"):
+        per_symbol.add_column(name, justify="left" if name == "symbol" else "right")
+    for symbol in st.last_tick_age_s or {
+        s: None for s in list(wh.coverage_24h) or list(wh.missing_hours_24h)
+    }:
+        cov = wh.coverage_24h.get(symbol) or {}
+        gap = wh.missing_hours_24h.get(symbol) or {}
+        tick_age = (st.last_tick_age_s or {}).get(symbol)
+        per_symbol.add_row(
+            symbol,
+            f"{age(tick_age)} ago" if tick_age is not None else "never",
+            str(cov.get("bars", 0)) if cov else "-",
+            f"{cov['coverage']:.1%}" if cov else "-",
+            str(gap.get("count", "-")),
+            gap.get("first") or "-",
+        )
+    problems = Text(
+        "\n".join(f"• {p}" for p in report.problems) or "none",
+        style="yellow" if report.problems else "green",
+    )
+    return Group(Panel(head, title="etl status"), per_symbol, Panel(problems, title="problems"))
+
+
+def lines(items: Sequence[RenderableType]) -> Group:
+    return Group(*items)

@@ -1,0 +1,112 @@
+"""Every command answers SIGINT and SIGTERM within a few seconds, even while blocked in a driver.
+
+Python runs signal handlers only between bytecodes, so a main thread waiting inside libpq (a
+server that accepted and went silent, a lock that never comes free) would ignore Ctrl-C and
+SIGTERM until the call returned, perhaps never. The C-level handler still writes the signal's
+number to a wakeup pipe at once; a watcher thread reads it and, if the process has not ended
+``GRACE_S`` later, says so in one line and leaves with ``128 + signal``. Nothing committed is
+lost by that: PostgreSQL rolls back an open transaction when its client goes, and SQLite's WAL
+makes an interrupted write as if it never started (the same as ``kill -9``, which is tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+GRACE_S = 4.0
+_installed = False
+
+
+class Interrupted(BaseException):
+    """Raised by a signal handler to abandon a call that may block (a poll's HTTP request)."""
+
+
+def _watch(read_fd: int, grace_s: float) -> None:
+    signum = 0
+    while signum not in (signal.SIGINT, signal.SIGTERM):
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        for byte in data:
+            if byte in (signal.SIGINT, signal.SIGTERM):
+                signum = byte
+    time.sleep(grace_s)
+    name = signal.Signals(signum).name
+    with contextlib.suppress(OSError):
+        os.write(
+            2,
+            f"error: {name} received, but a call into a database or the network did not return "
+            f"within {grace_s:g} s; leaving without waiting for it (nothing committed is lost)\n".encode(),
+        )
+    os._exit(128 + signum)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM ends a command the way Ctrl-C does: finally blocks run, the embedded server's
+    # handle is released.
+    sys.exit(128 + signum)
+
+
+def install(grace_s: float = GRACE_S) -> None:
+    """Install the SIGTERM handler and the watcher (once, from the main thread)."""
+    global _installed
+    if _installed or threading.current_thread() is not threading.main_thread():
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    threading.Thread(target=_watch, args=(read_fd, grace_s), name="shutdown", daemon=True).start()
+    _installed = True
+
+
+def _parent_is_just() -> bool:
+    try:
+        return Path(f"/proc/{os.getppid()}/comm").read_text().strip() == "just"
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def own_terminal() -> Iterator[None]:
+    """Under ``just`` on a terminal, take the terminal's foreground for this process.
+
+    Ctrl-C goes to the terminal's foreground process group. Under ``just`` that group holds
+    ``just`` too, which then reports "interrupted by SIGINT" and exits 130 even after the
+    collector stopped cleanly. In a process group of its own that owns the terminal, the
+    collector alone hears Ctrl-C, prints its summary and exits 0, and so does ``just``. The
+    terminal is handed back on the way out.
+    """
+    if not (os.isatty(0) and _parent_is_just()):
+        yield
+        return
+    try:
+        previous = os.tcgetpgrp(0)
+        os.setpgid(0, 0)
+        with _ignoring(signal.SIGTTOU):  # a background group may not otherwise take it
+            os.tcsetpgrp(0, os.getpgrp())
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with _ignoring(signal.SIGTTOU), contextlib.suppress(OSError):
+            os.tcsetpgrp(0, previous)
+
+
+@contextlib.contextmanager
+def _ignoring(signum: int) -> Iterator[None]:
+    old = signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signum, old)
