@@ -71,12 +71,13 @@ _DSN_ERRORS = (
 _TIMEOUT_ERRORS = ("timeout expired", "canceling statement due to statement timeout")
 
 
-def _rule(new: str, old: str) -> str:
-    """``etl_bar_replaces`` of bar ``new`` over bar ``old`` (table aliases); ``$1`` is the
-    configured interval, ``$2`` the full-coverage fraction."""
+def _rule(new: str, old: str, params: str = "$1, $2") -> str:
+    """``etl_bar_replaces`` of bar ``new`` over bar ``old`` (table aliases); ``params`` are the
+    configured interval and the full-coverage fraction (placeholders, or literals where a
+    statement must report its row count: ADBC does not for bound statements)."""
     cols = ("source", "staging_id", "samples", "interval_s")
     args = ", ".join([*(f"{new}.{c}" for c in cols), *(f"{old}.{c}" for c in cols)])
-    return f"etl_bar_replaces({args}, $1, $2)"
+    return f"etl_bar_replaces({args}, {params})"
 
 
 _STAGED = (
@@ -85,8 +86,9 @@ _STAGED = (
 )
 
 
-def _upsert_hourly() -> str:
+def _upsert_hourly(rule: Sequence[float]) -> str:
     cols = ", ".join(HOURLY_COLUMNS)
+    literals = ", ".join(f"{float(v)!r}::float8" for v in rule)
     updates = ", ".join(f"{c} = excluded.{c}" for c in HOURLY_COLUMNS[2:])
     values = ", ".join(f"m.{c}" for c in HOURLY_COLUMNS[2:])
     new = ", ".join(f"excluded.{c}" for c in HOURLY_COLUMNS[2:])
@@ -95,16 +97,19 @@ def _upsert_hourly() -> str:
     return (
         f"INSERT INTO metrics_hourly AS m ({cols}) {_STAGED} "
         f"ON CONFLICT (symbol, bucket) DO UPDATE SET {updates}, updated_at = now() "
-        f"WHERE ({values}) IS DISTINCT FROM ({new}) AND {_rule('excluded', 'm')}"
+        f"WHERE ({values}) IS DISTINCT FROM ({new}) AND {_rule('excluded', 'm', literals)}"
     )
 
 
-# Per existing bar the new one meets: does it lose, or does it displace another staging file's?
+# Per existing bar of another producer the new one meets and differs from: does it lose, or
+# does it displace another staging file's? (Two producers that agree lose nothing.)
 _CONTESTS = f"""
 SELECT s.bucket, m.staging_id AS old_staging, m.source AS old_source,
        NOT {_rule("s", "m")} AS lost
 FROM ({_STAGED}) s JOIN metrics_hourly m USING (symbol, bucket)
 WHERE NOT (s.source = m.source AND s.staging_id IS NOT DISTINCT FROM m.staging_id)
+  AND (s.open, s.high, s.low, s.close, s.mean, s.samples, s.first_at, s.last_at)
+      IS DISTINCT FROM (m.open, m.high, m.low, m.close, m.mean, m.samples, m.first_at, m.last_at)
 """
 _UPSERT_RUNS = (
     "INSERT INTO rollup_runs AS r (staging_id, staging_name, hour, symbols, rows, ticks_read, "
@@ -512,7 +517,7 @@ class Warehouse:
                 parameters=[n, str(old_staging), bucket],
             )
         written.displaced = sum(displaced.values())
-        cur.execute(_upsert_hourly(), parameters=self.rule)
+        cur.execute(_upsert_hourly(self.rule))
         written.bars = max(cur.rowcount, 0)
         cur.execute(_REFRESH_STAGED_DAYS)
         written.days = int(cur.fetchall()[0][0])

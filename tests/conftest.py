@@ -98,6 +98,16 @@ def pg_dsn(make_db: Callable[[], str]) -> str:
 
 
 @pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A temporary directory others may enter, as an embedded server started as root needs
+    (pytest's own temporary directories are 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="etl-test-", dir="/tmp"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
