@@ -522,7 +522,9 @@ class FakeExchange:
     def stop(self) -> None:
         if self.stream is not None:
             self.stream.stop()
-        self._server.shutdown()
+        if self._thread is not None:  # shutdown() waits for a serve_forever() that must exist
+            self._server.shutdown()
+            self._thread = None
         self._server.server_close()
 
     def __enter__(self) -> FakeExchange:
