@@ -42,6 +42,7 @@ import random
 import threading
 import time
 import zlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -361,10 +362,10 @@ class _Minute:
     def __init__(self, first_a: int, first_f: int) -> None:
         self.first_a = first_a
         self.first_f = first_f
-        self.times: list[int] = []
-        self.prices: list[int] = []  # ticks
-        self.lots: list[int] = []
-        self.raws: list[int] = []  # trades in each aggregate trade (l - f + 1)
+        self.times = array("q")
+        self.prices = array("q")  # ticks
+        self.lots = array("q")
+        self.raws = array("q")  # trades in each aggregate trade (l - f + 1)
         self.maker: list[bool] = []
         # (volume lots, quote volume in ticks*lots, trades, taker buy lots, taker buy ticks*lots)
         self.stats: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
@@ -473,7 +474,10 @@ class FakeExchange:
         self._walks: dict[str, _Walk] = {}
         # Trades are regenerated on demand, so both caches are bounded; summaries are small.
         self._minutes: OrderedDict[tuple[str, int], _Minute] = OrderedDict()
-        self._minutes_cap = max(4096, 3 * len(names))
+        # Bounded in trades, not minutes: at thousands of trades a second a minute is large.
+        # Three minutes of every symbol fit: the last, the current and the next (prefetched).
+        self._cached_trades = 0
+        self._cache_cap = max(250_000, 3 * len(names) * self.trades_per_minute)
         self._anchor = int(clock() * 1000) // MINUTE_MS
         self.listing_minute = self._anchor - int(history_days * 1440)
         self._lock = threading.RLock()
@@ -663,9 +667,24 @@ class FakeExchange:
             return got
         got = self._draw_trades(symbol, minute)
         self._minutes[key] = got
-        if len(self._minutes) > self._minutes_cap:
-            self._minutes.popitem(last=False)
+        self._cached_trades += len(got.times)
+        while self._cached_trades > self._cache_cap and len(self._minutes) > 1:
+            self._cached_trades -= len(self._minutes.popitem(last=False)[1].times)
         return got
+
+    def prefetch(self, symbols: Sequence[str], minute: int, budget_s: float) -> int:
+        """Draw the trades of ``minute`` ahead of time for as many of ``symbols`` as
+        ``budget_s`` allows; how many were drawn. Spreads the work of a minute boundary."""
+        deadline = time.perf_counter() + budget_s
+        drawn = 0
+        for symbol in symbols:
+            if time.perf_counter() > deadline:
+                break
+            with self._lock:
+                if (symbol, minute) not in self._minutes and symbol in self.symbols:
+                    self._minute(symbol, minute)
+                    drawn += 1
+        return drawn
 
     def _draw_trades(self, symbol: str, minute: int) -> _Minute:
         spec = self._spec(symbol)
@@ -677,7 +696,7 @@ class FakeExchange:
         rand, randrange = rng.random, rng.randrange
         out = _Minute(first_a, first_f)
         start = minute * MINUTE_MS
-        out.times = sorted(start + randrange(MINUTE_MS) for _ in range(n))
+        times = sorted(start + randrange(MINUTE_MS) for _ in range(n))
         # The open first, the close last, the high and the low somewhere between; the rest
         # wander along the straight lines joining them, never outside the candle.
         i_h, i_l = rng.sample(range(1, n - 1), 2)
@@ -701,7 +720,10 @@ class FakeExchange:
             # a trade below the last one hit the bids: the buyer was the maker
             maker.append(p < prev or (p == prev and rand() < 0.5))
             prev = p
-        out.prices, out.raws, out.lots, out.maker = prices, raws, lots, maker
+        # arrays: a tenth of the memory of lists of int objects
+        out.times, out.prices = array("q", times), array("q", prices)
+        out.lots, out.raws = array("q", lots), array("q", raws)
+        out.maker = maker
         out.stats = _full_sums(out)
         return out
 

@@ -590,4 +590,10 @@ class StreamServer:
         await self._keepalive(states, now)
         states = [s for s in states if not s.closing]
         fresh = self._new_trades(states, now_ms)
-        return sum(self._deliver(s, fresh, now) for s in states)
+        sent = sum(self._deliver(s, fresh, now) for s in states)
+        if now_ms % 60_000 >= 40_000:
+            # the next minute's trades, a few symbols a pump, rather than all at its first pump
+            self.exchange.prefetch(
+                sorted(self._cursor), now_ms // 60_000 + 1, self.pump_interval / 5
+            )
+        return sent
