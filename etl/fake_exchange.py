@@ -391,9 +391,10 @@ class Fault:
     """A misbehaviour served to the next ``times`` requests whose path starts with ``path``.
 
     kinds: ``status`` (HTTP ``status`` with a ``{"code","msg"}`` body and optional
-    ``Retry-After``), ``slow`` (sleep ``delay`` s, then answer), ``drop`` (close the connection
-    without answering), ``garbage`` (200 with an HTML body), ``bad_elements`` (valid prices mixed
-    with malformed ones), ``shape`` (200 with an object where an array belongs).
+    ``Retry-After``; with ``body_delay`` the status line and headers go out at once and the body
+    that many seconds later), ``slow`` (sleep ``delay`` s, then answer), ``drop`` (close the
+    connection without answering), ``garbage`` (200 with an HTML body), ``bad_elements`` (valid
+    prices mixed with malformed ones), ``shape`` (200 with an object where an array belongs).
     """
 
     kind: str
@@ -404,6 +405,10 @@ class Fault:
     delay: float = 6.0
     times: int = 1
     code: int = -1000
+    body_delay: float = 0.0
+
+
+_BODY_DELAY = "X-Fake-Body-Delay"  # between handle() and the handler only; never sent
 
 
 @dataclass
@@ -1025,6 +1030,8 @@ class FakeExchange:
                         self.state.banned_until = max(
                             self.state.banned_until, now + fault.retry_after
                         )
+            if fault.body_delay:
+                headers[_BODY_DELAY] = str(fault.body_delay)
             return (
                 fault.status,
                 {"code": fault.code, "msg": f"Injected HTTP {fault.status}."},
@@ -1206,9 +1213,13 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("X-MBX-USED-WEIGHT-1M", str(exchange.weight_used()))
+        body_delay = float(headers.pop(_BODY_DELAY, 0))
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
+        if body_delay:  # the status and headers now, the body later
+            self.wfile.flush()
+            time.sleep(body_delay)
         self.wfile.write(payload)
 
 

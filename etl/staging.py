@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -43,7 +44,14 @@ import polars as pl
 import pyarrow as pa
 
 from etl.config import Settings
-from etl.errors import ConfigError, DiskFull, NothingStaged, StagingBusy, StagingCorrupt
+from etl.errors import (
+    ConfigError,
+    DependencyError,
+    DiskFull,
+    NothingStaged,
+    StagingBusy,
+    StagingCorrupt,
+)
 from etl.hours import HOUR_MS, MAX_TS_MS, MIN_TS_MS, NO_LOWER, NO_UPPER, hour_floor
 
 SCHEMA_VERSION = 2
@@ -111,7 +119,7 @@ _UPSERT_STATE = (
     "INSERT INTO state (key, value, updated_ms) VALUES (?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms"
 )
-_CORRUPT = ("malformed", "not a database", "file is encrypted", "disk i/o error")
+_CORRUPT = ("malformed", "not a database", "file is encrypted")
 
 
 @dataclass
@@ -185,9 +193,14 @@ class Staging:
     def _mapped(self, exc: Exception) -> Exception | None:
         """A storage error as one of ours: disk full (exit 3), a malformed file (exit 2)."""
         text = str(exc).lower()
-        if "database or disk is full" in text or "no space left" in text:
+        full = "database or disk is full" in text or "no space left" in text
+        if full or ("i/o error" in text and _free_bytes(self.path) < 1 << 20):
             return DiskFull(
                 f"disk full: {self.path} (free some space; nothing already stored is lost)"
+            )
+        if "i/o error" in text:
+            return DependencyError(
+                f"I/O error on {self.path} ({_first_line(exc)}): check the disk and its permissions"
             )
         if any(marker in text for marker in _CORRUPT):
             return StagingCorrupt(
@@ -706,6 +719,13 @@ class Staging:
                     (self.path.parent / (self.path.name + suffix)).stat().st_size
                 )
         return out
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path.parent).free
+    except OSError:
+        return 1 << 40
 
 
 def _first_line(exc: BaseException) -> str:

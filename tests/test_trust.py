@@ -9,24 +9,31 @@ one-line errors, values refused, deterministic daily bars, a ban that survives a
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as pg
+import polars as pl
 import pytest
 
 from etl.config import Settings
 from etl.hours import HOUR_MS, hour_floor
 from etl.rollup_job import run_rollup
 from etl.staging import Staging
-from etl.warehouse import LEGACY_STAGING
+from etl.warehouse import LEGACY_STAGING, open_warehouse
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import query, seed_ticks
 
@@ -284,3 +291,547 @@ def test_a_staging_file_and_warehouse_of_the_previous_release_keep_every_tick_an
     with Staging(path) as st:
         assert st.rejected_count() == 5  # the purge never deletes quarantined rows
     assert purged.purged > 0
+
+
+# -- 2. one collector per staging file ----------------------------------------------------------
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "etl", *args],
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for(proc: subprocess.Popen[str], needle: str, timeout: float = 30) -> str:
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        assert time.monotonic() < deadline, seen
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line, seen
+        seen += line
+    return seen
+
+
+def test_a_second_collector_on_one_staging_file_exits_2_naming_the_holder(
+    settings: Settings,
+) -> None:
+    """Was: both ran and both wrote, two ticks per slot and wrong means."""
+    env = etl_env(settings)
+    first = start(["collect", "--no-rollup"], env)
+    try:
+        wait_for(first, "poll ok")
+        second = run_etl(["collect", "--no-rollup", "--polls", "1"], env)
+        assert second.returncode == 2
+        line = one_line(second)
+        assert str(settings.staging_path) in line and f"pid {first.pid}" in line
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=20)
+    with Staging(settings.staging_path) as st:
+        per_slot = st.read_window(0, 2**62).group_by("symbol", "ts").len()
+    assert per_slot["len"].max() == 1  # one writer: one tick per symbol and slot
+
+
+def test_the_lock_dies_with_a_killed_collector_and_rollup_runs_beside_one(
+    pgs: Settings,
+) -> None:
+    env = etl_env(pgs)
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=720, interval_ms=5000)
+    first = start(["collect", "--no-rollup"], env)
+    wait_for(first, "poll ok")
+    rolled = run_etl(["rollup"], env)  # beside a running collector, as before
+    assert rolled.returncode == 0, rolled.stderr
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    again = run_etl(["collect", "--no-rollup", "--polls", "2"], env)
+    assert again.returncode == 0, again.stderr  # the kernel released the lock
+
+
+def test_two_demos_on_one_data_dir(open_dir: Path) -> None:
+    env = etl_env(None, ETL_DATA_DIR=str(open_dir / "data"))
+    first = start(["demo"], env)
+    try:
+        wait_for(first, "poll ok")
+        second = run_etl(["demo", "--polls", "1"], env)
+        assert second.returncode == 2 and "another collector" in one_line(second)
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=20)
+
+
+# -- 3. no hangs -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A listener that accepts connections and never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def silent_dsn(port: int) -> str:
+    return f"postgresql://etl:S3cretPw@127.0.0.1:{port}/etl"
+
+
+@pytest.mark.parametrize("args", [["rollup"], ["status", "--json"]])
+def test_a_server_that_never_answers_is_exit_3_after_the_connect_timeout(
+    settings: Settings, silent_port: int, args: list[str]
+) -> None:
+    """Was: still running after 850 s, deaf to SIGTERM and SIGINT."""
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(settings.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=10)
+    env = etl_env(replace(settings, pg_dsn=silent_dsn(silent_port)), ETL_PG_CONNECT_TIMEOUT_S="2")
+    started = time.monotonic()
+    done = run_etl(args, env, timeout=30)
+    assert time.monotonic() - started < 10
+    assert done.returncode == 3
+    text = done.stderr if args == ["rollup"] else done.stdout
+    assert "did not answer within 2 s" in text and "S3cretPw" not in done.stdout + done.stderr
+    if args == ["rollup"]:
+        one_line(done)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_every_command_answers_a_signal_within_5_s_even_inside_libpq(
+    settings: Settings, silent_port: int, signum: int
+) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(settings.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=10)
+    env = etl_env(replace(settings, pg_dsn=silent_dsn(silent_port)), ETL_PG_CONNECT_TIMEOUT_S="120")
+    for args in (["rollup"], ["status"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "etl", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(2.0)  # inside libpq's connect by now
+        assert proc.poll() is None
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=10)
+        assert time.monotonic() - sent < 5, args
+        assert proc.returncode == 128 + signum, (args, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_a_signal_ends_a_rollup_blocked_on_a_lock_within_5_s(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=10)
+    with open_warehouse(pgs) as wh:
+        wh.migrate()
+    with pg.connect(pgs.pg_dsn) as conn, conn.cursor() as cur:  # type: ignore[arg-type]
+        cur.execute("LOCK TABLE rollup_runs IN ACCESS EXCLUSIVE MODE")  # held until we leave
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "etl", "rollup"],
+            env=etl_env(pgs),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while True:  # until the rollup waits for our lock
+            cur.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'rollup_runs'::regclass"
+            )
+            if cur.fetchone()[0]:
+                break
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert time.monotonic() - sent < 5 and proc.returncode == 143, err
+        conn.rollback()
+    with Staging(pgs.staging_path) as st:
+        assert st.count() == 10 * len(SYMBOLS)  # nothing lost
+
+
+def test_a_hung_rollup_child_is_stopped_and_the_next_hour_rolls_up_as_usual(
+    settings: Settings, silent_port: int, vclock
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from etl.collector import RollupLauncher
+    from etl.console import CollectorView
+
+    hung = replace(
+        settings, pg_dsn=silent_dsn(silent_port), pg_connect_timeout_s=600.0, rollup_timeout_s=1.0
+    )
+    seed_ticks(hung.staging_path, SYMBOLS, hour_floor(int(vclock.now * 1000)) - HOUR_MS, polls=5)
+    out = Console(file=io.StringIO(), width=200)
+    launcher = RollupLauncher(hung, CollectorView(live=False, out=out), vclock)
+    try:
+        launcher.tick()
+        assert launcher.proc is not None and launcher.launched == 1
+        time.sleep(2.0)
+        launcher.tick()  # past its limit: stopped
+        assert launcher.proc is None and launcher.stopped == 1
+        vclock.sleep(3600)
+        launcher.tick()  # the next hour's rollup starts as usual
+        assert launcher.launched == 2 and launcher.proc is not None
+    finally:
+        launcher.stop()
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "past ETL_ROLLUP_TIMEOUT_S" in text and text.count("rollup started") == 2
+
+
+# -- 4. bad rows written into staging by outside tools ------------------------------------------
+
+
+BAD_ROWS = [
+    "('BTCUSDT', 1790000000000, 'abc')",  # a text price
+    "(x'00', 1790000000000, 1.0)",  # a BLOB symbol
+    "('BTCUSDT', 1790000000000, x'00')",  # a BLOB price
+    "('ETHUSDT', 1790000000000, -5.0)",
+    "('ETHUSDT', 1790000000000, 0.0)",
+    "('ETHUSDT', 1790000000000, 9e999)",  # infinity
+    "('ETHUSDT', 1790000000000, NULL)",
+    "('btcusdt', 1790000000000, 1.0)",  # not the symbol rule
+    "('ETHUSDT', 'soon', 1.0)",
+    "('ETHUSDT', -1, 1.0)",
+]
+
+
+def test_a_staging_file_refuses_rows_that_cannot_be_ticks(tmp_path: Path) -> None:
+    path = tmp_path / "t.sqlite3"
+    with Staging(path):
+        pass
+    for row in BAD_ROWS:
+        done = outside_tool(path, f"INSERT INTO ticks VALUES {row}")
+        assert done.returncode != 0, row
+        assert re.search(r"constraint failed|cannot store", done.stderr), done.stderr
+    good = outside_tool(path, "INSERT INTO ticks VALUES ('BTCUSDT', 1790000000000, 60000.5)")
+    assert good.returncode == 0, good.stderr  # outside tools still write ticks(symbol, ts, price)
+    with Staging(path) as st:
+        assert st.read_window(0, 2**62).select("symbol", "ts", "price").rows() == [
+            ("BTCUSDT", 1790000000000, 60000.5)
+        ]
+
+
+def test_rows_past_the_constraints_are_quarantined_counted_and_never_purged(
+    pgs: Settings,
+) -> None:
+    """Was: -5.0, 0.0 and inf went into bars (low = -5.0, high = inf) and were purged."""
+    now_hour = hour_floor(int(time.time() * 1000))
+    hour = now_hour - 3 * HOUR_MS
+    seed_ticks(pgs.staging_path, SYMBOLS, hour, polls=100)
+    done = outside_tool(
+        pgs.staging_path,
+        "PRAGMA ignore_check_constraints = ON",
+        f"INSERT INTO ticks VALUES ('ETHUSDT', {hour + 10}, -5.0)",
+        f"INSERT INTO ticks VALUES ('ETHUSDT', {hour + 11}, 0.0)",
+        f"INSERT INTO ticks VALUES ('BTCUSDT', {hour + 12}, 9e999)",
+        f"INSERT INTO tick_rows (sym, ts, price) VALUES (999, {hour + 13}, 5.0)",
+    )
+    assert done.returncode == 0, done.stderr
+    result = run_rollup(replace(pgs, raw_retention_h=1.0))
+    assert result.hours == 1 and result.rejected == 4
+    bars = query(pgs.pg_dsn, "SELECT symbol, low, high, samples FROM metrics_hourly ORDER BY 1")  # type: ignore[arg-type]
+    assert all(0 < low <= high < math.inf for _, low, high, _ in bars.rows())
+    assert bars["samples"].to_list() == [100, 100, 100]  # none of them is a sample
+    with Staging(pgs.staging_path) as st:
+        assert st.rejected_count() == 4  # the purge ran and kept every one
+        reasons = set(st.rejected()["reason"])
+    assert reasons == {"price is not greater than 0", "price is not finite", "unknown symbol id"}
+    status = run_etl(["status", "--json"], etl_env(pgs))
+    report = json.loads(status.stdout)
+    assert report["staging"]["rejected"] == 4 and status.returncode == 1
+    assert any("quarantined" in p for p in report["problems"])
+
+
+def test_a_pre_identity_file_with_bad_rows_rolls_up_and_quarantines_them(
+    pgs: Settings,
+) -> None:
+    """Was: a text price or a BLOB made every later rollup exit 1; a NULL price was a sample."""
+    now_hour = hour_floor(int(time.time() * 1000))
+    hour = now_hour - 2 * HOUR_MS
+    rows = [f"('BTCUSDT', {hour + k * 5000}, {100.0 + k})" for k in range(50)]
+    bad = [row.replace("1790000000000", str(hour + 777)) for row in BAD_ROWS]
+    done = outside_tool(
+        pgs.staging_path,
+        # the table an outside tool (or this project before staging identity) made: no checks
+        "CREATE TABLE ticks (symbol TEXT, ts INTEGER, price REAL)",
+        "CREATE INDEX ticks_ts ON ticks (ts)",
+        *(f"INSERT INTO ticks VALUES {r}" for r in rows + bad),
+    )
+    assert done.returncode == 0, done.stderr
+    result = run_rollup(pgs)
+    assert result.hours == 1
+    bar = query(pgs.pg_dsn, "SELECT symbol, samples, low, high FROM metrics_hourly")  # type: ignore[arg-type]
+    assert bar.rows() == [("BTCUSDT", 50, 100.0, 149.0)]
+    with Staging(pgs.staging_path) as st:
+        assert st.rejected_count() == len(BAD_ROWS)
+
+
+# -- 5. a corrupt staging file -----------------------------------------------------------------
+
+
+def corrupt(path: Path) -> None:
+    """Overwrite pages in the middle of the file with garbage (the header stays)."""
+    size = path.stat().st_size
+    with path.open("r+b") as fh:
+        for page in range(2, size // 4096 - 1, 3):
+            fh.seek(page * 4096)
+            fh.write(os.urandom(4096))
+
+
+def test_a_corrupt_staging_file_is_refused_with_a_recovery_recipe(pgs: Settings) -> None:
+    """Was: collect exited 0 and kept appending; rollup and status exited 1."""
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
+    with Staging(pgs.staging_path) as st:
+        st.checkpoint()
+    corrupt(pgs.staging_path)
+    env = etl_env(pgs)
+    for args in (["collect", "--no-rollup", "--polls", "1"], ["rollup"], ["status"]):
+        done = run_etl(args, env)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        line = one_line(done)
+        assert str(pgs.staging_path) in line and "malformed" in line
+        if args[0] == "collect":
+            assert ".recover" in line
+
+
+# -- 6. every error is one plain line with the right exit code ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "literal"),
+    [
+        (["status"], {"ETL_INTERVAL_S": "[/]"}, "'[/]'"),
+        (["status"], {"ETL_SYMBOLS": "[/]"}, "'[/]'"),
+        (["rollup", "--since", "[/]"], {}, "'[/]'"),
+        (["rollup"], {"ETL_PG_DSN": "postgresql://u:S3cret@[::1/db"}, "postgresql://u:***@[::1/db"),
+        (["rollup"], {"ETL_PG_DSN": "postgresql://u:S3cret@127.0.0.1/db?sslmode=bogus"}, "sslmode"),
+    ],
+)
+def test_bad_input_is_one_literal_line_and_exit_2(
+    settings: Settings, args: list[str], extra: dict[str, str], literal: str
+) -> None:
+    for debug in ([], ["--debug"]):
+        done = run_etl([*debug, *args], etl_env(settings, **extra))
+        assert done.returncode == 2, done.stderr
+        assert "S3cret" not in done.stdout + done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert literal in last and "MarkupError" not in done.stderr
+        if not debug:
+            one_line(done)
+
+
+def test_libpq_prefixes_are_printed_literally(settings: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(settings.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=5)
+    done = run_etl(
+        ["rollup"], etl_env(replace(settings, pg_dsn="postgresql://etl@127.0.0.1:9/etl"))
+    )
+    assert done.returncode == 3 and "[libpq]" in one_line(done)
+
+
+def test_backfill_of_a_symbol_the_exchange_does_not_list_is_exit_2(
+    pgs: Settings,
+) -> None:
+    """Was: exit 1 with ApiError -1121."""
+    done = run_etl(["backfill", "--symbols", "BTCUSDT,NOPEUSDT"], etl_env(pgs))
+    assert done.returncode == 2 and "NOPEUSDT (unknown)" in one_line(done)
+
+
+@pytest.fixture
+def tiny_disk() -> Iterator[Path]:
+    """A real filesystem of 2 MiB (tmpfs), to fill."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = Path(tempfile_dir())
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)])
+    if mounted.returncode != 0:
+        pytest.skip("this machine does not let us mount a tmpfs")
+    where.chmod(0o755)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="etl-disk-", dir="/tmp")
+
+
+def fill(disk: Path, leave: int = 0) -> None:
+    """Fill the disk, then give back ``leave`` bytes."""
+    filler = disk / "filler"
+    with filler.open("wb") as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+    if leave:
+        with filler.open("r+b") as fh:
+            fh.truncate(max(0, filler.stat().st_size - leave))
+
+
+def test_a_full_disk_while_polling_is_named_as_such(settings: Settings, tiny_disk: Path) -> None:
+    """Was: logged as "exchange unreachable ... database or disk is full"."""
+    from etl.fake_exchange import FakeExchange
+
+    with FakeExchange(2000, ws=False) as ex:
+        polling = replace(
+            settings,
+            binance_url=ex.url,
+            symbols=tuple(ex.symbols),
+            sqlite_path=tiny_disk / "ticks.sqlite3",
+            interval_s=1.0,
+        )
+        fill(tiny_disk, leave=300_000)  # room for the file and a few polls of 2,000 ticks
+        done = run_etl(["collect", "--no-rollup", "--duration", "6"], etl_env(polling))
+    assert f"disk full: {polling.staging_path}" in done.stdout, done.stdout[-2000:]
+    assert "exchange unreachable" not in done.stdout and "Traceback" not in done.stderr
+    assert done.returncode == 0  # it kept running, and stored what fitted
+    (tiny_disk / "filler").unlink()
+    with Staging(polling.staging_path) as st:
+        assert st.count() > 0 and st.integrity_check() == "ok"
+
+
+def test_a_full_disk_at_start_or_in_the_purge_is_exit_3(
+    settings: Settings, tiny_disk: Path, pgs: Settings
+) -> None:
+    """Was: exit 1 in the purge."""
+    now_hour = hour_floor(int(time.time() * 1000))
+    purging = replace(pgs, sqlite_path=tiny_disk / "ticks.sqlite3", raw_retention_h=1.0)
+    seed_ticks(purging.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
+    with Staging(purging.staging_path) as st:
+        before = st.count()
+    fill(tiny_disk)
+    for args in (["rollup"], ["collect", "--no-rollup", "--polls", "1"]):
+        done = run_etl(args, etl_env(purging))
+        assert done.returncode == 3 and "disk full: " in one_line(done), (args, done.stderr)
+    (tiny_disk / "filler").unlink()
+    with Staging(purging.staging_path) as st:
+        assert st.integrity_check() == "ok" and 1 <= st.count() <= before
+    again = run_etl(["rollup"], etl_env(purging))  # with room again, it converges
+    assert again.returncode == 0, again.stderr
+    with Staging(purging.staging_path) as st:
+        assert st.count() == 1  # every committed hour purged but the newest row
+
+
+# -- 7. values that must be refused -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "fragment"),
+    [
+        (["collect", "--polls", "1"], {"ETL_SYMBOLS": ""}, "ETL_SYMBOLS is set but empty"),
+        (["collect", "--polls", "1"], {"ETL_INTERVAL_S": "1e-9"}, "between 0.1 and 3600"),
+        (["collect", "--polls", "1"], {"ETL_INTERVAL_S": "1e9"}, "between 0.1 and 3600"),
+        (["rollup", "--since", "2026-02-01", "--until", "2026-01-01"], {}, "is not before"),
+        (["backfill", "--since", "2026-02-01", "--until", "2026-01-01"], {}, "is not before"),
+        (["reconcile", "--since", "2026-02-01", "--until", "2026-01-01"], {}, "is not before"),
+    ],
+)
+def test_values_that_must_be_refused(
+    settings: Settings, args: list[str], extra: dict[str, str], fragment: str
+) -> None:
+    started = time.monotonic()
+    done = run_etl(args, etl_env(settings, **extra))
+    assert done.returncode == 2 and fragment in one_line(done)
+    assert time.monotonic() - started < 10
+
+
+def test_ten_thousand_unknown_symbols_make_one_short_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Was: a 220 KB "one line"."""
+    names = [f"NOPE{i:05d}USDT" for i in range(10_000)]
+    config = tmp_path / "etl.toml"  # (too long for an environment variable)
+    config.write_text(f"symbols = {json.dumps(names)}\n")
+    env = etl_env(settings, ETL_CONFIG=str(config))
+    del env["ETL_SYMBOLS"]
+    done = run_etl(["collect", "--polls", "1"], env)
+    line = one_line(done)
+    assert done.returncode == 2 and len(line) < 400
+    assert "NOPE00000USDT (unknown)" in line and "and 9,995 more" in line
+
+
+def test_a_typo_gets_a_suggestion(settings: Settings) -> None:
+    done = run_etl(["collect", "--polls", "1", "--symbols", "BTCUSTD"], etl_env(settings))
+    assert done.returncode == 2 and "did you mean BTCUSDT?" in one_line(done)
+
+
+# -- 8. deterministic daily bars ----------------------------------------------------------------
+
+
+def test_identical_hourly_bars_give_bit_identical_daily_bars_whatever_their_order(
+    make_db: Callable[[], str], settings: Settings
+) -> None:
+    """Was: two clean rollups of identical copies differed in metrics_daily.mean (2.6e-16)."""
+    from etl.demo_history import generate_ticks
+    from etl.rollup import hourly_bars
+
+    start = hour_floor(int(time.time() * 1000)) - 24 * 20 * HOUR_MS
+    ticks = pl.concat(
+        generate_ticks(s, start, start + 20 * 24 * HOUR_MS, 61_000) for s in SYMBOLS
+    ).with_row_index("seq")
+    bars = hourly_bars(ticks.with_columns(pl.col("seq").cast(pl.Int64)))
+    daily = []
+    for order in (bars, bars.reverse(), bars.sample(fraction=1.0, shuffle=True, seed=3)):
+        dsn = make_db()
+        with open_warehouse(replace(settings, pg_dsn=dsn)) as wh:
+            wh.migrate()
+            for chunk in order.iter_slices(97):  # written in many transactions, in this order
+                wh.write_bars(chunk)
+        daily.append(
+            query(dsn, "SELECT symbol, day, mean, samples FROM metrics_daily ORDER BY 1, 2")
+        )
+    assert daily[0].height >= 3 * 19
+    assert daily[0].rows() == daily[1].rows() == daily[2].rows()  # to the last bit
+
+
+# -- 9. a ban survives a crash right after it arrives -------------------------------------------
+
+
+def test_a_ban_is_stored_before_the_body_arrives_so_a_crash_keeps_it(
+    settings: Settings, exchange
+) -> None:
+    """Was: killed within a millisecond of a 429, the restarted collector sent 4 requests
+    inside the 20 s Retry-After window."""
+    exchange.inject("status", status=429, retry_after=20, code=-1003, body_delay=5.0)
+    env = etl_env(settings)
+    first = start(["collect", "--no-rollup"], env)
+    deadline = time.monotonic() + 30
+    while not any(r.status == 429 for r in exchange.requests):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.5)  # the status and headers are in; the body is 4.5 s away
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    banned_at = next(r.at for r in exchange.requests if r.status == 429)
+    second = run_etl(["collect", "--no-rollup", "--duration", "3"], env)
+    assert "rate limited (429)" in second.stdout
+    during = [r for r in exchange.requests if banned_at < r.at < banned_at + 20]
+    assert during == [] and exchange.violations == 0
