@@ -9,6 +9,7 @@ Ours and the baseline alternate, so the machine's noise falls on both.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -89,6 +90,7 @@ def run(polls: int = 60, appends: int = 300) -> dict[str, list[float]]:
         client.close()
         staging.close()
         base.close()
+    shutil.rmtree(work, ignore_errors=True)
     return results
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -156,8 +157,11 @@ def postgres() -> Iterator[str]:
 
     base = Path(tempfile.mkdtemp(prefix="etl-bench-pg-", dir="/tmp"))
     base.chmod(0o755)
-    with embedded_server(base / "pg") as uri:
-        yield uri
+    try:
+        with embedded_server(base / "pg") as uri:
+            yield uri
+    finally:  # the server has stopped: its data (hundreds of MiB) goes too
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def stage_hours(
