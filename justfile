@@ -30,7 +30,7 @@ lint:
     ruff check .
     ruff format --check .
 
-# Benchmarks: per-poll cost and append throughput, then the rollup; figures and ratios vs baselines.
+# Benchmarks (`--part 1|2|3`, `--runs N`, `--quick`): collector, rollup vs DuckDB and pandas, purge vs collector.
 bench *args:
     python -m bench {{args}}
 

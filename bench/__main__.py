@@ -1,30 +1,96 @@
-"""``python -m bench [--part 1|2] [--quick]``: print figures and ratios against baselines."""
+"""``python -m bench [--part 1|2|3|all] [--runs N] [--quick]``: figures and ratios against
+baselines measured in the same run.
+
+Parts:
+
+1. collector: per-poll cost against the fake exchange (3,000 symbols) and append throughput;
+   baselines ``requests`` + ``sqlite3.executemany``.
+2. rollup of one hour of 3,000 symbols at 5 s (2.16 M ticks): in-process ``run_rollup`` vs
+   DuckDB's one ``INSERT ... SELECT`` (sqlite + postgres extensions) and vs pandas + psycopg;
+   whole process ``etl rollup`` vs a DuckDB child; a 24-hour backlog (about 52 M ticks) through
+   ``etl rollup`` (wall time, peak RSS).
+3. purge vs collector: the purge of a committed hour of 3,000 symbols at 1 s (10.8 M ticks)
+   while another process commits a 3,000-tick poll every 50 ms; the writer's max / p99 wait.
+
+Every figure is min / median / max of ``--runs`` runs (default 5), ours and the baselines
+alternating. ``--quick`` is a smoke run: 2 runs unless ``--runs`` is given, no 24-hour backlog,
+a 5 s hour (2.16 M ticks) for part 3, fewer polls in part 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import shlex
+import sys
+import time
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def header(argv: list[str]) -> list[str]:
+    """Date, machine, versions and the exact command: what a figure is worth depends on them."""
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [
+        f"date: {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC",
+        f"machine: nproc {nproc}, CPU {_cpu_model()}, {platform.system()} {platform.release()}",
+        f"versions: Python {platform.python_version()}, polars {_version('polars')}, "
+        f"duckdb {_version('duckdb')}, adbc-driver-sqlite {_version('adbc-driver-sqlite')}, "
+        f"adbc-driver-postgresql {_version('adbc-driver-postgresql')}",
+        f"command: {shlex.join(['python', '-m', 'bench', *argv])}",
+    ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=["1", "2", "all"], default="all")
-    parser.add_argument("--quick", action="store_true", help="fewer runs, no 24-hour backlog")
-    args = parser.parse_args()
-    print(
-        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}; medians of repeated runs"
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--part", choices=["1", "2", "3", "all"], default="all")
+    parser.add_argument("--runs", type=int, help="runs per figure (default 5, --quick 2)")
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run (see above)")
+    args = parser.parse_args()
+    runs = args.runs or (2 if args.quick else 5)
+    if runs < 1:
+        parser.error("--runs must be at least 1")
+    started = time.perf_counter()
+    print("\n".join(header(sys.argv[1:])), flush=True)
     if args.part in ("1", "all"):
         from bench import collector_bench
 
         results = collector_bench.run(polls=20 if args.quick else 60)
-        print("\n".join(collector_bench.report(results)), flush=True)
+        print("\n" + "\n".join(collector_bench.report(results)), flush=True)
     if args.part in ("2", "all"):
         from bench import rollup_bench
 
-        results = rollup_bench.run(runs=3, backlog=not args.quick)
-        print("\n".join(rollup_bench.report(results)), flush=True)
+        results = rollup_bench.run(runs=runs, backlog=not args.quick)
+        print("\n" + "\n".join(rollup_bench.report(results)), flush=True)
+    if args.part in ("3", "all"):
+        from bench import purge_bench
+
+        results = purge_bench.run(runs=runs, interval_ms=5000 if args.quick else 1000)
+        print("\n" + "\n".join(purge_bench.report(results)), flush=True)
+    print(f"\nbench took {time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """The rollup as it is usually written, for comparison: pandas ``resample().ohlc()`` + psycopg
 ``executemany``. Runs in its own process (stdlib sqlite3 and ADBC must not share a file in one
-process). Usage: ``python -m bench.baseline_rollup SQLITE_PATH PG_URI LO_MS HI_MS RUNS``; prints
-the seconds of each run as JSON."""
+process), started once so that its runs alternate with ours and DuckDB's.
+
+Usage: ``python -m bench.baseline_rollup SQLITE_PATH PG_URI LO_MS HI_MS``; prints ``ready``, then
+answers each ``run`` line on stdin with the seconds of one run on an emptied table."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import sys
 import time
@@ -52,15 +53,16 @@ def once(sqlite_path: str, uri: str, lo: int, hi: int) -> float:
 
 
 def main() -> None:
-    sqlite_path, uri, lo, hi, runs = sys.argv[1:6]
+    sqlite_path, uri, lo, hi = sys.argv[1:5]
     with psycopg.connect(uri) as conn:
         conn.execute(DDL)
-    times = []
-    for _ in range(int(runs)):
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
         with psycopg.connect(uri) as conn:
             conn.execute("TRUNCATE baseline_hourly")
-        times.append(once(sqlite_path, uri, int(lo), int(hi)))
-    print(json.dumps(times))
+        print(once(sqlite_path, uri, int(lo), int(hi)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,37 +1,55 @@
-"""Part 2: the rollup from SQLite staging to committed PostgreSQL rows.
+"""Part 2: the rollup from SQLite staging to committed PostgreSQL rows, against DuckDB.
 
-- one hour of 3,000 symbols at 5 s (2.16 M ticks): ``run_rollup`` end to end (read through ADBC
-  in parallel slices, ``group_by_dynamic``, ADBC ingest + upsert + ledger in one transaction,
-  daily refresh, retention), median of N runs on emptied tables; beside it the baseline (pandas
-  ``groupby().resample("1h").ohlc()`` + psycopg ``executemany``) on the same data, same server.
-- a 24-hour backlog (about 52 M ticks) rolled up by ``etl rollup`` in a child process: wall time
-  and the child's peak RSS.
+One hour of 3,000 symbols at 5 s (2.16 M ticks), all in one PostgreSQL server, each database
+emptied before every run:
+
+- in-process: ``run_rollup`` (read through ADBC, ``group_by_dynamic``, ADBC ingest + upsert +
+  ledger + daily bars in one transaction, retention), alternating with DuckDB's one statement
+  (``INSERT INTO pg.duckdb_hourly SELECT ... FROM s.ticks GROUP BY symbol, ts // 3600000``, run
+  by a resident worker with both extensions loaded and both databases attached before the timer)
+  and with the pandas ``resample().ohlc()`` + psycopg ``executemany`` baseline (resident worker
+  too). Goals: ours / DuckDB <= 1.0, pandas / ours >= 10.
+- whole process: ``etl rollup`` as a child, spawn to exit, alternating with a child that imports
+  DuckDB, loads the extensions, attaches, runs the statement and exits. Goal: ratio <= 1.3.
+- a 24-hour backlog (about 52 M ticks) rolled up by an ``etl rollup`` child: wall time and peak
+  RSS (``os.wait4``). Goals: <= 15 s, <= 1 GiB.
+
+Where the time goes: our read / compute / write stages timed one by one (internal APIs, so best
+effort: skipped with a note if they changed), and DuckDB's aggregate alone (into its own memory).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 
-from bench.common import median_ms, postgres, row, stage_hours, timed
+from bench.common import (
+    Worker,
+    child_env,
+    postgres,
+    ratio_line,
+    spawn_wait,
+    spread,
+    stage_hours,
+    timed,
+)
+from bench.duckdb_rollup import TARGET, TARGET_DDL
 from etl.config import load_settings
 from etl.hours import HOUR_MS, hour_floor
-from etl.rollup import hour_ledger, hourly_bars
 from etl.rollup_job import run_rollup
-from etl.staging import Staging
-from etl.warehouse import Warehouse, connect
 
 SYMBOLS = 3000
+BACKLOG_HOURS = 24
+OURS_TABLES = "metrics_hourly, rollup_runs, metrics_daily"
 
 
 def _database(admin_uri: str, name: str) -> str:
@@ -41,20 +59,33 @@ def _database(admin_uri: str, name: str) -> str:
     return admin_uri.replace("/etl?", f"/{name}?")
 
 
-def _truncate(uri: str) -> None:
+def _sql(uri: str, sql: str) -> None:
     with pg.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute("TRUNCATE metrics_hourly, rollup_runs, metrics_daily")
+        cur.execute(sql)
 
 
-def run(runs: int = 3, backlog: bool = True) -> dict[str, float]:
-    results: dict[str, float] = {}
+def _etl_argv() -> list[str]:
+    """``etl rollup`` as a user runs it: the venv's console script when there is one."""
+    script = shutil.which("etl", path=str(Path(sys.executable).parent))
+    return [script, "rollup"] if script else [sys.executable, "-m", "etl", "rollup"]
+
+
+def run(runs: int = 5, backlog: bool = True) -> dict[str, Any]:
+    r: dict[str, Any] = {"runs": runs}
     work = Path(tempfile.mkdtemp(prefix="etl-bench-rollup-", dir="/tmp"))
     try:
         with postgres() as admin_uri:
             uri = _database(admin_uri, "bench_ours")
+            duck_uri = _database(admin_uri, "bench_duckdb")
+            _sql(duck_uri, TARGET_DDL)
+            base_uri = _database(admin_uri, "bench_baseline").replace(
+                "postgresql://postgres:@/", "postgresql://postgres@/"
+            )
             hour = hour_floor(int(time.time() * 1000)) - 3 * HOUR_MS
             path = work / "hour.sqlite3"
-            results["ticks"] = stage_hours(path, SYMBOLS, hour, 1)
+            r["ticks"] = stage_hours(path, SYMBOLS, hour, 1)
+            copy = work / "baseline.sqlite3"  # stdlib sqlite3 reads its own copy
+            shutil.copy(path, copy)
             settings = replace(
                 load_settings(env={}),
                 data_dir=work,
@@ -62,118 +93,200 @@ def run(runs: int = 3, backlog: bool = True) -> dict[str, float]:
                 pg_dsn=uri,
                 raw_retention_h=1e6,
             )
-            run_rollup(settings)  # warm up: schema, partitions, caches
-
-            def ours() -> None:
-                _truncate(uri)
-                started = time.perf_counter()
-                summary = run_rollup(settings)
-                assert summary.bars == SYMBOLS
-                ours_times.append(time.perf_counter() - started)
-
-            ours_times: list[float] = []
-            timed(ours, runs)
-            results["hour_s"] = median_ms(ours_times) / 1000
-
-            with Staging(path) as st:  # where the time goes, one stage at a time
-                results["read_s"] = median_ms(timed(lambda: st.read_hours([hour]), runs)) / 1000
-                window = st.read_hours([hour])
-                staging_id, staging_name = st.id, st.name
-
-            def compute() -> pl.DataFrame:
-                return hourly_bars(window.ticks, ordered=True, symbols=window.symbols)
-
-            results["compute_s"] = median_ms(timed(compute, runs)) / 1000
-            bars = compute().with_columns(staging_id=pl.lit(staging_id))
-            runs_frame = hour_ledger(bars, bars["bucket"][0], max_seq=window.upto).with_columns(
-                staging_id=pl.lit(staging_id), staging_name=pl.lit(staging_name)
-            )
-            wh = Warehouse(connect(uri))
-
-            def write() -> None:
-                _truncate(uri)
-                wh.write_bars(bars, runs_frame)
-
-            results["write_s"] = median_ms(timed(write, runs)) / 1000
-            wh.close()
-
-            base_uri = _database(admin_uri, "bench_baseline").replace(
-                "postgresql://postgres:@/", "postgresql://postgres@/"
-            )
-            copy = work / "baseline.sqlite3"
-            shutil.copy(path, copy)
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.baseline_rollup",
-                    str(copy),
-                    base_uri,
-                    str(hour),
-                    str(hour + HOUR_MS),
-                    str(runs),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            results["hour_s_baseline"] = median_ms(json.loads(out.stdout)) / 1000
-
+            r.update(_in_process(work, settings, path, copy, duck_uri, base_uri, hour, runs))
+            r.update(_stages(settings, hour, runs))
+            r.update(_whole_process(work, path, uri, duck_uri, runs))
             if backlog:
-                results.update(_backlog(work, admin_uri))
+                r.update(_backlog(work, admin_uri, runs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return results
+    return r
 
 
-def _backlog(work: Path, admin_uri: str) -> dict[str, float]:
-    uri = _database(admin_uri, "bench_backlog")
-    path = work / "backlog.sqlite3"
-    first = hour_floor(int(time.time() * 1000)) - 26 * HOUR_MS
-    started = time.perf_counter()
-    ticks = stage_hours(path, SYMBOLS, first, 24)
-    staged_s = time.perf_counter() - started
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env.update(
+def _in_process(
+    work: Path,
+    settings: Any,
+    path: Path,
+    copy: Path,
+    duck_uri: str,
+    base_uri: str,
+    hour: int,
+    runs: int,
+) -> dict[str, list[float]]:
+    uri = settings.pg_dsn
+    ours: list[float] = []
+    duck: list[float] = []
+    base: list[float] = []
+
+    def one_ours() -> float:
+        _sql(uri, f"TRUNCATE {OURS_TABLES}")
+        started = time.perf_counter()
+        summary = run_rollup(settings)
+        took = time.perf_counter() - started
+        assert summary.bars == SYMBOLS, summary
+        return took
+
+    def one_duck() -> float:
+        _sql(duck_uri, f"TRUNCATE {TARGET}")
+        return worker.ask("insert")
+
+    run_rollup(settings)  # the schema, before the first TRUNCATE
+    with (
+        Worker("bench.duckdb_rollup", "--serve", str(path), duck_uri, cwd=work) as worker,
+        Worker(
+            "bench.baseline_rollup", str(copy), base_uri, str(hour), str(hour + HOUR_MS), cwd=work
+        ) as baseline,
+    ):
+        one_ours(), one_duck(), baseline.ask("run")  # warm up: schema, caches, lazy imports
+        for _ in range(runs):
+            ours.append(one_ours())
+            duck.append(one_duck())
+            base.append(baseline.ask("run"))
+        aggregate = [worker.ask("aggregate") for _ in range(runs)]
+    with pg.connect(duck_uri) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {TARGET}")
+        assert cur.fetchone()[0] == SYMBOLS  # type: ignore[index]
+    return {"ours": ours, "duck": duck, "pandas": base, "duck_aggregate": aggregate}
+
+
+def _stages(settings: Any, hour: int, runs: int) -> dict[str, Any]:
+    """Our stages one at a time. Internal APIs that others are reworking: a change there costs
+    this breakdown only, never the figures above."""
+    try:
+        from etl.rollup import hour_ledger, hourly_bars
+        from etl.staging import Staging
+        from etl.warehouse import Warehouse, connect
+
+        with Staging(settings.sqlite_path) as st:
+            read = timed(lambda: st.read_hours([hour]), runs)
+            window = st.read_hours([hour])
+            staging_id, staging_name = st.id, st.name
+
+        def bars_of() -> Any:
+            return hourly_bars(window.ticks, ordered=True, symbols=window.symbols)
+
+        compute = timed(bars_of, runs)
+        bars = bars_of().with_columns(staging_id=pl.lit(staging_id))
+        ledger = hour_ledger(bars, bars["bucket"][0], max_seq=window.upto).with_columns(
+            staging_id=pl.lit(staging_id), staging_name=pl.lit(staging_name)
+        )
+        wh = Warehouse(connect(settings.pg_dsn))
+
+        def write() -> None:
+            _sql(settings.pg_dsn, f"TRUNCATE {OURS_TABLES}")
+            wh.write_bars(bars, ledger)
+
+        try:
+            write_s = timed(write, runs)
+        finally:
+            wh.close()
+    except Exception as exc:  # a changed internal API: reported, not raised
+        return {"stages_error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    return {"read": read, "compute": compute, "write": write_s}
+
+
+def _whole_process(
+    work: Path, path: Path, uri: str, duck_uri: str, runs: int
+) -> dict[str, list[float]]:
+    env = child_env(
         ETL_SQLITE_PATH=str(path),
         ETL_DATA_DIR=str(work),
         ETL_PG_DSN=uri,
         ETL_RAW_RETENTION_H="1000000",
     )
+    duck_argv = [sys.executable, "-m", "bench.duckdb_rollup", str(path), duck_uri]
+    ours_argv = _etl_argv()
+    keys = ("proc_ours", "proc_duck", "proc_noop", "rss_ours", "rss_duck")
+    out: dict[str, list[float]] = {k: [] for k in keys}
+    for i in range(runs + 1):  # the first round warms up
+        _sql(uri, f"TRUNCATE {OURS_TABLES}")
+        ours = spawn_wait(ours_argv, work, env)
+        _sql(duck_uri, f"TRUNCATE {TARGET}")
+        duck = spawn_wait(duck_argv, work, env)
+        # The same command again finds the hour committed: the process's fixed cost.
+        noop = spawn_wait(ours_argv, work, env)
+        if i:
+            out["proc_ours"].append(ours[0])
+            out["rss_ours"].append(ours[1])
+            out["proc_duck"].append(duck[0])
+            out["rss_duck"].append(duck[1])
+            out["proc_noop"].append(noop[0])
+    return out
+
+
+def _backlog(work: Path, admin_uri: str, runs: int) -> dict[str, Any]:
+    path = work / "backlog.sqlite3"
+    first = hour_floor(int(time.time() * 1000)) - (BACKLOG_HOURS + 2) * HOUR_MS
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "etl", "rollup"], env=env, stdout=subprocess.DEVNULL
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    assert os.waitstatus_to_exitcode(status) == 0
+    ticks = stage_hours(path, SYMBOLS, first, BACKLOG_HOURS)
+    staged_s = time.perf_counter() - started
+    walls: list[float] = []
+    rss: list[float] = []
+    for _ in range(runs):
+        env = child_env(
+            ETL_SQLITE_PATH=str(path),
+            ETL_DATA_DIR=str(work),
+            ETL_PG_DSN=_database(admin_uri, "bench_backlog"),  # a new one each run, as first seen
+            ETL_RAW_RETENTION_H="1000000",  # nothing purged: every run reads the same file
+        )
+        wall, peak = spawn_wait(_etl_argv(), work, env)
+        walls.append(wall)
+        rss.append(peak)
     return {
         "backlog_ticks": ticks,
         "backlog_stage_s": staged_s,
-        "backlog_s": wall,
-        "backlog_rss_mib": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "backlog": walls,
+        "backlog_rss": rss,
     }
 
 
-def report(r: dict[str, float]) -> list[str]:
+def report(r: dict[str, Any]) -> list[str]:
     lines = [
-        f"part 2: rollup, {SYMBOLS:,} symbols x 1 hour at 5 s = {r['ticks'] / 1e6:.2f} M ticks, SQLite -> committed PostgreSQL",
-        row("", "ours", "baseline", "ratio"),
-        row(
-            "median hour, staging -> committed rows",
-            f"{r['hour_s']:.3f} s",
-            f"{r['hour_s_baseline']:.3f} s",
-            f"{r['hour_s_baseline'] / r['hour_s']:.1f}x",
+        f"part 2: rollup, {SYMBOLS:,} symbols x 1 hour at 5 s = {r['ticks'] / 1e6:.2f} M ticks, "
+        f"SQLite -> committed PostgreSQL; {r['runs']} alternating runs (min / median / max)",
+        "  ratios (of the medians; pairs: the ratios of the alternating pairs)",
+        ratio_line("in-process: ours / DuckDB", r["ours"], r["duck"], "<= 1.0", lambda x: x <= 1.0),
+        ratio_line(
+            "in-process: pandas+psycopg / ours", r["pandas"], r["ours"], ">= 10", lambda x: x >= 10
         ),
-        f"  stages (medians): read {r['read_s']:.3f} s, compute {r['compute_s']:.3f} s, "
-        f"ingest+upsert+ledger {r['write_s']:.3f} s",
-        f"  targets: <= 0.8 s: {'met' if r['hour_s'] <= 0.8 else 'MISSED'}; "
-        f">= 8x baseline: {'met' if r['hour_s_baseline'] / r['hour_s'] >= 8 else 'MISSED'}",
+        ratio_line(
+            "whole process: etl rollup / DuckDB",
+            r["proc_ours"],
+            r["proc_duck"],
+            "<= 1.3",
+            lambda x: x <= 1.3,
+        ),
+        "  absolute",
+        f"  {'in-process ours (run_rollup)':<40} {spread(r['ours'])}",
+        f"  {'in-process DuckDB INSERT ... SELECT':<40} {spread(r['duck'])}",
+        f"  {'in-process pandas + psycopg':<40} {spread(r['pandas'])}",
+        f"  {'process: etl rollup':<40} {spread(r['proc_ours'])}, "
+        f"peak RSS {spread(r['rss_ours'], 'MiB', digits=0)}",
+        f"  {'process: python -m bench.duckdb_rollup':<40} {spread(r['proc_duck'])}, "
+        f"peak RSS {spread(r['rss_duck'], 'MiB', digits=0)}",
+        "  where the time goes",
     ]
-    if "backlog_s" in r:
+    if "stages_error" in r:
+        lines.append(f"  {'ours, stage by stage':<40} not measured ({r['stages_error']})")
+    else:
         lines += [
-            f"  24-hour backlog: {r['backlog_ticks'] / 1e6:.1f} M ticks (staged in {r['backlog_stage_s']:.0f} s) "
-            f"rolled up by `etl rollup` in {r['backlog_s']:.1f} s, peak RSS {r['backlog_rss_mib']:.0f} MiB "
-            f"(target <= 1536 MiB: {'met' if r['backlog_rss_mib'] <= 1536 else 'MISSED'})",
+            f"  {'ours: read (ADBC SQLite -> Polars)':<40} {spread(r['read'])}",
+            f"  {'ours: compute (hourly_bars)':<40} {spread(r['compute'])}",
+            f"  {'ours: write (ingest+upsert+ledger+daily)':<40} {spread(r['write'])}",
+        ]
+    lines += [
+        f"  {'DuckDB: aggregate alone (no write)':<40} {spread(r['duck_aggregate'])}",
+        f"  {'process: etl rollup, nothing to do':<40} {spread(r['proc_noop'])}",
+    ]
+    if "backlog" in r:
+        wall, rss = statistics.median(r["backlog"]), max(r["backlog_rss"])
+        lines += [
+            f"  24-hour backlog: {r['backlog_ticks'] / 1e6:.1f} M ticks (staged once in "
+            f"{r['backlog_stage_s']:.0f} s), `etl rollup` child on fresh tables, "
+            f"{len(r['backlog'])} runs",
+            f"  {'wall time':<40} {spread(r['backlog'], digits=1)}   goal <= 15 s (median): "
+            f"{'met' if wall <= 15 else 'MISSED'}",
+            f"  {'peak RSS':<40} {spread(r['backlog_rss'], 'MiB', digits=0)}   goal <= 1024 MiB "
+            f"(max): {'met' if rss <= 1024 else 'MISSED'}",
         ]
     return lines

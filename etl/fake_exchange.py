@@ -1,6 +1,6 @@
 """A Binance-compatible HTTP and WebSocket server on 127.0.0.1 for tests, benchmarks and ``just demo``.
 
-It follows the documented spot REST contract (DESIGN.md, and the recorded payloads in
+It follows the documented spot REST contract (docs/binance.md, and the recorded payloads in
 ``tests/fixtures/binance``): ``ping``, ``time``, ``exchangeInfo``, ``ticker/price`` (single, list,
 all), ``klines`` and ``aggTrades``; request weights counted per minute and reported in
 ``X-MBX-USED-WEIGHT-1M``; 429 past the limit and 418 for a client that ignores ``Retry-After``;

@@ -21,7 +21,7 @@ import pytest
 from etl.config import Settings, load_settings
 from etl.fake_exchange import FakeExchange
 
-# Real recorded Binance payloads, copied byte for byte from ../shared/fixtures (see SOURCES.md).
+# Real recorded Binance payloads, byte for byte as recorded (their sources are in SOURCES.md).
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "binance"
 
 
