@@ -262,3 +262,19 @@ def run_backfill(
     if report is not None:
         report("backfill done: " + ", ".join(f"{k} {v}" for k, v in summary.rows()))
     return summary
+
+
+def gap_filler(
+    settings: Settings,
+) -> Callable[[BinanceClient, int, threading.Event, Callable[[str], None]], None]:
+    """A collector's background backfill: from the gap's first hour, with the collector's
+    client (its weight governor and bans), until done or stopped."""
+
+    def fill(
+        client: BinanceClient, since_ms: int, stop: threading.Event, report: Callable[[str], None]
+    ) -> None:
+        run_backfill(
+            settings, since_ms=since_ms, governor=client.governor, stop=stop, report=report
+        )
+
+    return fill

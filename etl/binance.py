@@ -372,11 +372,15 @@ def _failure(exc: requests.RequestException, url: str, timeout: float) -> Exchan
     """What went wrong on the way, in words: name resolution, refused, TLS, timeout."""
     host = urlsplit(url).netloc
     chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and seen not in chain:
+    todo: list[BaseException] = [exc]
+    while todo:  # the exception, what it wraps (reason, args) and what it was raised from
+        seen = todo.pop(0)
+        if seen in chain:
+            continue
         chain.append(seen)
-        nxt = getattr(seen, "reason", None)
-        seen = nxt if isinstance(nxt, BaseException) else (seen.__cause__ or seen.__context__)
+        reason = getattr(seen, "reason", None)
+        todo += [e for e in (reason, *seen.args) if isinstance(e, BaseException)]
+        todo += [e for e in (seen.__cause__, seen.__context__) if e is not None]
     kinds = [type(e).__name__ for e in chain]
     if isinstance(exc, requests.ConnectTimeout):
         return ExchangeUnavailable(f"{host}: no connection within {timeout:.1f} s", reached=False)

@@ -201,11 +201,13 @@ def collect(
 
     Example: etl collect --symbols BTCUSDT,ETHUSDT --interval-s 5
     """
+    from etl.backfill import gap_filler
     from etl.collector import Collector
 
     settings = settings_of(ctx)
+    filler = gap_filler(settings) if backfill else None
     with shutdown.own_terminal():
-        stats = Collector(settings, rollup=not no_rollup, backfill=backfill).run(
+        stats = Collector(settings, rollup=not no_rollup, gap_filler=filler).run(
             polls=polls, duration=duration
         )
     _collected(stats, polls)

@@ -43,10 +43,13 @@ from etl.console import CollectorView, age
 from etl.errors import ConfigError, DiskFull, StagingCorrupt
 from etl.hours import closed_before, hour_floor, hour_label, iso, stamp
 from etl.logs import rotate
+from etl.metrics import CollectorMetrics
 from etl.shutdown import Interrupted
-from etl.staging import Staging, open_staging
+from etl.staging import LAST_ROLLUP_KEY, Staging, open_staging
 
 ROLLUP_RETRY_S = 300.0
+# Fills the gap since the last tick in the background: (client, since_ms, stop, report).
+GapFiller = Callable[[BinanceClient, int, threading.Event, Callable[[str], None]], None]
 # How long a stopped rollup child gets to exit on SIGTERM before it is killed.
 ROLLUP_KILL_AFTER_S = 5.0
 
@@ -141,10 +144,14 @@ class RollupLauncher:
         view: CollectorView,
         clock: Callable[[], float],
         command: Sequence[str] | None = None,
+        metrics: CollectorMetrics | None = None,
+        staging: Staging | None = None,
     ) -> None:
         self.settings = settings
         self.view = view
         self.clock = clock
+        self.metrics = metrics
+        self.staging = staging
         self.command = list(command or [sys.executable, "-m", "etl", "rollup"])
         self.log_path = settings.data_dir / "rollup.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -182,12 +189,13 @@ class RollupLauncher:
         """True once the child is gone (and counted); stops one that has run too long."""
         assert self.proc is not None
         code = self.proc.poll()
+        ran = time.monotonic() - self.started_at
         if code is None:
-            ran = time.monotonic() - self.started_at
             if ran <= self.settings.rollup_timeout_s:
                 return False
             self.stop()
             self.stopped += 1
+            self._done("stopped", ran, now)
             self.view.event(
                 f"rollup ran {ran:.0f} s, past ETL_ROLLUP_TIMEOUT_S "
                 f"({self.settings.rollup_timeout_s:g} s): stopped it; the next hour's rollup "
@@ -197,9 +205,11 @@ class RollupLauncher:
             return True
         self.proc = None
         if code == 0:
+            self._done("ok", ran, now)
             self.view.event(f"rollup finished (log: {self.log_path})")
             return True
         self.failed += 1
+        self._done("failed", ran, now)
         self.view.event(
             f"rollup failed with exit {code}; retrying in {ROLLUP_RETRY_S:.0f} s "
             f"(details in {self.log_path})",
@@ -208,6 +218,21 @@ class RollupLauncher:
         self.done_boundary = None
         self.not_before = now + ROLLUP_RETRY_S
         return False
+
+    def _done(self, result: str, seconds: float, now: float) -> None:
+        if self.metrics is not None:
+            self.metrics.rollup_done(result, seconds, now)
+        if result == "stopped" and self.staging is not None:  # the child could not say so
+            self.staging.set_state(
+                LAST_ROLLUP_KEY,
+                {
+                    "at": iso(int(now * 1000)),
+                    "ok": False,
+                    "error": f"stopped after {seconds:.0f} s (ETL_ROLLUP_TIMEOUT_S)",
+                    "seconds": round(seconds, 3),
+                },
+                int(now * 1000),
+            )
 
     def stop(self) -> None:
         """Stop a running child: SIGTERM, then SIGKILL if it does not exit in time."""
@@ -259,7 +284,8 @@ class Collector:
     """Polls the exchange into the staging store until stopped.
 
     ``staging`` and ``client`` may be handed in (built once by the caller); by default
-    :meth:`run` opens the configured ones.
+    :meth:`run` opens the configured ones. ``gap_filler`` (e.g. :func:`etl.backfill.gap_filler`)
+    fills the gap since the last staged tick in a thread sharing the client.
 
     >>> Collector(load_settings()).run(polls=3)        # doctest: +SKIP
     CollectorStats(polls_ok=3, ...)
@@ -272,7 +298,7 @@ class Collector:
         staging: Staging | None = None,
         client: BinanceClient | None = None,
         rollup: bool = True,
-        backfill: bool = False,
+        gap_filler: GapFiller | None = None,
         view: CollectorView | None = None,
         clock: Callable[[], float] = time.time,
         stop: threading.Event | None = None,
@@ -284,7 +310,7 @@ class Collector:
         self.staging = staging
         self.client = client
         self.rollup = rollup
-        self.backfill = backfill
+        self.gap_filler = gap_filler
         self.view = view or CollectorView()
         self.clock = clock
         self.stop = stop or threading.Event()
@@ -293,6 +319,8 @@ class Collector:
         self.metrics = RunningMetrics()
         self.exchange_seen = False
         self._busy = threading.Event()  # a request to the exchange is in flight
+        self.instruments: CollectorMetrics | None = None
+        self.metrics_url: str | None = None
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -314,7 +342,15 @@ class Collector:
             stack.enter_context(_stop_on_signals(self.stop, self._busy))
             stack.enter_context(self.view)
             staging.record_interval(interval, int(self.clock() * 1000))
-            launcher = RollupLauncher(self.settings, self.view, self.clock) if self.rollup else None
+            if self.settings.metrics_port is not None:
+                stack.callback(self._serve_metrics(staging).shutdown)
+            launcher = (
+                RollupLauncher(
+                    self.settings, self.view, self.clock, metrics=self.instruments, staging=staging
+                )
+                if self.rollup
+                else None
+            )
             self.view.event(
                 f"collecting {len(self.symbols)} symbol(s) every {interval:g} s from "
                 f"{self.settings.binance_url} into {staging.path}"
@@ -336,7 +372,7 @@ class Collector:
                         validated = self._validate(deadline)
                     if validated:
                         self._poll(deadline)
-                        if self.backfill and gap_since is not None and backfiller is None:
+                        if self.gap_filler and gap_since is not None and backfiller is None:
                             backfiller = self._start_backfill(gap_since, backfill_stop)
                     self._refresh()
                     if launcher is not None and validated:
@@ -344,7 +380,10 @@ class Collector:
                     if polls is not None and self.stats.polls >= polls:
                         break
                     next_slot = math.floor(self.clock() / interval) + 1
-                    self.stats.polls_missed += max(0, next_slot - slot - 1)  # slots we overran
+                    overran = max(0, next_slot - slot - 1)  # slots we overran
+                    self.stats.polls_missed += overran
+                    if self.instruments is not None and overran:
+                        self.instruments.polls.labels("missed").inc(overran)
                     slot = next_slot
             except Interrupted:
                 pass  # a signal abandoned a request: nothing was being written
@@ -360,6 +399,26 @@ class Collector:
         return self.stats
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _serve_metrics(self, staging: Staging) -> Any:
+        """Start ``/metrics`` (Prometheus); returns the server, to shut down on the way out."""
+        self.instruments = CollectorMetrics()
+        self.instruments.watch(
+            staging, lambda: self.client.governor if self.client else None, self.clock
+        )
+        try:
+            server = self.instruments.serve(
+                int(self.settings.metrics_port or 0), self.settings.metrics_host
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {self.settings.metrics_host}:"
+                f"{self.settings.metrics_port} ({exc.strerror}): choose another ETL_METRICS_PORT"
+            ) from None
+        host, port = server.server_address[:2]
+        self.metrics_url = f"http://{host}:{port}/metrics"
+        self.view.event(f"Prometheus metrics at {self.metrics_url}")
+        return server
 
     def _check(self, staging: Staging) -> None:
         """Refuse a malformed staging file before writing to it."""
@@ -386,7 +445,7 @@ class Collector:
             return None
         hint = (
             "filling it in the background"
-            if self.backfill
+            if self.gap_filler
             else (
                 f"`etl backfill --since {iso(hour_floor(last))}` (or `etl collect --backfill`) fills it"
             )
@@ -397,21 +456,14 @@ class Collector:
         return hour_floor(last)
 
     def _start_backfill(self, since_ms: int, stop: threading.Event) -> threading.Thread:
-        """Backfill the gap in a thread sharing this collector's weight governor: it leaves the
-        polls their share of the budget and waits out the same bans."""
-        from etl.backfill import run_backfill
-
-        assert self.client is not None
+        """Fill the gap in a thread sharing this collector's client (so its weight governor and
+        bans): the filler leaves the polls their share of the budget."""
+        assert self.client is not None and self.gap_filler is not None
+        client, fill = self.client, self.gap_filler
 
         def work() -> None:
             try:
-                run_backfill(
-                    self.settings,
-                    since_ms=since_ms,
-                    governor=self.client.governor,  # type: ignore[union-attr]
-                    stop=stop,
-                    report=self.view.event,
-                )
+                fill(client, since_ms, stop, self.view.event)
             except Exception as exc:  # the poller goes on, whatever the backfill does
                 self.view.event(f"backfill failed: {exc}", logging.WARNING)
 
@@ -467,6 +519,12 @@ class Collector:
         self.stats.polls_ok += 1
         self.stats.ticks += len(poll.symbols)
         self.stats.skipped += poll.skipped
+        if self.instruments is not None:
+            self.instruments.polls.labels("ok").inc()
+            self.instruments.poll_seconds.observe(time.perf_counter() - started)
+            self.instruments.ticks.inc(len(poll.symbols))
+            self.instruments.skipped.inc(poll.skipped)
+            self.instruments.last_tick_ms.update(dict.fromkeys(poll.symbols, poll.received_ms))
         note = f", {poll.skipped} bad element(s) skipped" if poll.skipped else ""
         if poll.missing:
             note += f", missing: {', '.join(poll.missing[:5])}"
@@ -499,6 +557,8 @@ class Collector:
         """Count a missed poll; ``began`` is when it started (the outage began no later)."""
         now = self.clock()
         self.stats.polls_missed += 1
+        if self.instruments is not None:
+            self.instruments.polls.labels("missed").inc()
         self.stats.last_error = f"{time.strftime('%H:%M:%S', time.gmtime(now))} {exc}"
         if isinstance(exc, RateLimited | WeightBudgetExhausted):
             self.view.poll_line(f"poll skipped: {exc}")

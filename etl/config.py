@@ -130,6 +130,16 @@ def _dsn(value: Any) -> str | None:
     return text
 
 
+def _port(value: Any) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not a port number") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{value!r} must be a port number, 0 to 65535")
+    return number
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
@@ -167,13 +177,16 @@ def _setting(
     metavar: str,
     shown: str | None = None,
     empty_means_unset: bool = False,
+    secret: bool = False,
 ) -> Any:
     """Declare a setting: its default, environment variable, parser, help and metavar.
 
-    ``shown`` is how the default reads in help and docs when it is computed from others.
+    ``shown`` is how the default reads in help and docs when it is computed from others;
+    ``secret`` keeps it out of ``repr``.
     """
     return field(
         default=default,
+        repr=not secret,
         metadata={
             "env": env,
             "parse": parse,
@@ -227,17 +240,15 @@ class Settings:
         shown="<data_dir>/ticks.sqlite3",
         help="staging database",
     )
-    pg_dsn: str | None = field(
-        default=None,
-        repr=False,
-        metadata={
-            "env": "ETL_PG_DSN",
-            "parse": _dsn,
-            "help": "PostgreSQL URI; its password is never printed",
-            "metavar": "DSN",
-            "shown": "unset: embedded server in <data_dir>/pg",
-            "empty_means_unset": True,
-        },
+    pg_dsn: str | None = _setting(
+        None,
+        env="ETL_PG_DSN",
+        parse=_dsn,
+        metavar="DSN",
+        shown="unset: embedded server in <data_dir>/pg",
+        empty_means_unset=True,
+        secret=True,
+        help="PostgreSQL URI; its password is never printed",
     )
     raw_retention_h: float = _setting(
         24.0,
@@ -274,6 +285,22 @@ class Settings:
         parse=_number(float, 2, 3600, "seconds"),
         metavar="SECONDS",
         help="give up connecting to PostgreSQL after this (exit 3)",
+    )
+    metrics_port: int | None = _setting(
+        None,
+        env="ETL_METRICS_PORT",
+        parse=_port,
+        metavar="PORT",
+        shown="off",
+        empty_means_unset=True,
+        help="serve Prometheus /metrics of `etl collect` on this port (0: any free port, logged)",
+    )
+    metrics_host: str = _setting(
+        "127.0.0.1",
+        env="ETL_METRICS_HOST",
+        parse=_name,
+        metavar="HOST",
+        help="address /metrics listens on (0.0.0.0 for every interface)",
     )
     log_format: str = _setting(
         "auto",

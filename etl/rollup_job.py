@@ -8,6 +8,7 @@ and a rerun converges. The job returns a :class:`RollupResult`; the CLI draws it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from etl.config import Settings
 from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, utc
 from etl.progress import NoProgress, Progress
 from etl.rollup import hour_ledger, hourly_bars
-from etl.staging import Staging, open_staging
+from etl.staging import LAST_ROLLUP_KEY, Staging, open_staging
 from etl.warehouse import Warehouse, open_warehouse
 
 log = logging.getLogger("etl.rollup")
@@ -266,10 +267,34 @@ def run_rollup(
                 nothing=f"nothing staged in {staging.path} for {_range_text(lo_ms, hi_ms)}"
                 + _hint(staging),
             )
-        wh = stack.enter_context(open_warehouse(settings))
-        return Rollup(settings, staging, wh, progress=progress, now=now).run(
-            since_ms, until_ms, rerun=rerun, apply_retention=apply_retention
-        )
+        started = time.perf_counter()
+        try:
+            wh = stack.enter_context(open_warehouse(settings))
+            result = Rollup(settings, staging, wh, progress=progress, now=now).run(
+                since_ms, until_ms, rerun=rerun, apply_retention=apply_retention
+            )
+        except Exception as exc:
+            _remember(
+                staging, now, started, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            )
+            raise
+        _remember(staging, now, started, None)
+        return result
+
+
+def _remember(
+    staging: Staging, now: Callable[[], float], started: float, error: str | None
+) -> None:
+    """Keep the outcome in the staging file, for `etl status` (best effort: a full disk or a
+    broken file must not hide the rollup's own error)."""
+    outcome = {
+        "at": iso(int(now() * 1000)),
+        "ok": error is None,
+        "error": error,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    with contextlib.suppress(Exception):
+        staging.set_state(LAST_ROLLUP_KEY, outcome, int(now() * 1000))
 
 
 def _hint(staging: Staging) -> str:

@@ -55,6 +55,8 @@ from etl.errors import (
 from etl.hours import HOUR_MS, MAX_TS_MS, MIN_TS_MS, NO_LOWER, NO_UPPER, hour_floor
 
 SCHEMA_VERSION = 2
+# State the rollup keeps in the file it rolls up: its last outcome, for `etl status`.
+LAST_ROLLUP_KEY = "rollup.last"
 WINDOW_SCHEMA = {"sym": pl.Int64, "ts": pl.Int64, "price": pl.Float64}
 TICK_SCHEMA = {"seq": pl.Int64, "symbol": pl.String, "ts": pl.Int64, "price": pl.Float64}
 SYMBOLS_SCHEMA = {"sym": pl.Int64, "symbol": pl.String}
@@ -189,6 +191,11 @@ class Staging:
         with conn.cursor() as cur:
             cur.execute("PRAGMA busy_timeout=10000")
         return conn
+
+    def reader(self) -> adbc_sqlite.Connection:
+        """A read connection of its own (autocommit: no snapshot held between reads), for a
+        thread that must never wait on, or hold up, the writer."""
+        return self._connect()
 
     def _mapped(self, exc: Exception) -> Exception | None:
         """A storage error as one of ours: disk full (exit 3), a malformed file (exit 2)."""

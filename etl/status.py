@@ -18,14 +18,13 @@ from etl.binance import BAN_KEY, WEIGHT_KEY
 from etl.config import Settings
 from etl.errors import DependencyError, NothingStaged
 from etl.hours import HOUR_MS, closed_before, iso, iso_or_none, to_ms, utc
-from etl.staging import Staging, open_staging
+from etl.staging import LAST_ROLLUP_KEY, Staging, open_staging
 from etl.warehouse import Warehouse, open_warehouse
 
 LOOKBACK_HOURS = 24
 # A closed hour not rolled up this long after it ended is overdue (the collector starts its
 # rollup 10 s after the hour; a cron rollup may come later).
 ROLLUP_OVERDUE_MS = 15 * 60_000
-LAST_ROLLUP_KEY = "rollup.last"
 HEALTHY, DEGRADED, UNREACHABLE = 0, 1, 3
 
 
@@ -122,7 +121,15 @@ def staging_status(staging: Staging, settings: Settings, now_ms: int) -> Staging
             "status": ban.get("status"),
         },
         rejected=staging.rejected_count(),
-        rejected_reasons=staging.rejected().rows(named=True),
+        rejected_reasons=[
+            {
+                "reason": r["reason"],
+                "rows": r["rows"],
+                "first_moved": iso_or_none(r["first_moved_ms"]),
+                "last_moved": iso_or_none(r["last_moved_ms"]),
+            }
+            for r in staging.rejected().iter_rows(named=True)
+        ],
         last_rollup=staging.get_state(LAST_ROLLUP_KEY),
         bytes=staging.file_sizes(),
     )

@@ -129,24 +129,28 @@ _REFRESH_STAGED_DAYS = (
     "SELECT coalesce(sum(etl_refresh_daily(day, day + 1)), 0) FROM "
     "(SELECT DISTINCT (bucket AT TIME ZONE 'UTC')::date AS day FROM etl_stage_hourly) days"
 )
+# Hours without a bar, per symbol, from the first hour any of the symbols has a bar in the range
+# (so a new store has no gaps, and a symbol with no bar at all has every hour missing).
 _MISSING_SQL = """
 WITH syms AS (SELECT unnest(string_to_array($1, ',')) AS symbol),
-first_bar AS (
-    SELECT s.symbol, (SELECT min(bucket) FROM metrics_hourly m WHERE m.symbol = s.symbol
-                      AND m.bucket >= $2) AS first_bucket
-    FROM syms s
+start AS (
+    SELECT min(bucket) AS first_bucket FROM metrics_hourly
+    WHERE bucket >= $2 AND bucket < $3 AND symbol = ANY(string_to_array($1, ','))
 ),
 hours AS (
-    SELECT f.symbol, generate_series(f.first_bucket, $3 - interval '1 hour', interval '1 hour') AS bucket
-    FROM first_bar f WHERE f.first_bucket IS NOT NULL
+    SELECT generate_series(first_bucket, $3 - interval '1 hour', interval '1 hour') AS bucket
+    FROM start WHERE first_bucket IS NOT NULL
 )
 SELECT s.symbol,
        count(h.bucket) FILTER (WHERE m.bucket IS NULL) AS missing_hours,
        min(h.bucket) FILTER (WHERE m.bucket IS NULL) AS first_missing
 FROM syms s
-LEFT JOIN hours h ON h.symbol = s.symbol
-LEFT JOIN metrics_hourly m ON m.symbol = h.symbol AND m.bucket = h.bucket
-GROUP BY s.symbol ORDER BY s.symbol
+CROSS JOIN hours h
+LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket = h.bucket
+GROUP BY s.symbol
+UNION ALL
+SELECT s.symbol, 0, NULL FROM syms s WHERE NOT EXISTS (SELECT 1 FROM hours)
+ORDER BY 1
 """
 # Coverage over a range: an hour without a bar counts as 0.
 _COVERAGE_SQL = """
@@ -598,7 +602,8 @@ class Warehouse:
         return int(self.execute(f'SELECT count(*) FROM "{table}"')[0][0])
 
     def missing_hours(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
-        """Per symbol, hours in ``[first bar after lo, hi)`` without a bar: count and first."""
+        """Per symbol, hours in ``[first bar of any symbol after lo, hi)`` without a bar: count
+        and first."""
         return self.query(_MISSING_SQL, [",".join(symbols), lo, hi])
 
     def coverage(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from etl.backfill import run_backfill, runs_of
+from etl.backfill import gap_filler, run_backfill, runs_of
 from etl.collector import Collector
 from etl.config import Settings
 from etl.console import CollectorView
@@ -193,7 +193,11 @@ def test_collector_fills_the_gap_since_its_last_tick_in_the_background(
         out = Console(file=io.StringIO(), width=200)
         stop = threading.Event()
         collector = Collector(
-            s, rollup=False, backfill=True, view=CollectorView(live=False, out=out), stop=stop
+            s,
+            rollup=False,
+            gap_filler=gap_filler(s),
+            view=CollectorView(live=False, out=out),
+            stop=stop,
         )
         thread = threading.Thread(target=collector.run, daemon=True)
         thread.start()

@@ -1,0 +1,195 @@
+"""What an operator watches: `etl status` as a health check (exit codes, JSON that follows its
+schema, values for people), honest coverage, Prometheus metrics scraped for real, log lines."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import jsonschema
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from etl.config import Settings
+from etl.hours import HOUR_MS, hour_floor
+from etl.rollup_job import run_rollup
+from etl.staging import Staging
+from tests.conftest import etl_env, run_etl
+from tests.pgutil import execute, seed_ticks
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parent.parent / "docs" / "status.schema.json").read_text()
+)
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+
+
+@pytest.fixture
+def pgs(settings: Settings, pg_dsn: str) -> Settings:
+    return replace(settings, pg_dsn=pg_dsn, symbols=SYMBOLS, interval_s=5.0)
+
+
+def status(settings: Settings) -> tuple[int, dict]:
+    done = run_etl(["status", "--json"], etl_env(settings))
+    report = json.loads(done.stdout)
+    jsonschema.validate(report, SCHEMA)  # every real output follows the schema
+    assert report["exit_code"] == done.returncode
+    return done.returncode, report
+
+
+def healthy_store(s: Settings) -> None:
+    """Three complete hours up to the last closed one, rolled up, and a fresh poll."""
+    now_ms = int(time.time() * 1000)
+    last_closed = hour_floor(now_ms - 10_000) - HOUR_MS
+    seed_ticks(s.staging_path, list(SYMBOLS), last_closed - 2 * HOUR_MS, polls=3 * 720)
+    run_rollup(s)
+    with Staging(s.staging_path) as st:
+        st.record_interval(5.0, last_closed - 2 * HOUR_MS)
+        st.append(list(SYMBOLS), [1.0, 2.0, 3.0], now_ms - 1000)
+
+
+def test_status_is_a_health_check_0_1_3(pgs: Settings) -> None:
+    healthy_store(pgs)
+    code, report = status(pgs)
+    assert (code, report["health"], report["problems"]) == (0, "healthy", [])
+
+    execute(pgs.pg_dsn, "DELETE FROM metrics_hourly WHERE symbol = 'ETHUSDT'")  # type: ignore[arg-type]
+    with Staging(pgs.staging_path) as st:  # a ban, and a quarantined row
+        st.set_state("binance.ban", {"until": time.time() + 600, "status": 418}, 0)
+    code, report = status(pgs)
+    assert code == 1 and report["health"] == "degraded"
+    problems = " | ".join(report["problems"])
+    assert "banned us (HTTP 418)" in problems and "ETHUSDT" in problems
+    assert "{" not in problems and "None" not in problems  # words, not Python reprs
+
+    code, report = status(replace(pgs, pg_dsn="postgresql://etl:x@127.0.0.1:9/etl"))
+    assert code == 3 and report["health"] == "unreachable"
+
+
+def test_status_on_an_empty_store_creates_nothing_and_reads_like_words(open_dir: Path) -> None:
+    """Was: a 46 MB cluster and an empty ticks.sqlite3 for a look; `(None .. None)`."""
+    fresh = open_dir / "typo"
+    env = etl_env(None, ETL_DATA_DIR=str(fresh))
+    done = run_etl(["status"], env)
+    assert done.returncode == 1
+    assert "None" not in done.stdout and "no staging database" in done.stdout
+    assert not fresh.exists()  # looking created nothing
+    report = json.loads(run_etl(["status", "--json"], env).stdout)
+    jsonschema.validate(report, SCHEMA)
+    rolled = run_etl(["rollup"], env)
+    assert rolled.returncode == 2 and f"nothing staged in {fresh}" in rolled.stderr
+    assert not fresh.exists()
+
+
+def test_weight_time_is_iso_8601(pgs: Settings) -> None:
+    healthy_store(pgs)
+    with Staging(pgs.staging_path) as st:
+        st.set_state(
+            "binance.weight",
+            {"used": 24, "limit": 6000, "budget": 3000, "at": 1_790_000_000_000},
+            0,
+        )
+    _, report = status(pgs)
+    assert report["staging"]["weight"]["at"] == "2026-09-21T14:13:20Z"
+
+
+def test_coverage_counts_missing_hours_as_zero_and_uses_the_recorded_interval(
+    pgs: Settings, tmp_path: Path
+) -> None:
+    """Was: ETHUSDT 100.0 % with 4 of 24 hours missing; a 1 s hour read 11.4 % under 5 s."""
+    now_ms = int(time.time() * 1000)
+    last_closed = hour_floor(now_ms - 10_000) - HOUR_MS
+    first = last_closed - 23 * HOUR_MS
+    seed_ticks(pgs.staging_path, ["BTCUSDT", "ETHUSDT"], first, polls=24 * 720)
+    with Staging(pgs.staging_path) as st:
+        st.record_interval(5.0, first)
+    run_rollup(pgs)
+    fast = replace(pgs, data_dir=tmp_path / "fast", sqlite_path=None)  # a demo at 1 s
+    seed_ticks(fast.staging_path, ["SOLUSDT"], last_closed, polls=3600, interval_ms=1000)
+    with Staging(fast.staging_path) as st:
+        st.record_interval(1.0, last_closed)
+    run_rollup(fast)
+    for k in range(4):
+        execute(
+            pgs.pg_dsn,  # type: ignore[arg-type]
+            "DELETE FROM metrics_hourly WHERE symbol = 'ETHUSDT' "
+            f"AND bucket = to_timestamp({(first + (7 + k) * HOUR_MS) // 1000})",
+        )
+    _, report = status(pgs)
+    coverage = report["warehouse"]["coverage_24h"]
+    assert coverage["BTCUSDT"]["coverage"] == 1.0
+    assert coverage["ETHUSDT"]["coverage"] == pytest.approx(20 / 24, abs=1e-4)
+    assert coverage["SOLUSDT"]["coverage"] == pytest.approx(1 / 24, abs=1e-4)  # 1 full hour
+    _, again = status(replace(pgs, interval_s=60.0))  # the configured interval changes nothing
+    assert again["warehouse"]["coverage_24h"] == coverage
+
+
+def test_prometheus_metrics_scraped_while_collecting(settings: Settings) -> None:
+    env = etl_env(settings, ETL_METRICS_PORT="0", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etl", "collect", "--no-rollup"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = None
+        polls = 0
+        deadline = time.monotonic() + 30
+        while polls < 8:
+            assert time.monotonic() < deadline
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line
+            found = re.search(r"Prometheus metrics at (\S+)", line)
+            url = found.group(1) if found else url
+            polls += "poll ok" in line
+        assert url and url.startswith("http://127.0.0.1:")
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    with Staging(settings.staging_path) as st:
+        ticks = st.read_window(0, 2**62)
+        stored_polls = ticks["ts"].n_unique()
+    ok = samples[("etl_polls_total", (("result", "ok"),))]
+    assert stored_polls - 1 <= ok <= stored_polls  # a poll may land between scrape and stop
+    assert samples[("etl_ticks_stored_total", ())] == ok * len(settings.symbols)
+    assert samples[("etl_request_weight_limit", ())] == 6000
+    assert (
+        0 < samples[("etl_request_weight_used", ())] <= samples[("etl_request_weight_budget", ())]
+    )
+    assert samples[("etl_ban_active", ())] == 0
+    assert samples[("etl_poll_duration_seconds_count", ())] == ok
+    for symbol in settings.symbols:
+        assert 0 <= samples[("etl_last_tick_age_seconds", (("symbol", symbol),))] < 5
+    assert samples[("etl_staged_rows", ())] >= (ok - 1) * len(settings.symbols)
+    assert samples[("etl_staging_bytes", ())] > 0
+    assert samples[("etl_quarantined_rows", ())] == 0
+    assert ("etl_rollup_runs_total", (("result", "failed"),)) in samples
+
+
+def test_log_lines_are_json_on_request_and_plain_when_piped(settings: Settings) -> None:
+    done = run_etl(
+        ["--log-format", "json", "collect", "--no-rollup", "--polls", "2"], etl_env(settings)
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert sum("poll ok" in r["message"] for r in records) == 2
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"]) for r in records)
+    plain = run_etl(["collect", "--no-rollup", "--polls", "1"], etl_env(settings))
+    assert all(
+        re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in plain.stdout.splitlines()
+    )
