@@ -38,7 +38,7 @@ from etl.binance import (
 from etl.config import Settings
 from etl.errors import ConfigError, DependencyError
 from etl.hours import HOUR_MS, MINUTE_MS, closed_before, hour_ceil, hour_floor, iso, utc
-from etl.progress import NoProgress, Progress
+from etl.report import NoProgress, Progress, counted, labelled
 from etl.rollup import kline_bars
 from etl.staging import Staging, open_staging
 from etl.warehouse import Warehouse, open_warehouse
@@ -55,26 +55,13 @@ class BackfillResult:
     """What a backfill did."""
 
     looked_for: str = ""
-    hours: int = 0
-    bars: int = 0
-    requests: int = 0
-    weight: int = 0
-    pauses: int = 0
-    pending_rollup: int = 0
     symbols: list[str] = field(default_factory=list)
-
-    def rows(self) -> list[tuple[str, object]]:
-        return [
-            ("hours fetched", self.hours),
-            ("bars written (source = kline)", self.bars),
-            ("kline requests", self.requests),
-            ("request weight", self.weight),
-            ("pauses for a ban", self.pauses),
-            ("hours left to the rollup (staged, not rolled up)", self.pending_rollup),
-        ]
-
-
-BackfillSummary = BackfillResult
+    hours: int = counted("hours fetched")
+    bars: int = counted("bars written (source = kline)")
+    requests: int = counted("kline requests")
+    weight: int = counted("request weight")
+    pauses: int = counted("pauses for a ban")
+    pending_rollup: int = counted("hours left to the rollup (staged, not rolled up)")
 
 
 def runs_of(hours: Sequence[int]) -> list[tuple[int, int]]:
@@ -260,7 +247,7 @@ def run_backfill(
                 "are kept; run it again to resume"
             ) from None
     if report is not None:
-        report("backfill done: " + ", ".join(f"{k} {v}" for k, v in summary.rows()))
+        report("backfill done: " + ", ".join(f"{k} {v}" for k, v in labelled(summary)))
     return summary
 
 

@@ -219,8 +219,13 @@ def demo(
     polls: Polls = None,
     duration: Duration = None,
     exchange_symbols: Annotated[
-        int, typer.Option(min=1, metavar="N", help="Symbols the fake exchange lists.")
-    ] = 50,
+        int,
+        typer.Option(
+            min=5,
+            metavar="N",
+            help="Symbols the fake exchange lists: real spot pairs first, then made-up ones.",
+        ),
+    ] = 200,
     use_pg_dsn: UsePgDsn = False,
 ) -> None:
     """Collect offline from the built-in fake exchange at a 1 s interval into <data_dir>/demo.
@@ -230,11 +235,9 @@ def demo(
     from etl.collector import Collector
     from etl.fake_exchange import FakeExchange
 
-    base = settings_of(ctx)
     overrides = ctx.find_root().obj["overrides"]
-    with FakeExchange(max(exchange_symbols, len(base.symbols)), statuses=None) as exchange:
-        for symbol in base.symbols:
-            exchange.set_status(symbol, "TRADING")
+    # The fake lists real symbols, not whatever is configured: a typo is caught here too.
+    with FakeExchange(exchange_symbols, ws=False) as exchange:
         settings = settings_of(
             ctx, binance_url=exchange.url, interval_s=overrides.get("interval_s", "1")
         ).for_demo(keep_pg_dsn=use_pg_dsn)

@@ -147,11 +147,8 @@ class RollupLauncher:
         metrics: CollectorMetrics | None = None,
         staging: Staging | None = None,
     ) -> None:
-        self.settings = settings
-        self.view = view
-        self.clock = clock
-        self.metrics = metrics
-        self.staging = staging
+        self.settings, self.view, self.clock = settings, view, clock
+        self.metrics, self.staging = metrics, staging  # both optional: counters and state
         self.command = list(command or [sys.executable, "-m", "etl", "rollup"])
         self.log_path = settings.data_dir / "rollup.log"
         self.proc: subprocess.Popen[bytes] | None = None

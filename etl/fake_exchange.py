@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from etl.config import DEFAULT_SYMBOLS, SYMBOL_RE
-from etl.fake_stream import StreamServer, WsFault
+from etl.fake_stream import StreamRules, StreamServer, WsFault
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -440,8 +440,8 @@ class FakeExchange:
 
     ``trades_per_minute`` is the mean number of aggregate trades per symbol and minute (at least
     4); ``history_days`` how far back before the start trades and klines exist (the listing).
-    The ``ws_*`` arguments shape the WebSocket side (see :class:`etl.fake_stream.StreamServer`):
-    Binance's figures by default, compressible for tests. WebSocket timers run on the real
+    ``ws`` shapes the WebSocket side (:class:`etl.fake_stream.StreamRules`: Binance's figures by
+    default, compressible for tests; ``False`` serves REST only). WebSocket timers run on the real
     monotonic clock; trades follow ``clock``.
     """
 
@@ -458,14 +458,7 @@ class FakeExchange:
         history_days: float = 30.0,
         port: int = 0,
         clock: Callable[[], float] = time.time,
-        ws: bool = True,
-        ws_port: int = 0,
-        ws_ping_interval: float = 20.0,
-        ws_pong_timeout: float = 60.0,
-        ws_max_lifetime: float = 24 * 3600.0,
-        ws_max_streams: int = 1024,
-        ws_max_messages_per_s: int = 5,
-        ws_pump_interval: float = 0.05,
+        ws: StreamRules | bool = True,
     ) -> None:
         names = symbol_names(symbols) if isinstance(symbols, int) else list(symbols)
         self.symbols: dict[str, str] = dict.fromkeys(names, "TRADING")
@@ -491,18 +484,7 @@ class FakeExchange:
         self._server.exchange = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
         self.stream: StreamServer | None = (
-            StreamServer(
-                self,
-                port=ws_port,
-                ping_interval=ws_ping_interval,
-                pong_timeout=ws_pong_timeout,
-                max_lifetime=ws_max_lifetime,
-                max_streams=ws_max_streams,
-                max_messages_per_s=ws_max_messages_per_s,
-                pump_interval=ws_pump_interval,
-            )
-            if ws
-            else None
+            StreamServer(self, ws if isinstance(ws, StreamRules) else None) if ws else None
         )
 
     # -- control -------------------------------------------------------------------------------
@@ -559,7 +541,7 @@ class FakeExchange:
         """Push every trade up to the clock's now to the WebSocket clients, now; the events sent.
 
         With a virtual clock, call it after moving the clock; the background pump does the same
-        every ``ws_pump_interval`` seconds of real time anyway."""
+        every ``StreamRules.pump_interval`` seconds of real time anyway."""
         if self.stream is None:
             raise RuntimeError("this FakeExchange was made with ws=False")
         return self.stream.pump(timeout)
@@ -1241,8 +1223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=args.port,
         trades_per_minute=args.trades_per_minute,
         seed=args.seed,
-        ws=not args.no_ws,
-        ws_port=args.ws_port,
+        ws=False if args.no_ws else StreamRules(port=args.ws_port),
     )
     # The first line's last word is the URL: bench/common.py reads it.
     print(f"fake exchange serving {len(exchange.symbols)} symbols at {exchange.url}", flush=True)

@@ -158,28 +158,27 @@ def _error(code: int, msg: str, mid: Any) -> str:
     return json.dumps({"code": code, "msg": msg, "id": mid}, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class StreamRules:
+    """How the streams behave: Binance's documented figures by default (see the module's
+    docstring), compressible for tests (a 2 s "24 h" rotation, a ping every 0.1 s)."""
+
+    port: int = 0
+    ping_interval: float = 20.0
+    pong_timeout: float = 60.0
+    max_lifetime: float = 24 * 3600.0
+    max_streams: int = 1024
+    max_messages_per_s: int = 5
+    pump_interval: float = 0.05
+
+
 class StreamServer:
     """The WebSocket side of a :class:`FakeExchange`, on its own thread and event loop."""
 
-    def __init__(
-        self,
-        exchange: FakeExchange,
-        *,
-        port: int = 0,
-        ping_interval: float = 20.0,
-        pong_timeout: float = 60.0,
-        max_lifetime: float = 24 * 3600.0,
-        max_streams: int = 1024,
-        max_messages_per_s: int = 5,
-        pump_interval: float = 0.05,
-    ) -> None:
+    def __init__(self, exchange: FakeExchange, rules: StreamRules | None = None) -> None:
         self.exchange = exchange
-        self.ping_interval = ping_interval
-        self.pong_timeout = pong_timeout
-        self.max_lifetime = max_lifetime
-        self.max_streams = max_streams
-        self.max_messages_per_s = max_messages_per_s
-        self.pump_interval = pump_interval
+        self.rules = rules or StreamRules()
+        port = self.rules.port
         # Bound now, as the HTTP server is, so that the URL is known before start().
         self._sock = socket.create_server(("127.0.0.1", port))
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -321,13 +320,13 @@ class StreamServer:
         if parsed is None:
             return connection.respond(404, f"Unknown path {urlsplit(request.path).path}\n")
         streams = list(dict.fromkeys(parsed[1]))
-        if len(streams) > self.max_streams:
+        if len(streams) > self.rules.max_streams:
             return connection.respond(
                 400,
                 json.dumps(
                     {
                         "code": 2,
-                        "msg": f"Invalid request: at most {self.max_streams} streams "
+                        "msg": f"Invalid request: at most {self.rules.max_streams} streams "
                         f"per connection, got {len(streams)}",
                     }
                 ),
@@ -380,7 +379,7 @@ class StreamServer:
         recent.append(now)
         while recent and recent[0] <= now - 1.0:
             recent.popleft()
-        if len(recent) > self.max_messages_per_s and not state.closing:
+        if len(recent) > self.rules.max_messages_per_s and not state.closing:
             self._close(state, 1008, "Too many requests", "too many messages")
 
     async def _handler(self, ws: ServerConnection) -> None:
@@ -413,10 +412,10 @@ class StreamServer:
                     state.streams.pop(name, None)
                 return json.dumps({"result": None, "id": mid})
             new = [p for p in dict.fromkeys(params) if p not in state.streams]
-            if len(state.streams) + len(new) > self.max_streams:
+            if len(state.streams) + len(new) > self.rules.max_streams:
                 return _error(
                     2,
-                    f"Invalid request: at most {self.max_streams} streams per connection",
+                    f"Invalid request: at most {self.rules.max_streams} streams per connection",
                     mid,
                 )
             self._subscribe(state, new)
@@ -443,7 +442,7 @@ class StreamServer:
 
     async def _pump_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.pump_interval)
+            await asyncio.sleep(self.rules.pump_interval)
             try:
                 await self._tick()
             except Exception as exc:  # a bug here must not stop the streams silently forever
@@ -499,7 +498,7 @@ class StreamServer:
         for state in states:
             if state.closing:
                 continue
-            if now - state.opened >= self.max_lifetime:
+            if now - state.opened >= self.rules.max_lifetime:
                 self._close(state, 1000, "Connection lifetime reached", "lifetime")
                 continue
             if state.close_at is not None and now >= state.close_at[0]:
@@ -511,10 +510,13 @@ class StreamServer:
                 state.awaiting_since = None
                 state.last_ping = now
                 continue
-            if state.awaiting_since is not None and now - state.awaiting_since > self.pong_timeout:
+            if (
+                state.awaiting_since is not None
+                and now - state.awaiting_since > self.rules.pong_timeout
+            ):
                 self._close(state, 1008, "Pong timeout", "pong timeout")
                 continue
-            if now - state.last_ping >= self.ping_interval:
+            if now - state.last_ping >= self.rules.ping_interval:
                 state.last_ping = now
                 if state.awaiting_since is None:
                     state.awaiting_since = now
@@ -594,6 +596,6 @@ class StreamServer:
         if now_ms % 60_000 >= 40_000:
             # the next minute's trades, a few symbols a pump, rather than all at its first pump
             self.exchange.prefetch(
-                sorted(self._cursor), now_ms // 60_000 + 1, self.pump_interval / 5
+                sorted(self._cursor), now_ms // 60_000 + 1, self.rules.pump_interval / 5
             )
         return sent

@@ -18,6 +18,7 @@ from rich.text import Text
 from etl.backfill import BackfillResult
 from etl.console import age, kv_table, size, table
 from etl.hours import iso
+from etl.report import labelled
 from etl.rollup_job import RollupResult
 from etl.status import Status
 
@@ -44,15 +45,7 @@ def rollup(result: RollupResult) -> list[RenderableType]:
         kv_table(
             f"rollup of {result.staging}",
             [
-                ("hours rolled up", result.hours),
-                ("bars written", result.bars),
-                ("ticks read", result.ticks),
-                ("daily rows refreshed", result.days),
-                ("staged ticks purged", result.purged),
-                ("rows quarantined (ticks_rejected)", result.rejected),
-                ("bars kept from kline (thinner poll bars not written)", result.kline_kept),
-                ("bars kept from another staging file", result.lost_to_other_files),
-                ("bars of another staging file replaced", result.displaced),
+                *labelled(result),
                 ("hourly partitions dropped", ", ".join(result.dropped) or 0),
                 ("seconds", f"{result.seconds:.2f}"),
             ],
@@ -86,7 +79,7 @@ def rollup(result: RollupResult) -> list[RenderableType]:
 
 
 def backfill(result: BackfillResult) -> list[RenderableType]:
-    out: list[RenderableType] = [kv_table("backfill", result.rows())]
+    out: list[RenderableType] = [kv_table("backfill", labelled(result))]
     if not result.hours:
         out.append(
             Text(

@@ -22,7 +22,7 @@ import polars as pl
 
 from etl.config import Settings
 from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, utc
-from etl.progress import NoProgress, Progress
+from etl.report import NoProgress, Progress, counted
 from etl.rollup import hour_ledger, hourly_bars
 from etl.staging import LAST_ROLLUP_KEY, Staging, open_staging
 from etl.warehouse import Warehouse, open_warehouse
@@ -47,15 +47,15 @@ class RollupResult:
     staging: str = ""
     looked_for: str = ""
     staged_hours: int = 0
-    hours: int = 0
-    bars: int = 0
-    ticks: int = 0
-    purged: int = 0
-    days: int = 0
-    rejected: int = 0
-    kline_kept: int = 0
-    lost_to_other_files: int = 0
-    displaced: int = 0
+    hours: int = counted("hours rolled up")
+    bars: int = counted("bars written")
+    ticks: int = counted("ticks read")
+    days: int = counted("daily rows refreshed")
+    purged: int = counted("staged ticks purged")
+    rejected: int = counted("rows quarantined (ticks_rejected)")
+    kline_kept: int = counted("bars kept from kline (thinner poll bars not written)")
+    lost_to_other_files: int = counted("bars kept from another staging file")
+    displaced: int = counted("bars of another staging file replaced")
     dropped: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     future_ticks: int = 0

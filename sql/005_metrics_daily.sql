@@ -17,21 +17,23 @@ CREATE TABLE IF NOT EXISTS metrics_daily (
 );
 
 -- Recompute the closed UTC days in [lo, hi) from the hourly bars; returns the rows written.
--- A day still in progress is left alone; rerunning with the same bars changes nothing.
+-- A day still in progress is left alone; rerunning with the same bars changes nothing. The
+-- weighted mean sums the hours in bucket order: a float sum in whatever order rows arrive would
+-- differ in its last bits from run to run.
 CREATE OR REPLACE FUNCTION etl_refresh_daily(lo date, hi date)
 RETURNS integer
 LANGUAGE sql
 AS $$
     WITH days AS (
         SELECT symbol,
-               (bucket AT TIME ZONE 'UTC')::date              AS day,
-               (array_agg(open ORDER BY bucket))[1]           AS open,
-               max(high)                                      AS high,
-               min(low)                                       AS low,
-               (array_agg(close ORDER BY bucket DESC))[1]     AS close,
-               sum(mean * samples) / nullif(sum(samples), 0)  AS mean,
-               sum(samples)                                   AS samples,
-               count(*)::integer                              AS hours
+               (bucket AT TIME ZONE 'UTC')::date                            AS day,
+               (array_agg(open ORDER BY bucket))[1]                         AS open,
+               max(high)                                                    AS high,
+               min(low)                                                     AS low,
+               (array_agg(close ORDER BY bucket DESC))[1]                   AS close,
+               sum(mean * samples ORDER BY bucket) / nullif(sum(samples), 0) AS mean,
+               sum(samples)                                                 AS samples,
+               count(*)::integer                                            AS hours
         FROM metrics_hourly
         WHERE bucket >= lo::timestamp AT TIME ZONE 'UTC'
           AND bucket <  least(hi::timestamp, date_trunc('day', now() AT TIME ZONE 'UTC'))

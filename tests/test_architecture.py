@@ -29,7 +29,7 @@ from tests.conftest import FIXTURES
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
-    0: {"errors", "hours", "progress"},
+    0: {"errors", "hours", "report"},
     1: {"config"},
     2: {
         "staging",
@@ -40,6 +40,7 @@ LAYERS = {
         "logs",
         "console",
         "shutdown",
+        "metrics",
     },
     3: {"collector", "rollup_job", "backfill", "reconcile", "status", "demo_history", "notebook"},
     4: {"cli", "render"},

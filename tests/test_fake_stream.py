@@ -20,6 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
 
 from etl.fake_exchange import FakeExchange
+from etl.fake_stream import StreamRules
 from tests.conftest import VirtualClock
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "XRPUSDT"]
@@ -178,7 +179,9 @@ class SilentClient:
 def test_pings_every_interval_and_an_unanswered_one_gets_the_client_dropped(
     vclock: VirtualClock,
 ) -> None:
-    with FakeExchange(SYMBOLS, clock=vclock, ws_ping_interval=0.2, ws_pong_timeout=0.8) as ex:
+    with FakeExchange(
+        SYMBOLS, clock=vclock, ws=StreamRules(ping_interval=0.2, pong_timeout=0.8)
+    ) as ex:
         with open_ws(ex, "/ws/btcusdt@aggTrade"):  # answers pings, in its own thread
             silent = SilentClient(ex.ws_url + "/ws/btcusdt@aggTrade")
             time.sleep(2.0)
@@ -194,7 +197,7 @@ def test_pings_every_interval_and_an_unanswered_one_gets_the_client_dropped(
 
 
 def test_a_connection_lives_no_longer_than_its_lifetime(vclock: VirtualClock) -> None:
-    with FakeExchange(SYMBOLS, clock=vclock, ws_max_lifetime=0.6) as ex:
+    with FakeExchange(SYMBOLS, clock=vclock, ws=StreamRules(max_lifetime=0.6)) as ex:
         opened = time.monotonic()
         with open_ws(ex, COMBINED) as ws:
             closed = closed_by_server(ws)
@@ -268,7 +271,7 @@ def test_fault_drop_cuts_the_connection_without_a_close_frame(ex: FakeExchange) 
 
 def test_fault_silence_sends_nothing_at_all(vclock: VirtualClock) -> None:
     with (
-        FakeExchange(SYMBOLS, clock=vclock, ws_ping_interval=0.1) as ex,
+        FakeExchange(SYMBOLS, clock=vclock, ws=StreamRules(ping_interval=0.1)) as ex,
         open_ws(ex, COMBINED) as ws,
     ):
         stream = ex.stream

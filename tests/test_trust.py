@@ -10,6 +10,7 @@ one-line errors, values refused, deterministic daily bars, a ban that survives a
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import math
 import os
@@ -174,8 +175,9 @@ def test_demo_and_seed_demo_never_write_into_the_configured_warehouse(
 
 
 def _restore(dsn: str, dump: Path) -> None:
-    """Load a plain pg_dump (psql meta-commands aside) into an empty database."""
-    script = "\n".join(line for line in dump.read_text().splitlines() if not line.startswith("\\"))
+    """Load a plain, gzipped pg_dump (psql meta-commands aside) into an empty database."""
+    text = gzip.decompress(dump.read_bytes()).decode()
+    script = "\n".join(line for line in text.splitlines() if not line.startswith("\\"))
     with pg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
         cur.executescript(script)
 
@@ -190,7 +192,7 @@ def _rows(dsn: str) -> dict[str, list[tuple]]:
 def test_a_warehouse_of_the_previous_release_is_migrated_once_and_no_row_changes(
     pg_dsn: str, settings: Settings
 ) -> None:
-    _restore(pg_dsn, LEGACY / "warehouse_v0_1.sql")
+    _restore(pg_dsn, LEGACY / "warehouse_v0_1.sql.gz")
     before = {
         t: query(pg_dsn, f"SELECT * FROM {t} ORDER BY 1, 2").rows()
         for t in ("metrics_hourly", "metrics_daily", "backfill_log", "reconciliation")
@@ -228,7 +230,7 @@ def test_a_warehouse_of_the_previous_release_is_migrated_once_and_no_row_changes
 def test_a_staging_file_and_warehouse_of_the_previous_release_keep_every_tick_and_bar(
     pg_dsn: str, settings: Settings, tmp_path: Path
 ) -> None:
-    _restore(pg_dsn, LEGACY / "warehouse_v0_1.sql")
+    _restore(pg_dsn, LEGACY / "warehouse_v0_1.sql.gz")
     path = tmp_path / "ticks.sqlite3"
     shutil.copy(LEGACY / "staging_v0_1.sqlite3", path)
     dump = outside_tool(path)  # (a no-op: just proves the old file opens with stdlib sqlite3)
