@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 from rich.console import Console
 
@@ -226,10 +227,9 @@ def test_sigterm_to_the_collector_under_just_is_exit_0(settings: Settings) -> No
         line = proc.stdout.readline()  # type: ignore[union-attr]
         assert line, seen
         seen += line
-    etl = subprocess.run(
-        ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
-    ).stdout.split()
+    children = psutil.Process(proc.pid).children(recursive=True)
+    etl = [c for c in children if "etl" in " ".join(c.cmdline())]
     assert etl, "etl runs under just"
-    os.kill(int(etl[0]), signal.SIGTERM)
+    etl[-1].send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "stopped after" in out, out
