@@ -42,6 +42,6 @@ demo *args:
 seed-demo *args:
     etl seed-demo {{args}}
 
-# JupyterLab on notebooks/ (root, as in containers, needs --allow-root).
+# JupyterLab on notebooks/, reading this configuration's warehouse (`--demo`: `just seed-demo`'s).
 notebook *args:
-    jupyter lab notebooks/ $([ "$(id -u)" = 0 ] && echo --allow-root) {{args}}
+    etl notebook {{args}}

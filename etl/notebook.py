@@ -1,21 +1,24 @@
-"""The notebooks' access to history: the project's own configuration, Polars frames through ADBC.
+"""The notebooks' access to history: the project's own configuration, Polars frames through ADBC,
+and the few chart helpers both notebooks share.
 
 >>> from etl.notebook import History                       # doctest: +SKIP
 >>> h = History()                   # etl.toml / ETL_* / defaults; embedded server if no DSN
 >>> h.hourly(["BTCUSDT"], days=7)   # a Polars frame of hourly bars
 
-Relative paths in the configuration resolve against the working directory, as in every ``etl``
-command (``etl notebook`` starts JupyterLab with absolute paths, so the notebooks find the same
-data wherever their kernel runs). Looking creates nothing: with no warehouse, or an empty one,
-:class:`NoHistory` says so in one sentence.
+Relative paths in the configuration resolve against the working directory when ``History()`` is
+made, as in every ``etl`` command (a kernel's working directory is the notebook's folder;
+``etl notebook`` hands the kernels absolute paths, so they find the same data wherever they
+run). Nothing here changes the working directory. Looking creates nothing: with no warehouse, or
+an empty one, :class:`NoHistory` says so in one sentence.
 """
 
 from __future__ import annotations
 
 import atexit
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -23,7 +26,31 @@ from etl.config import Settings, load_settings
 from etl.errors import EtlError, NothingStaged
 from etl.warehouse import Warehouse, open_warehouse
 
-_HELP = "no history yet in {where}: run `just seed-demo` (then `just notebook --demo`), or collect for an hour"
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+_HELP = (
+    "no history yet in {where}: run `just seed-demo` then `just notebook --demo` "
+    "(or collect for an hour with `just collect`, then `just notebook`)"
+)
+# Quote assets, longest first, to name the unit of a symbol's price.
+_QUOTES = (
+    "FDUSD",
+    "USDT",
+    "USDC",
+    "BUSD",
+    "TUSD",
+    "USDP",
+    "EUR",
+    "TRY",
+    "BRL",
+    "GBP",
+    "JPY",
+    "BTC",
+    "ETH",
+    "BNB",
+    "DAI",
+)
 
 
 class NoHistory(Exception):
@@ -33,12 +60,24 @@ class NoHistory(Exception):
         return [str(self)]
 
 
+def _absolute(settings: Settings) -> Settings:
+    """Relative paths resolved against the working directory now, once."""
+    return replace(
+        settings,
+        data_dir=settings.data_dir.resolve(),
+        sqlite_path=settings.sqlite_path.resolve() if settings.sqlite_path else None,
+    )
+
+
 class History:
     """Read-only access to the warehouse for exploration."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or load_settings()
-        where = self.settings.masked_dsn
+        try:
+            self.settings = _absolute(settings or load_settings())
+        except EtlError as exc:
+            raise NoHistory(str(exc)) from None
+        where = self.settings.masked_dsn  # the password hidden; the data dir absolute
         self._stack = ExitStack()
         try:
             self.wh: Warehouse = self._stack.enter_context(
@@ -49,10 +88,14 @@ class History:
         except EtlError as exc:
             raise NoHistory(str(exc)) from None
         atexit.register(self.close)
-        if not self.wh.has_schema() or self.wh.pending_migrations():
+        try:
+            empty = (
+                not self.wh.has_schema() or self.wh.pending_migrations() or self.latest().is_empty()
+            )
+        except EtlError as exc:
             self.close()
-            raise NoHistory(_HELP.format(where=where))
-        if self.latest().is_empty():
+            raise NoHistory(str(exc)) from None
+        if empty:
             self.close()
             raise NoHistory(_HELP.format(where=where))
 
@@ -68,6 +111,13 @@ class History:
         stored = self.latest()["symbol"].to_list()
         configured = [s for s in self.settings.symbols if s in stored]
         return configured + [s for s in stored if s not in configured]
+
+    def end(self) -> datetime:
+        """The end of the newest hourly bar's hour (UTC): where a chart of recent history ends."""
+        newest: datetime = self.latest()["at"].max()  # type: ignore[assignment]
+        return newest.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(
+            hours=1
+        )
 
     @staticmethod
     def window(
@@ -120,3 +170,68 @@ class History:
     def explain(self, query: str) -> list[str]:
         """``EXPLAIN`` of a query (literals, no placeholders), one line per plan row."""
         return self.wh.explain(query)
+
+
+# -- chart helpers (matplotlib is imported only when a chart is drawn) ---------------------------
+
+
+def quote_asset(symbol: str) -> str:
+    """The currency a symbol's price is in.
+
+    >>> quote_asset("BTCUSDT"), quote_asset("ETHBTC"), quote_asset("ABC")
+    ('USDT', 'BTC', 'quote currency')
+    """
+    for quote in _QUOTES:
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return quote
+    return "quote currency"
+
+
+def time_axis(ax: Axes, start: datetime, end: datetime) -> None:
+    """Show exactly ``[start, end)`` on ``ax``'s x axis, with dates that never run together."""
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=9)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, show_offset=True))
+    ax.set_xlim(start, end)
+    ax.set_xlabel("time (UTC)")
+
+
+def candles(
+    ax: Axes, bars: pl.DataFrame, at: str, width: timedelta, *, legend: bool = False
+) -> None:
+    """OHLC candles of ``bars`` (one per row, centred on column ``at``, ``width`` wide) and
+    their ``mean`` as a line. Green: closed at or above the open; red: below."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    centre = bars[at].to_numpy()
+    ax.vlines(centre, bars["low"].to_numpy(), bars["high"].to_numpy(), color="grey", linewidth=0.6)
+    body = bars.select(
+        bottom=pl.min_horizontal("open", "close"),
+        height=(pl.col("close") - pl.col("open")).abs(),
+        color=pl.when(pl.col("close") >= pl.col("open"))
+        .then(pl.lit("tab:green"))
+        .otherwise(pl.lit("tab:red")),
+    )
+    ax.bar(
+        centre,
+        body["height"].to_numpy(),
+        bottom=body["bottom"].to_numpy(),
+        width=width * 0.8,
+        color=body["color"].to_list(),
+    )
+    ax.plot(centre, bars["mean"].to_numpy(), color="tab:blue", linewidth=0.8)
+    if legend:
+        ax.legend(
+            handles=[
+                Patch(color="tab:green", label="close ≥ open"),
+                Patch(color="tab:red", label="close < open"),
+                Line2D([], [], color="grey", linewidth=0.6, label="low to high"),
+                Line2D([], [], color="tab:blue", linewidth=0.8, label="mean"),
+            ],
+            loc="upper left",
+            ncols=4,
+            fontsize="small",
+        )

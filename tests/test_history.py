@@ -1,5 +1,5 @@
-"""Daily downsampling, retention, `etl status`, `etl seed-demo` and the notebooks, against a real
-PostgreSQL."""
+"""Daily downsampling, retention, `etl status` and `etl seed-demo`, against a real PostgreSQL
+(the notebooks: tests/test_notebooks.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,12 @@ import json
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import nbformat
 import polars as pl
 import pytest
-from nbclient import NotebookClient
 
 from etl.config import Settings
-from etl.demo_history import generate_ticks, seed_demo
+from etl.demo_history import generate_ticks
 from etl.hours import HOUR_MS, hour_floor
 from etl.rollup import hourly_bars
 from etl.rollup_job import run_rollup
@@ -25,7 +22,6 @@ from tests.conftest import etl_env, run_etl
 from tests.pgutil import execute, query, seed_ticks
 from tests.reference import daily_reference
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 
@@ -175,38 +171,3 @@ def test_seed_demo_fills_the_warehouse_and_refuses_to_overwrite(pgs: Settings) -
     assert query(pgs.pg_dsn, "SELECT count(*) AS n FROM metrics_daily")["n"][0] >= 3 * 2  # type: ignore[arg-type]
     again = run_etl(["seed-demo", "--days", "3", "--use-pg-dsn"], env)
     assert again.returncode == 2 and "already holds" in again.stderr
-
-
-def test_notebooks_run_end_to_end_on_seeded_history(
-    pgs: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seeded = replace(pgs, interval_s=60.0)
-    seed_demo(seeded, days=60)
-    days = query(pgs.pg_dsn, "SELECT count(DISTINCT day) AS n FROM metrics_daily")["n"][0]  # type: ignore[arg-type]
-    assert days >= 59
-    for key, value in etl_env(seeded).items():
-        monkeypatch.setenv(key, value)
-    for name, charts in (("history.ipynb", 3), ("analysis.ipynb", 2)):
-        book = nbformat.read(NOTEBOOKS / name, as_version=4)
-        assert all(not c.get("outputs") for c in book.cells if c.cell_type == "code"), (
-            f"{name} is committed with outputs"
-        )
-        NotebookClient(
-            book,
-            timeout=300,
-            kernel_name="python3",
-            resources={"metadata": {"path": str(NOTEBOOKS)}},
-        ).execute()
-        images = [
-            o
-            for c in book.cells
-            if c.cell_type == "code"
-            for o in c.outputs
-            if "image/png" in o.get("data", {})
-        ]
-        assert len(images) == charts, name
-        text = "".join(
-            o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs
-        )
-        if name == "analysis.ipynb":
-            assert "scanned by this query: ['metrics_hourly_" in text  # one partition, pruned
