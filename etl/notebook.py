@@ -18,6 +18,7 @@ import atexit
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partialmethod
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -127,45 +128,32 @@ class History:
         end = end or datetime.now(UTC)
         return start or end - timedelta(days=days or 30), end
 
-    def hourly(
+    def frame(
         self,
+        kind: str,
         symbols: list[str] | None = None,
         *,
         days: float | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> pl.DataFrame:
-        """Hourly bars for ``symbols`` (default: all) in ``[start, end)`` (default: 30 days)."""
+        """``kind`` over ``[start, end)`` (default: the last 30 days) for ``symbols`` (default:
+        all): ``hourly`` or ``daily`` bars, or ``coverage``, every (symbol, hour) with its bar's
+        coverage, 0 where no bar (the same definition as ``etl status``: ``etl_bar_coverage``
+        in ``sql/``). ``h.hourly(...)``, ``h.daily(...)`` and ``h.coverage(...)`` say it
+        shorter."""
         lo, hi = self.window(days, start, end)
-        return self.wh.bars(symbols or self.symbols(), lo, hi)
+        chosen = symbols or self.symbols()
+        if kind == "coverage":
+            return self.wh.coverage_grid(chosen, lo, hi)
+        return self.wh.bars(chosen, lo, hi, daily=kind == "daily")
 
-    def daily(
-        self,
-        symbols: list[str] | None = None,
-        *,
-        days: float | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
-    ) -> pl.DataFrame:
-        """Daily bars for ``symbols`` (default: all) over the UTC days in ``[start, end)``."""
-        lo, hi = self.window(days, start, end)
-        return self.wh.bars(symbols or self.symbols(), lo, hi, daily=True)
+    hourly = partialmethod(frame, "hourly")
+    daily = partialmethod(frame, "daily")
+    coverage = partialmethod(frame, "coverage")
 
     def latest(self) -> pl.DataFrame:
         return self.wh.latest()
-
-    def coverage(
-        self,
-        symbols: list[str] | None = None,
-        *,
-        days: float | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
-    ) -> pl.DataFrame:
-        """Every (symbol, hour) of the range with its bar's coverage, 0 where no bar: the same
-        definition as ``etl status`` (``etl_bar_coverage`` in ``sql/``)."""
-        lo, hi = self.window(days, start, end)
-        return self.wh.coverage_grid(symbols or self.symbols(), lo, hi)
 
     def explain(self, query: str) -> list[str]:
         """``EXPLAIN`` of a query (literals, no placeholders), one line per plan row."""

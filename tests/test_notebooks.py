@@ -142,10 +142,12 @@ def check_time_axes(axes: list[dict[str, Any]], start: datetime, end: datetime) 
     assert all("UTC" in a["xlabel"] for a in labelled), [a["xlabel"] for a in labelled]
 
 
-def check_history(summary: dict[str, Any], dsn: str) -> None:
-    start, end = when(summary["start"]), when(summary["end"])
-    symbols, figures = summary["symbols"], summary["figures"]
-    hourly = per_symbol(
+def unpack(summary: dict[str, Any]) -> tuple[Any, Any, list[str], dict[str, Any]]:
+    return when(summary["start"]), when(summary["end"]), summary["symbols"], summary["figures"]
+
+
+def hourly_counts(dsn: str, start: Any, end: Any) -> dict[str, int]:
+    return per_symbol(
         query(
             dsn,
             "SELECT symbol, count(*) FROM metrics_hourly WHERE bucket >= $1 AND bucket < $2 "
@@ -153,6 +155,11 @@ def check_history(summary: dict[str, Any], dsn: str) -> None:
             [start, end],
         )
     )
+
+
+def check_history(summary: dict[str, Any], dsn: str) -> None:
+    start, end, symbols, figures = unpack(summary)
+    hourly = hourly_counts(dsn, start, end)
     daily = per_symbol(
         query(
             dsn,
@@ -188,16 +195,8 @@ def check_history(summary: dict[str, Any], dsn: str) -> None:
 
 
 def check_analysis(summary: dict[str, Any], dsn: str) -> None:
-    start, end = when(summary["start"]), when(summary["end"])
-    symbols, figures = summary["symbols"], summary["figures"]
-    hourly = per_symbol(
-        query(
-            dsn,
-            "SELECT symbol, count(*) FROM metrics_hourly WHERE bucket >= $1 AND bucket < $2 "
-            "GROUP BY 1",
-            [start, end],
-        )
-    )
+    start, end, symbols, figures = unpack(summary)
+    hourly = hourly_counts(dsn, start, end)
     assert sorted(figures) == ["correlation", "returns"]
     top, bottom = figures["returns"]
     for ax in (top, bottom):
