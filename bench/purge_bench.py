@@ -62,7 +62,7 @@ def run(runs: int = 5, interval_ms: int = 1000) -> dict[str, Any]:
                 load_settings(env={}),
                 data_dir=work,
                 sqlite_path=path,
-                raw_retention_h=1e6,
+                raw_retention_h=8e4,
             )
             per_run = [_one(template, path, admin_uri, keep) for _ in range(runs)]
         for key in per_run[0]:

@@ -91,7 +91,7 @@ def run(runs: int = 5, backlog: bool = True) -> dict[str, Any]:
                 data_dir=work,
                 sqlite_path=path,
                 pg_dsn=uri,
-                raw_retention_h=1e6,
+                raw_retention_h=8e4,
             )
             r.update(_in_process(work, settings, path, copy, duck_uri, base_uri, hour, runs))
             r.update(_stages(settings, hour, runs))
@@ -192,7 +192,7 @@ def _whole_process(
         ETL_SQLITE_PATH=str(path),
         ETL_DATA_DIR=str(work),
         ETL_PG_DSN=uri,
-        ETL_RAW_RETENTION_H="1000000",
+        ETL_RAW_RETENTION_H="80000",
     )
     duck_argv = [sys.executable, "-m", "bench.duckdb_rollup", str(path), duck_uri]
     ours_argv = _etl_argv()
@@ -227,7 +227,7 @@ def _backlog(work: Path, admin_uri: str, runs: int) -> dict[str, Any]:
             ETL_SQLITE_PATH=str(path),
             ETL_DATA_DIR=str(work),
             ETL_PG_DSN=_database(admin_uri, "bench_backlog"),  # a new one each run, as first seen
-            ETL_RAW_RETENTION_H="1000000",  # nothing purged: every run reads the same file
+            ETL_RAW_RETENTION_H="80000",  # nothing purged: every run reads the same file
         )
         wall, peak = spawn_wait(_etl_argv(), work, env)
         walls.append(wall)

@@ -7,20 +7,23 @@ the same result can also go out as JSON or into metrics.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from etl.backfill import BackfillResult
 from etl.console import age, kv_table, size, table
 from etl.hours import iso
 from etl.report import labelled
-from etl.rollup_job import RollupResult
-from etl.status import Status
+
+if TYPE_CHECKING:  # only the types: a command loads the jobs it runs, not every job
+    import polars as pl
+
+    from etl.backfill import BackfillResult
+    from etl.rollup_job import RollupResult
+    from etl.status import Status
 
 
 def warning(message: str) -> Text:
@@ -111,7 +114,7 @@ def retention(result: pl.DataFrame, keep_days: float) -> list[RenderableType]:
     out: list[RenderableType] = [
         table(f"hourly partitions past {keep_days:g} days", result.columns, result.rows())
     ]
-    for row in result.filter(pl.col("action") == "kept").iter_rows(named=True):
+    for row in result.filter(result["action"] == "kept").iter_rows(named=True):
         out.append(
             kept_partition(
                 row["partition"],

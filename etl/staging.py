@@ -61,8 +61,10 @@ WINDOW_SCHEMA = {"sym": pl.Int64, "ts": pl.Int64, "price": pl.Float64}
 TICK_SCHEMA = {"seq": pl.Int64, "symbol": pl.String, "ts": pl.Int64, "price": pl.Float64}
 SYMBOLS_SCHEMA = {"sym": pl.Int64, "symbol": pl.String}
 _APPEND_SCHEMA = pa.schema([("sym", pa.int64()), ("ts", pa.int64()), ("price", pa.float64())])
-# Rows per purge transaction: short enough that a collector's next commit never waits long.
-PURGE_BATCH = 20_000
+# A purge deletes in transactions of about this long, with a pause as long after each, so a
+# collector's commit never waits long behind it.
+PURGE_SLICE_S = 0.02
+PURGE_FIRST_BATCH = 5_000
 
 _SYMBOL_RULE = "length(symbol) BETWEEN 2 AND 20 AND symbol NOT GLOB '*[^A-Z0-9]*'"
 _DDL = (
@@ -461,18 +463,24 @@ class Staging:
                 out[hour] = min([in_force[-1], *during])
         return out
 
-    def purge(self, hours: Iterable[tuple[int, int]], *, batch: int = PURGE_BATCH) -> int:
+    def purge(self, hours: Iterable[tuple[int, int]]) -> int:
         """Delete the ticks of committed hours: ``(hour_start_ms, max_seq)`` pairs.
 
         Only rows up to the ``max_seq`` the rollup read are deleted, so a tick that arrived after
         its hour was committed is never lost. The newest row always stays: SQLite reuses ids
-        once the largest is gone, and ``seq`` must only ever grow. Deletes go in batches of
-        ``batch`` rows, one short transaction each, so the collector's next commit never waits
-        behind a whole hour. The WAL is truncated afterwards when nobody is reading.
+        once the largest is gone, and ``seq`` must only ever grow.
+
+        The collector must never wait long behind a purge: deletes go in short transactions
+        (sized to take about ``PURGE_SLICE_S``), each followed by a pause at least as long, so a
+        writer that found the file locked gets in at its next retry (SQLite's busy handler
+        retries after 1, 2, 5, 10, 15, 20, 25 ms ...). The WAL the deletes grow is folded back
+        as they go, without blocking writers (a passive checkpoint), and truncated at the end.
         """
-        deleted = 0
+        deleted = batches = 0
+        batch = PURGE_FIRST_BATCH
         for hour, max_seq in hours:
             while True:
+                started = time.perf_counter()
                 with self.transaction() as cur:
                     cur.execute(
                         "DELETE FROM tick_rows WHERE seq IN (SELECT seq FROM tick_rows "
@@ -482,17 +490,30 @@ class Staging:
                     )
                     cur.execute("SELECT changes()")  # ADBC reports no rowcount for a DELETE
                     done = int(cur.fetchone()[0])
+                took = time.perf_counter() - started
                 deleted += done
+                batches += 1
                 if done < batch:
                     break
+                # The next slice: as many rows as fit in the time, within sane bounds.
+                batch = max(1_000, min(200_000, int(batch * PURGE_SLICE_S / max(took, 1e-4))))
+                if batches % 16 == 0:
+                    self.checkpoint(truncate=False)
+                time.sleep(max(PURGE_SLICE_S, took))
         if deleted:
             self.checkpoint()
         return deleted
 
-    def checkpoint(self) -> bool:
-        """Fold the WAL into the file and truncate it, without waiting for anyone: a writer or
-        a reader in the way makes it a no-op until next time. True if it truncated."""
+    def checkpoint(self, *, truncate: bool = True) -> bool:
+        """Fold the WAL into the file without blocking writers (a passive checkpoint); then,
+        if nothing is left in it and ``truncate``, shrink it to zero, without waiting for anyone
+        (a writer or a reader in the way makes that a no-op until next time). True if the WAL
+        was fully folded in."""
         with self._cursor() as cur:
+            cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            busy, log, folded = (int(v) for v in cur.fetchone())
+            if not truncate or busy or log != folded:
+                return not busy and log == folded
             cur.execute("PRAGMA busy_timeout=0")
             try:
                 cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -611,7 +632,7 @@ class Staging:
         upto = self.max_seq()
         window = self._read(slices, threads, upto)
         valid = (pl.col("price") > 0) & pl.col("price").is_finite()
-        if window.ticks.filter(~valid).height or not self._known(window):
+        if not window.ticks.select(valid.all()).item() or not self._known(window):
             window.rejected = sum(self.quarantine(h, h + HOUR_MS) for h in hours)
             ids = window.symbols["sym"]
             window.ticks = window.ticks.filter(valid & pl.col("sym").is_in(ids.implode()))
