@@ -29,7 +29,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -73,6 +74,10 @@ class ExchangeUnavailable(BinanceError):
     def __init__(self, message: str, *, reached: bool = True) -> None:
         super().__init__(message)
         self.reached = reached
+
+
+class Stopped(BinanceError):
+    """The caller is stopping (its wait said so): no more retries are made."""
 
 
 class BadResponse(BinanceError):
@@ -441,6 +446,7 @@ class BinanceClient:
         self.sleep = sleep
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = "etl-price-pipeline/0.1"
+        self.in_flight = threading.Event()  # set while a request waits on the network
 
     def close(self) -> None:
         self.session.close()
@@ -452,6 +458,16 @@ class BinanceClient:
         self.close()
 
     # -- transport -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _waiting(self) -> Iterator[None]:
+        """Mark the time spent waiting on the network: ``in_flight`` is set only then, so a
+        signal handler may abandon the wait (raise) without cutting a state write short."""
+        self.in_flight.set()
+        try:
+            yield
+        finally:
+            self.in_flight.clear()
 
     def _send(
         self, path: str, params: dict[str, Any] | None, weight: int, deadline: float | None
@@ -466,12 +482,13 @@ class BinanceClient:
         try:
             # stream=True: the status and headers are acted on before the body is read, so a
             # ban is stored the moment it arrives (a crash while the body streams keeps it).
-            resp = self.session.get(
-                self.base_url + path,
-                params=params,
-                timeout=(min(self.connect_timeout, read_timeout), read_timeout),
-                stream=True,
-            )
+            with self._waiting():
+                resp = self.session.get(
+                    self.base_url + path,
+                    params=params,
+                    timeout=(min(self.connect_timeout, read_timeout), read_timeout),
+                    stream=True,
+                )
         except requests.RequestException as exc:
             failure = _failure(exc, self.base_url, read_timeout)
             if not failure.reached:
@@ -487,7 +504,8 @@ class BinanceClient:
                 raise self.governor.ban(status, retry_after)
             self.governor.observe(resp.headers)
             try:
-                body = resp.content
+                with self._waiting():
+                    body = resp.content
             except requests.RequestException as exc:
                 raise _failure(exc, self.base_url, read_timeout) from None
         if status >= 500:
@@ -520,11 +538,15 @@ class BinanceClient:
                 return state.attempt_number >= 4
             return self.clock() + state.upcoming_sleep >= deadline - 0.01
 
+        def pause(seconds: float) -> None:
+            if self.sleep(seconds):  # an Event's wait says True once its owner is stopping
+                raise Stopped("stopping: no more retries")
+
         retrying = Retrying(
             retry=retry_if_exception_type(ExchangeUnavailable),
             wait=wait_random_exponential(multiplier=0.25, max=self.max_backoff),
             stop=out_of_time,
-            sleep=self.sleep,
+            sleep=pause,
             reraise=True,
         )
         return retrying(self._send, path, params, weight, deadline)

@@ -245,10 +245,11 @@ class RollupLauncher:
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event, busy: threading.Event) -> Iterator[None]:
+def _stop_on_signals(stop: threading.Event, waiting: Callable[[], bool]) -> Iterator[None]:
     """SIGINT / SIGTERM set ``stop``: the current write finishes, then the loop ends. A request
-    to the exchange in flight (``busy``) is abandoned at once, so the collector stops within
-    moments even when the exchange never answers."""
+    waiting on the exchange (``waiting()``) is abandoned at once, so the collector stops within
+    moments even when the exchange never answers; a state write is never cut short (the client
+    only waits on the network outside them)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -256,7 +257,7 @@ def _stop_on_signals(stop: threading.Event, busy: threading.Event) -> Iterator[N
 
     def handler(signum: int, frame: Any) -> None:
         stop.set()
-        if busy.is_set():
+        if waiting():
             raise Interrupted
 
     for sig in previous:
@@ -266,15 +267,6 @@ def _stop_on_signals(stop: threading.Event, busy: threading.Event) -> Iterator[N
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-@contextmanager
-def _exchange_call(busy: threading.Event) -> Iterator[None]:
-    busy.set()
-    try:
-        yield
-    finally:
-        busy.clear()
 
 
 class Collector:
@@ -315,7 +307,6 @@ class Collector:
         self.stats = CollectorStats(started=clock())
         self.metrics = RunningMetrics()
         self.exchange_seen = False
-        self._busy = threading.Event()  # a request to the exchange is in flight
         self.instruments: CollectorMetrics | None = None
         self.metrics_url: str | None = None
 
@@ -336,7 +327,11 @@ class Collector:
                 self.client = stack.enter_context(
                     open_exchange(self.settings, staging, clock=self.clock, sleep=self.wait)
                 )
-            stack.enter_context(_stop_on_signals(self.stop, self._busy))
+            stack.enter_context(
+                _stop_on_signals(
+                    self.stop, lambda: self.client is not None and self.client.in_flight.is_set()
+                )
+            )
             stack.enter_context(self.view)
             staging.record_interval(interval, int(self.clock() * 1000))
             if self.settings.metrics_port is not None:
@@ -383,7 +378,7 @@ class Collector:
                         self.instruments.polls.labels("missed").inc(overran)
                     slot = next_slot
             except Interrupted:
-                pass  # a signal abandoned a request: nothing was being written
+                pass  # a signal abandoned a wait on the exchange: nothing was being written
             finally:
                 backfill_stop.set()
                 if backfiller is not None:
@@ -472,8 +467,7 @@ class Collector:
         assert self.client is not None
         began = self.clock()
         try:
-            with _exchange_call(self._busy):
-                info = self.client.validate_symbols(self.symbols, deadline=deadline)
+            info = self.client.validate_symbols(self.symbols, deadline=deadline)
         except UnknownSymbols as exc:
             raise ConfigError(f"{exc}: fix the configured symbols") from None
         except BinanceError as exc:
@@ -488,8 +482,7 @@ class Collector:
         assert self.client is not None and self.staging is not None
         started, began = time.perf_counter(), self.clock()
         try:
-            with _exchange_call(self._busy):
-                poll = self.client.prices(self.symbols, deadline=deadline)
+            poll = self.client.prices(self.symbols, deadline=deadline)
         except ApiError as exc:
             if exc.code != ERR_INVALID_SYMBOL or not self._drop_delisted(deadline):
                 self._missed(exc, began)
@@ -534,8 +527,7 @@ class Collector:
         """After -1121 on the list: re-read exchangeInfo and drop the symbols no longer listed."""
         assert self.client is not None
         try:
-            with _exchange_call(self._busy):
-                info = self.client.exchange_info(None, deadline=deadline)
+            info = self.client.exchange_info(None, deadline=deadline)
         except BinanceError as exc:
             self._missed(exc, self.clock())
             return False

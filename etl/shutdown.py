@@ -25,7 +25,7 @@ _installed = False
 
 
 class Interrupted(BaseException):
-    """Raised by a signal handler to abandon a call that may block (a poll's HTTP request)."""
+    """Raised by a signal handler to abandon a wait on the network."""
 
 
 def _watch(read_fd: int, grace_s: float) -> None:

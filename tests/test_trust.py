@@ -442,6 +442,22 @@ def test_every_command_answers_a_signal_within_5_s_even_inside_libpq(
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_collector_waiting_on_an_exchange_that_never_answers_stops_within_5_s(
+    settings: Settings, exchange, signum: int
+) -> None:
+    slow = replace(settings, interval_s=30.0)  # a poll may take up to its slot: 30 s
+    first = start(["collect", "--no-rollup"], etl_env(slow))
+    wait_for(first, "symbols checked")
+    exchange.inject("slow", delay=60.0, times=10)  # every poll from now on hangs
+    time.sleep(31)  # into the next slot's request
+    sent = time.monotonic()
+    first.send_signal(signum)
+    out, _ = first.communicate(timeout=10)
+    assert time.monotonic() - sent < 5
+    assert first.returncode == 0 and "stopped after" in out, out
+
+
 def test_a_signal_ends_a_rollup_blocked_on_a_lock_within_5_s(pgs: Settings) -> None:
     now_hour = hour_floor(int(time.time() * 1000))
     seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=10)
