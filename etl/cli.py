@@ -18,6 +18,7 @@ import sys
 import traceback
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -402,6 +403,93 @@ def db_init(ctx: typer.Context) -> None:
     )
     for name in done.changed:
         _print(f"warning: sql/{name} changed since it was applied; put changes in a new file")
+
+
+@command(group=db_app, name="shell")
+def db_shell(
+    ctx: typer.Context,
+    psql_args: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[-- PSQL_ARGS...]", help="More arguments for psql, after --."),
+    ] = None,
+) -> None:
+    """psql on the configured warehouse, embedded or external (exits with psql's exit code).
+
+    The embedded server is started for the session and stopped after it (unless another etl
+    process uses it); its own psql is used. For an external server, psql comes from PATH.
+
+    Example: etl db shell -- -c 'SELECT * FROM latest_price'
+    """
+    from etl.db_access import run_shell
+
+    code = run_shell(settings_of(ctx), psql_args or [])
+    raise typer.Exit(code)
+
+
+@command(group=db_app, name="url")
+def db_url(
+    ctx: typer.Context,
+    show_password: Annotated[
+        bool, typer.Option("--show-password", help="Print the password instead of ***.")
+    ] = False,
+) -> None:
+    """Print the warehouse's connection URI (its password masked unless --show-password).
+
+    Example: psql "$(etl db url --show-password)"
+    """
+    from etl.db_access import warehouse_url
+
+    url, embedded = warehouse_url(settings_of(ctx), show_password=show_password)
+    print(url)
+    if embedded:
+        sys.stderr.write(
+            "note: the embedded server runs only while an etl command uses it; "
+            "`etl db shell` keeps it up for a session\n"
+        )
+
+
+@command()
+def backup(
+    ctx: typer.Context,
+    dest: Annotated[
+        Path, typer.Argument(metavar="DEST", help="A new (or empty) directory for the backup.")
+    ],
+    json_output: Json = False,
+) -> None:
+    """Back up the staging file and the warehouse into DEST while the collector keeps running.
+
+    DEST gets ticks.sqlite3 (SQLite VACUUM INTO), warehouse.dump (pg_dump -Fc) and
+    manifest.json (versions, identity, row counts, sha256 of each file). Rollups wait while
+    it runs; polls do not.
+
+    Example: etl backup /backups/etl-$(date +%F)
+    """
+    from etl.backup import run_backup
+
+    def waiting() -> None:  # on stderr: --json output stays one document
+        sys.stderr.write("a rollup is running; the backup starts when it is done\n")
+
+    result = run_backup(settings_of(ctx), dest, on_wait=waiting)
+    if json_output:
+        print(json.dumps({"dest": str(result.dest), **result.manifest}, indent=2))
+    else:
+        _print(*result.lines())
+
+
+@command()
+def restore(
+    ctx: typer.Context,
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="A directory written by etl backup.")],
+) -> None:
+    """Restore a backup into an empty data dir (and its embedded server, or ETL_PG_DSN's empty
+    database). Refuses a data dir that is not empty.
+
+    Example: etl restore /backups/etl-2026-01-05 --data-dir /srv/etl/data
+    """
+    from etl.backup import run_restore
+
+    result = run_restore(settings_of(ctx), src)
+    _print(*result.lines())
 
 
 @command()

