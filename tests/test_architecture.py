@@ -41,8 +41,20 @@ LAYERS = {
         "console",
         "shutdown",
         "metrics",
+        "pg_tools",
+        "pg_logs",
     },
-    3: {"collector", "rollup_job", "backfill", "reconcile", "status", "demo_history", "notebook"},
+    3: {
+        "collector",
+        "rollup_job",
+        "backfill",
+        "reconcile",
+        "status",
+        "demo_history",
+        "notebook",
+        "backup",
+        "db_access",
+    },
     4: {"cli", "render"},
 }
 # seed-demo is generated history rolled up by the real rollup: it composes that job.
@@ -73,7 +85,7 @@ def _imports(module: str) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("etl."):
             out.add(node.module.split(".")[1])
         elif isinstance(node, ast.ImportFrom) and node.module == "etl":
-            out.update(alias.name for alias in node.names)
+            out.update(a.name for a in node.names if (ROOT / "etl" / f"{a.name}.py").exists())
         elif isinstance(node, ast.Import):
             out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("etl."))
     return out
