@@ -17,6 +17,7 @@ import polars as pl
 
 from etl.config import Settings
 from etl.errors import ConfigError
+from etl.fake_exchange import reference_price
 from etl.hours import HOUR_MS, hour_floor, utc
 from etl.rollup_job import RollupResult, run_rollup
 from etl.staging import Staging
@@ -24,7 +25,6 @@ from etl.warehouse import open_warehouse
 
 log = logging.getLogger("etl.demo")
 
-_BASES = {"BTCUSDT": 60000.0, "ETHUSDT": 2600.0, "BNBUSDT": 580.0, "SOLUSDT": 150.0, "XRPUSDT": 0.6}
 _YEAR_S = 365.25 * 86400
 
 
@@ -52,7 +52,7 @@ def generate_ticks(
         return (sum(_uniform(k, seed_ + i) for i in range(4)) - 2.0) * math.sqrt(3.0)
 
     z = 0.78 * normal(seed) + 0.63 * normal(salt)
-    base = _BASES.get(symbol, 1.0 + (salt % 500))
+    base = reference_price(symbol) or 1.0 + (salt % 500)
     hour = (pl.col("ts") // HOUR_MS).cast(pl.Int64)
     frame = (
         pl.select(ts=start_ms + k * interval_ms + 137, step=sigma * z)

@@ -193,6 +193,14 @@ _REAL_PRICES: dict[str, float] = {
     "XRPEUR": 0.55,
 }
 REAL_SYMBOLS: tuple[str, ...] = tuple(_REAL_PRICES)
+
+
+def reference_price(symbol: str) -> float | None:
+    """About where a real symbol traded when these figures were taken (None: not one of them);
+    the fake's walks and the demo's generated history start there."""
+    return _REAL_PRICES.get(symbol)
+
+
 # What one unit of each quote asset is worth in USD: sizes lots and volumes alike across quotes.
 _QUOTE_USD = {
     "FDUSD": 1.0,

@@ -165,12 +165,7 @@ class _State(Collector):
         """Count on a read connection of our own: a scrape never waits for, or holds up, a poll."""
         if self._conn is None:
             self._conn = self.staging.reader()
-        with self._conn.cursor() as cur:
-            cur.execute(
-                "SELECT (SELECT count(*) FROM tick_rows), (SELECT count(*) FROM ticks_rejected)"
-            )
-            rows, rejected = cur.fetchone()
-        return int(rows), int(rejected)
+        return self.staging.counts(self._conn)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

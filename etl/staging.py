@@ -194,6 +194,17 @@ class Staging:
             cur.execute("PRAGMA busy_timeout=10000")
         return conn
 
+    def counts(self, conn: adbc_sqlite.Connection | None = None) -> tuple[int, int]:
+        """Staged rows and quarantined rows, on ``conn`` if given (a :meth:`reader`)."""
+        sql = "SELECT (SELECT count(*) FROM tick_rows), (SELECT count(*) FROM ticks_rejected)"
+        if conn is None:
+            rows, rejected = self._scalar_row(sql)
+        else:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                rows, rejected = cur.fetchone()
+        return int(rows), int(rejected)
+
     def reader(self) -> adbc_sqlite.Connection:
         """A read connection of its own (autocommit: no snapshot held between reads), for a
         thread that must never wait on, or hold up, the writer."""
@@ -587,6 +598,11 @@ class Staging:
             cur.execute("SELECT value FROM state WHERE key = ?", (key,))
             row = cur.fetchone()
         return json.loads(row[0]) if row else None
+
+    def _scalar_row(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+        with self._cursor() as cur:
+            cur.execute(sql, params)
+            return tuple(cur.fetchone())
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self._cursor() as cur:
