@@ -189,7 +189,7 @@ def status(report: Status) -> RenderableType:
             f"{len(wh.partitions)} ({first} .. {last_part}), {wh.partitions_ahead} ahead",
         )
     else:
-        row("warehouse", f"{wh.server}: {wh.problem or 'none yet'}")
+        row("warehouse", f"{wh.server}: {wh.problem or wh.note or 'none yet'}")
     if report.logs:
         row("logs", ", ".join(f"{k} {size(v)}" for k, v in report.logs.items()))
 

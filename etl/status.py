@@ -70,6 +70,7 @@ class WarehouseStatus:
     changed_sql_files: list[str] = field(default_factory=list)
     bytes: int | None = None
     problem: str | None = None
+    note: str | None = None  # a state worth saying that is no problem (no warehouse made yet)
 
 
 @dataclass
@@ -288,8 +289,14 @@ def gather(settings: Settings, now: float | None = None) -> Status:
         try:
             with open_warehouse(settings, create=False, statement_timeout_s=30) as wh:
                 whs = warehouse_status(wh, settings, staging, now_ms)
-        except NothingStaged as exc:
-            whs = WarehouseStatus(server=settings.masked_dsn, problem=str(exc))
+        except NothingStaged as exc:  # not made yet: a problem only once hours wait for it
+            whs = WarehouseStatus(server=settings.masked_dsn, note=str(exc))
+            if staging is not None:
+                waiting = [h for h in staging.hour_sizes(None, closed_before(now_ms))]
+                whs.pending_hours = [iso(h) for h in waiting]
+                whs.overdue_hours = [
+                    iso(h) for h in waiting if h + HOUR_MS + ROLLUP_OVERDUE_MS < now_ms
+                ]
         except DependencyError as exc:
             unreachable = True
             whs = WarehouseStatus(server=settings.masked_dsn, problem=str(exc))
