@@ -82,8 +82,11 @@ def _resolved(func: Callable) -> inspect.Signature:
     )
 
 
-def command(group: typer.Typer = app, name: str | None = None) -> Callable[[Callable], Callable]:
-    """Register a command that also takes every setting as an option after its name."""
+def command(
+    group: typer.Typer = app, name: str | None = None, *, passthrough: bool = False
+) -> Callable[[Callable], Callable]:
+    """Register a command that also takes every setting as an option after its name.
+    ``passthrough``: options the command does not know are handed on (``ctx.args``)."""
 
     def register(func: Callable) -> Callable:
         signature = _resolved(func)
@@ -98,7 +101,8 @@ def command(group: typer.Typer = app, name: str | None = None) -> Callable[[Call
         parameters = [*signature.parameters.values(), *_setting_parameters()]
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
-        return group.command(name)(wrapper)
+        extra = {"allow_extra_args": True, "ignore_unknown_options": True} if passthrough else {}
+        return group.command(name, context_settings=extra)(wrapper)
 
     return register
 
@@ -492,7 +496,7 @@ def restore(
     _print(*result.lines())
 
 
-@command()
+@command(passthrough=True)
 def notebook(
     ctx: typer.Context,
     demo_data: Annotated[
@@ -501,7 +505,9 @@ def notebook(
 ) -> None:
     """JupyterLab on notebooks/, reading this configuration's warehouse (or the demo's).
 
-    Example: etl notebook --demo
+    Options it does not know go to JupyterLab (`--port 8899 --no-browser`).
+
+    Example: etl notebook --demo --no-browser
     """
     import os
     import shutil
@@ -514,7 +520,7 @@ def notebook(
     if jupyter is None:
         raise EtlError("jupyter is not installed: pip install -e '.[notebooks]' (or '.[dev]')")
     folder = Path(__file__).resolve().parent.parent / "notebooks"
-    args = [jupyter, "lab", str(folder)]
+    args = [jupyter, "lab", str(folder), *ctx.args]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         args.append("--allow-root")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
