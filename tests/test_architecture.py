@@ -223,3 +223,14 @@ def test_a_body_of_the_wrong_kind_through_the_transport() -> None:
         client, _ = client_with({"/api/v3/ticker/price": make()})
         with pytest.raises(BadResponse):
             client.prices(["BTCUSDT"])
+
+
+def test_every_test_the_readme_names_as_proof_exists() -> None:
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"`(test_\w+)`", readme))
+    defined = {
+        m
+        for path in (ROOT / "tests").glob("test_*.py")
+        for m in re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M)
+    }
+    assert len(named) > 20 and named <= defined, named - defined
