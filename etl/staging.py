@@ -229,6 +229,7 @@ class Staging:
         self._lock_file: IO[str] | None = None
         self._sym_ids: dict[str, int] = {}
         self._last_ids: tuple[Sequence[str], pa.Array] | None = None
+        self._has_trade_tables = False
         if not create and not self.path.exists():
             raise NothingStaged(f"nothing staged in {self.path}: no staging file there")
         try:
@@ -356,7 +357,7 @@ class Staging:
                     f"WHERE ({_REJECT_REASON.replace('symbol', 't.symbol')}) IS NULL"
                 )
                 cur.execute("DROP TABLE ticks")
-            for ddl in (*_VIEW_DDL, *_TRADE_DDL):
+            for ddl in _VIEW_DDL:
                 cur.execute(ddl)
             cur.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?), "
@@ -383,8 +384,6 @@ class Staging:
             for name, column in _TRADE_COLUMNS:
                 if name not in present:
                     cur.execute(f"ALTER TABLE tick_rows ADD COLUMN {column}")
-            for ddl in _TRADE_DDL:
-                cur.execute(ddl)
             cur.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
@@ -532,6 +531,9 @@ class Staging:
         """
         inserted = 0
         with self.transaction() as cur:
+            if not self._trade_tables:
+                for ddl in _TRADE_DDL:
+                    cur.execute(ddl)
             if trades.height:
                 table = trades.select(TRADE_SCHEMA.names).to_arrow().cast(TRADE_SCHEMA)
                 cur.adbc_ingest("trade_batch", table, mode="replace", temporary=True)
@@ -571,10 +573,27 @@ class Staging:
                         row["found_ms"],
                     ),
                 )
+        self._trade_tables = True
         return inserted
+
+    @property
+    def _trade_tables(self) -> bool:
+        """Whether the trade tables exist: made with the first trades stored, so a file that
+        only ever held polls stays as small as before."""
+        if not self._has_trade_tables:
+            self._has_trade_tables = (
+                self._scalar("SELECT count(*) FROM sqlite_master WHERE name = 'trade_cursor'") == 1
+            )
+        return self._has_trade_tables
+
+    @_trade_tables.setter
+    def _trade_tables(self, value: bool) -> None:
+        self._has_trade_tables = value
 
     def trade_cursors(self) -> pl.DataFrame:
         """Every symbol's trade cursor: ``symbol`` and ``CURSOR_SCHEMA``."""
+        if not self._trade_tables:
+            return pl.DataFrame(schema={"symbol": pl.String, **CURSOR_SCHEMA})
         with self._cursor() as cur:
             cur.execute(
                 "SELECT s.symbol, c.sym, c.last_id, c.last_ts, c.since_ms, c.live_ms "
@@ -585,6 +604,8 @@ class Staging:
 
     def trade_holes(self, lo_ms: int | None = None, hi_ms: int | None = None) -> pl.DataFrame:
         """Holes given up on that overlap ``[lo_ms, hi_ms)`` (``HOLE_SCHEMA``), oldest first."""
+        if not self._trade_tables:
+            return pl.DataFrame(schema=HOLE_SCHEMA)
         with self._cursor() as cur:
             cur.execute(
                 "SELECT s.symbol, h.sym, h.after_id, h.before_id, h.from_ms, h.to_ms, h.reason, "
@@ -596,8 +617,16 @@ class Staging:
         return pl.DataFrame(rows, schema=HOLE_SCHEMA, orient="row")
 
     def has_trades(self) -> bool:
-        """Whether any staged row is a trade (one seek in the trade index)."""
-        return self._scalar("SELECT 1 FROM tick_rows WHERE agg_id IS NOT NULL LIMIT 1") is not None
+        """Whether any staged row is a trade (one seek in the trade index, which exists once a
+        trade was stored)."""
+        if not self._trade_tables:
+            return False
+        return (
+            self._scalar(
+                "SELECT 1 FROM tick_rows INDEXED BY tick_rows_trade WHERE agg_id IS NOT NULL LIMIT 1"
+            )
+            is not None
+        )
 
     def set_state(self, key: str, value: Any, now_ms: int) -> None:
         with self.transaction() as cur:

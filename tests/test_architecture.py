@@ -41,6 +41,8 @@ LAYERS = {
         "console",
         "shutdown",
         "metrics",
+        "trade_stream",
+        "trade_feed",
     },
     3: {"collector", "rollup_job", "backfill", "reconcile", "status", "demo_history", "notebook"},
     4: {"cli", "render"},
