@@ -8,6 +8,7 @@ at ``SPEED`` times real time, so an hour of trades streams in about half a minut
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,7 +27,8 @@ from etl.config import Settings, load_settings
 from etl.console import CollectorView
 from etl.fake_exchange import FakeExchange
 from etl.fake_stream import StreamRules
-from etl.hours import HOUR_MS, hour_floor
+from etl.hours import HOUR_MS, hour_floor, iso, utc
+from etl.reconcile import run_reconcile
 from etl.rollup_job import run_rollup
 from etl.staging import Staging
 from etl.trade_stream import StreamTimings
@@ -177,6 +179,10 @@ def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
     # the old one closed by the client, before the server would have.
     assert {"drop", "rotate"} <= whys and not whys & {"shutdown", "lifetime"}, whys
     assert_bars_are_the_candles(cfg, ex, [hour - HOUR_MS, hour])
+    recon = run_reconcile(cfg, since_ms=hour - HOUR_MS, until_ms=hour + HOUR_MS)
+    assert recon.height == 2 * len(SYMBOLS) and set(recon["source"]) == {"trade"}
+    for field in ("open", "high", "low", "close"):
+        assert recon[f"{field}_bps"].to_list() == [0.0] * recon.height  # the candle itself
 
 
 def test_kill_9_of_the_collector_mid_stream_then_a_restart_gives_the_same_bars(
@@ -237,3 +243,60 @@ def test_settings_source_and_ws_url(tmp_path: Path) -> None:
     assert load_settings(env={}).source == "poll"
     bad = run_etl(["collect", "--source", "ticks"], etl_env(None, ETL_DATA_DIR=str(tmp_path)))
     assert bad.returncode == 2 and "poll, trades" in bad.stderr
+
+
+def test_a_hole_rest_cannot_fill_is_recorded_reported_and_backfilled_from_klines(
+    settings: Settings,
+    pg_dsn: str,
+    fast: tuple[FakeExchange, FastClock],
+    hour: int,
+) -> None:
+    ex, clock = fast
+    cfg = trade_settings(settings, ex, pg_dsn)
+    collector = Collector(
+        cfg,
+        rollup=False,
+        view=CollectorView(live=False),
+        trade_options={"timings": TIMINGS, "exchange_clock": clock, "hole_after_s": 1.0},
+    )
+    done = threading.Thread(target=collector.run, daemon=True)
+    done.start()
+    wait_until(clock, hour + 10 * 60_000)
+    # The stream drops while REST answers nothing but 503: the gap cannot be fetched.
+    outage = ex.inject("status", path="/api/v3/aggTrades", status=503, times=10**6)
+    ex.inject_ws("drop")
+    deadline = time.monotonic() + 30
+    while collector.stats.holes < len(SYMBOLS):
+        assert time.monotonic() < deadline, collector.stats
+        time.sleep(0.1)
+    outage.times = 0
+    with ex._lock:
+        ex.state.faults.clear()
+    wait_until(clock, hour + HOUR_MS + 90_000)
+    collector.stop.set()
+    done.join(30)
+    with Staging(cfg.staging_path) as st:
+        holes = st.trade_holes()
+    assert sorted(holes["symbol"]) == sorted(SYMBOLS)
+    assert (holes["from_ms"] >= hour).all() and (holes["to_ms"] < hour + HOUR_MS).all()
+    run_rollup(cfg)
+    with open_warehouse(cfg) as wh:
+        bars = wh.bars(SYMBOLS, utc(hour), utc(hour + HOUR_MS))
+    minutes = range(hour // 60_000, hour // 60_000 + 60)
+    for bar in bars.iter_rows(named=True):
+        made = sum(len(ex.trades(bar["symbol"], m)) for m in minutes)
+        hole = holes.filter(pl.col("symbol") == bar["symbol"]).row(0, named=True)
+        assert bar["source"] == "trade" and bar["ids_missing"] > 0
+        assert bar["ids_missing"] == hole["before_id"] - hole["after_id"] - 1  # exactly the hole
+        assert bar["samples"] + bar["ids_missing"] == made
+    status = run_etl(["status", "--json"], etl_env(cfg))
+    report = json.loads(status.stdout)
+    assert status.returncode == 1 and len(report["staging"]["trade_holes_7d"]) == len(SYMBOLS)
+    assert any("hole(s) in the trade ids" in p for p in report["problems"])
+    filled = run_etl(
+        ["backfill", "--since", iso(hour), "--until", iso(hour + HOUR_MS)], etl_env(cfg)
+    )
+    assert filled.returncode == 0, filled.stdout + filled.stderr
+    with open_warehouse(cfg) as wh:
+        after = wh.bars(SYMBOLS, utc(hour), utc(hour + HOUR_MS))
+    assert after["source"].to_list() == ["kline"] * len(SYMBOLS)  # the holed bars gave way
