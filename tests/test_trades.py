@@ -8,6 +8,7 @@ at ``SPEED`` times real time, so an hour of trades streams in about half a minut
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import requests
+from rich.console import Console
 
 from etl.collector import Collector
 from etl.config import Settings, load_settings
@@ -142,11 +145,12 @@ def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
     hour: int,
 ) -> None:
     ex, clock = fast
-    cfg = trade_settings(settings, ex, pg_dsn)
+    cfg = replace(trade_settings(settings, ex, pg_dsn), metrics_port=0)
+    screen = io.StringIO()
     collector = Collector(
         cfg,
         rollup=False,
-        view=CollectorView(live=False),
+        view=CollectorView(live=True, out=Console(file=screen, width=140, force_terminal=True)),
         trade_options={"timings": TIMINGS, "exchange_clock": clock, "hole_after_s": 60.0},
     )
     done = threading.Thread(target=collector.run, daemon=True)
@@ -167,10 +171,22 @@ def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
         wait_until(clock, hour + (5 + 7 * k) * 60_000)
         injected.append(ex.inject_ws(kind, **extra))
     wait_until(clock, hour + HOUR_MS + 90_000)
+    assert collector.metrics_url is not None
+    scraped = requests.get(collector.metrics_url, timeout=5).text
     collector.stop.set()
     done.join(30)
     assert not done.is_alive()
     stats = collector.stats
+    metric = {
+        line.split()[0]: float(line.split()[1])
+        for line in scraped.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert metric["etl_ticks_stored_total"] > 1000 and metric["etl_trades_caught_up_total"] > 0
+    assert metric["etl_trade_stream_reconnects_total"] >= 3
+    drawn = screen.getvalue()  # the live table: trades per second, last trade time, lag
+    for header in ("trades/s", "trades this hour", "last trade", "lag", "BTCUSDT"):
+        assert header in drawn, header
     assert stats.reconnects >= 3 and stats.caught_up > 0 and stats.duplicates > 0, stats
     assert stats.holes == 0
     assert all(fault.hit for fault in injected)
