@@ -22,7 +22,6 @@ On a symbol's first start the catch-up begins at the start of the current hour
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import threading
 import time
@@ -48,7 +47,6 @@ from etl.trade_stream import Drained, StreamTimings, TradeStream
 log = logging.getLogger("etl.collector")
 
 FLUSH_S = 0.25
-FLUSH_TRADES = 20_000  # a batch larger than this is written at once
 GAP_GRACE_S = 1.0  # an out-of-order trade usually fills its gap within this
 HOLE_AFTER_S = 600.0
 LIVE_WRITE_S = 1.0  # how often live_ms alone is written
@@ -76,6 +74,20 @@ class Chain:
     verified: bool = False
     pending_since: float = 0.0  # monotonic: unverified or holed since then
     job: bool = False  # a catch-up is in flight
+
+    def clone(self) -> Chain:
+        return Chain(
+            self.sym,
+            self.symbol,
+            self.last_id,
+            self.last_ts,
+            self.since_ms,
+            self.live_ms,
+            [run[:] for run in self.above],
+            self.verified,
+            self.pending_since,
+            self.job,
+        )
 
     def add(self, lo: int, hi: int, lo_ts: int, hi_ts: int) -> None:
         """Note that ids ``lo..hi`` are staged."""
@@ -435,7 +447,7 @@ class TradeFeed:
         batch = pl.concat([stream, *pages]) if pages else stream
         batch = batch.join(self.sym_of, on="symbol", how="inner")
         now = time.monotonic()
-        before = {sym: copy.deepcopy(c) for sym, c in self.chains.items()}
+        before = {sym: c.clone() for sym, c in self.chains.items()}
         holes: list[dict[str, Any]] = []
         changed: set[int] = set()
         try:
@@ -448,7 +460,11 @@ class TradeFeed:
                 hole_frame,
             )
         except BaseException:
-            self.chains = before  # not stored: the cursors must not claim it
+            # Not stored: the cursors must not claim it, and what this batch held (stream lines,
+            # pages, a catch-up's end) is gone, so every symbol checks its chain again.
+            self.chains = before
+            for chain in before.values():
+                chain.verified, chain.job, chain.pending_since = False, False, now
             raise
         if with_live:
             self._live_written = now
