@@ -295,7 +295,8 @@ class FeedStats:
 
 class SymbolActivity:
     """Per symbol: trades this hour, the last price and trade time, and trades per second over
-    the last few seconds, for the live table."""
+    the last few seconds as the streams deliver them (a catch-up's backlog is not the market's
+    pace), for the live table."""
 
     WINDOW_S = 5.0
 
@@ -304,7 +305,11 @@ class SymbolActivity:
         self.state: dict[str, list[Any]] = {}  # symbol -> [hour trades, last price, last ts]
         self.recent: deque[tuple[float, dict[str, int]]] = deque()
 
-    def update(self, batch: pl.DataFrame, now: float) -> None:
+    def update(self, batch: pl.DataFrame, streamed: pl.DataFrame, now: float) -> None:
+        counts = dict(streamed.group_by("symbol").len().iter_rows())
+        self.recent.append((now, counts))
+        while self.recent and self.recent[0][0] < now - self.WINDOW_S:
+            self.recent.popleft()
         if batch.is_empty():
             return
         per = batch.group_by("symbol").agg(
@@ -312,7 +317,6 @@ class SymbolActivity:
             price=pl.col("price").sort_by("agg_id").last(),
             ts=pl.col("ts").max(),
         )
-        counts: dict[str, int] = {}
         for symbol, n, price, ts in per.iter_rows():
             hour = hour_floor(ts)
             entry = self.state.setdefault(symbol, [0, price, ts, hour])
@@ -321,10 +325,6 @@ class SymbolActivity:
             entry[0] += n
             if ts >= entry[2]:
                 entry[1], entry[2] = price, ts
-            counts[symbol] = n
-        self.recent.append((now, counts))
-        while self.recent and self.recent[0][0] < now - self.WINDOW_S:
-            self.recent.popleft()
 
     def frame(self, exchange_now_ms: int, now: float) -> pl.DataFrame:
         span = max(1.0, min(self.WINDOW_S, now - self.recent[0][0])) if self.recent else 1.0
@@ -472,7 +472,7 @@ class TradeFeed:
         self.stats.duplicates += batch.height - inserted
         self.stats.caught_up += sum(p.height for p in pages)
         self.stats.batches += 1
-        self.activity.update(batch, now)
+        self.activity.update(batch, stream, now)
         for hole in holes:
             self.stats.holes += 1
             self.event(
