@@ -1,4 +1,4 @@
-"""``python -m bench [--part 1|2|3|all] [--runs N] [--quick]``: figures and ratios against
+"""``python -m bench [--part 1|2|3|4|all] [--runs N] [--quick]``: figures and ratios against
 baselines measured in the same run.
 
 Parts:
@@ -11,10 +11,13 @@ Parts:
    ``etl rollup`` (wall time, peak RSS).
 3. purge vs collector: the purge of a committed hour of 3,000 symbols at 1 s (10.8 M ticks)
    while another process commits a 3,000-tick poll every 50 ms; the writer's max / p99 wait.
+4. trades: ``etl collect --source trades`` with its live table on, fed about 20,000 aggregate
+   trades a second over WebSockets by the fake exchange in its own process: trades staged per
+   second, the collector's CPU and CPU per 1,000 trades/s, ids not yet staged at the end.
 
 Every figure is min / median / max of ``--runs`` runs (default 5), ours and the baselines
 alternating. ``--quick`` is a smoke run: 2 runs unless ``--runs`` is given, no 24-hour backlog,
-a 5 s hour (2.16 M ticks) for part 3, fewer polls in part 1.
+a 5 s hour (2.16 M ticks) for part 3, fewer polls in part 1, 10 s windows in part 4.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--part", choices=["1", "2", "3", "all"], default="all")
+    parser.add_argument("--part", choices=["1", "2", "3", "4", "all"], default="all")
     parser.add_argument("--runs", type=int, help="runs per figure (default 5, --quick 2)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (see above)")
     args = parser.parse_args()
@@ -90,6 +93,13 @@ def main() -> None:
 
         results = purge_bench.run(runs=runs, interval_ms=5000 if args.quick else 1000)
         print("\n" + "\n".join(purge_bench.report(results)), flush=True)
+    if args.part in ("4", "all"):
+        from bench import trades_bench
+
+        results = trades_bench.run(
+            runs=runs, warmup=5.0 if args.quick else 10.0, window=10.0 if args.quick else 30.0
+        )
+        print("\n" + "\n".join(trades_bench.report(results)), flush=True)
     print(f"\nbench took {time.perf_counter() - started:.0f} s", flush=True)
 
 

@@ -50,7 +50,9 @@ ENDPOINT_WEIGHTS: dict[str, int] = {
     "/api/v3/exchangeInfo": 20,
     "/api/v3/klines": 2,
     "/api/v3/ticker/price": 4,  # list or all; a single symbol is 2
+    "/api/v3/aggTrades": 4,
 }
+AGG_TRADES_LIMIT = 1000  # most aggregate trades one aggTrades request returns
 DEFAULT_WEIGHT_LIMIT = 6000
 # Above this many symbols, one unfiltered request (same weight) beats a URL of thousands of names.
 MAX_LISTED_SYMBOLS = 100
@@ -325,6 +327,108 @@ def parse_prices(
         out_prices.append(price)
     missing = [s for s in symbols if s not in seen] if len(seen) < len(wanted) else []
     return PricePoll(out_symbols, out_prices, received_ms, int(skipped), missing)
+
+
+# A staged trade: the symbol, the exchange's trade time T (ms), price, quantity, the aggregate
+# trade id and the individual trades it aggregates (l - f + 1).
+TRADE_FRAME_SCHEMA = {
+    "symbol": pl.String,
+    "ts": pl.Int64,
+    "price": pl.Float64,
+    "agg_id": pl.Int64,
+    "qty": pl.Float64,
+    "trades": pl.Int64,
+}
+_EVENT_FIELDS = {
+    "e": pl.String,
+    "s": pl.String,
+    "a": pl.Int64,
+    "p": pl.String,
+    "q": pl.String,
+    "f": pl.Int64,
+    "l": pl.Int64,
+    "T": pl.Int64,
+}
+
+
+def _trade_columns(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Raw ``s, a, p, q, f, l, T`` columns as ``TRADE_FRAME_SCHEMA``, keeping only elements that
+    can be trades (an id, a time, a finite price and quantity > 0, f <= l); and how many were
+    dropped."""
+    price = pl.col("p").cast(pl.Float64, strict=False)
+    qty = pl.col("q").cast(pl.Float64, strict=False)
+    valid = (
+        pl.col("s").is_not_null()
+        & (pl.col("a") >= 0)
+        & pl.col("T").is_not_null()
+        & (price > 0)
+        & price.is_finite()
+        & (qty > 0)
+        & qty.is_finite()
+        & (pl.col("f") <= pl.col("l"))
+    ).fill_null(False)
+    good = frame.filter(valid).select(
+        symbol="s",
+        ts="T",
+        price=price,
+        agg_id="a",
+        qty=qty,
+        trades=pl.col("l") - pl.col("f") + 1,
+    )
+    return good, frame.height - good.height
+
+
+def parse_agg_trades(data: Any, symbol: str) -> tuple[pl.DataFrame, int]:
+    """Validate a REST ``aggTrades`` array of one symbol: the trades (``TRADE_FRAME_SCHEMA``,
+    in id order) and the number of malformed elements skipped.
+
+    >>> frame, skipped = parse_agg_trades([{"a": 7, "p": "1.5", "q": "2", "f": 10, "l": 11,
+    ...     "T": 1000, "m": True, "M": True}, {"a": "x"}], "BTCUSDT")
+    >>> frame.row(0), skipped
+    (('BTCUSDT', 1000, 1.5, 7, 2.0, 2), 1)
+    """
+    if not isinstance(data, list):
+        raise BadResponse(f"aggTrades: expected a JSON array, got {type(data).__name__}")
+    rows = [
+        {k: e.get(k) for k in ("a", "p", "q", "f", "l", "T")}
+        for e in data
+        if type(e) is dict
+        and all(type(e.get(k)) is int for k in ("a", "f", "l", "T"))
+        and type(e.get("p")) is str
+        and type(e.get("q")) is str
+    ]
+    frame = pl.DataFrame(
+        rows, schema={k: t for k, t in _EVENT_FIELDS.items() if k not in ("e", "s")}
+    ).with_columns(s=pl.lit(symbol))
+    good, dropped = _trade_columns(frame)
+    return good.sort("agg_id").cast(TRADE_FRAME_SCHEMA), len(data) - len(rows) + dropped  # type: ignore[arg-type]
+
+
+def parse_trade_events(lines: Sequence[str | bytes]) -> tuple[pl.DataFrame, int]:
+    """Combined-stream ``aggTrade`` messages (``{"stream": ..., "data": {...}}``, one per item)
+    as trades (``TRADE_FRAME_SCHEMA``), parsed in bulk; and the number skipped.
+
+    The hot path of the trade collector: the lines are joined and parsed by Polars' NDJSON
+    reader in one go. A batch it cannot read (a malformed line) is parsed line by line, so one
+    bad message costs only itself.
+    """
+    if not lines:
+        return pl.DataFrame(schema=TRADE_FRAME_SCHEMA), 0
+    schema = {"data": pl.Struct(_EVENT_FIELDS)}
+    texts = [x if isinstance(x, bytes) else x.encode() for x in lines]
+    try:
+        raw = pl.read_ndjson(b"\n".join(texts), schema=schema).unnest("data")
+    except Exception:  # a malformed message: find it, keep the rest
+        good = []
+        for text in texts:
+            try:
+                good.append(pl.read_ndjson(text, schema=schema))
+            except Exception:
+                continue
+        raw = pl.concat(good).unnest("data") if good else pl.DataFrame(schema=_EVENT_FIELDS)
+    raw = raw.filter(pl.col("e") == "aggTrade")
+    trades, dropped = _trade_columns(raw)
+    return trades.cast(TRADE_FRAME_SCHEMA), len(texts) - raw.height + dropped  # type: ignore[arg-type]
 
 
 def parse_exchange_info(data: Any) -> ExchangeInfo:
@@ -605,6 +709,26 @@ class BinanceClient:
         data = self.request("/api/v3/ticker/price", params, deadline=deadline)
         received_ms = int(self.clock() * 1000)
         return parse_prices(data, symbols, received_ms, listed=listed)
+
+    def agg_trades(
+        self,
+        symbol: str,
+        *,
+        from_id: int | None = None,
+        start_ms: int | None = None,
+        limit: int = AGG_TRADES_LIMIT,
+        deadline: float | None = None,
+    ) -> tuple[pl.DataFrame, int]:
+        """One page of ``GET /api/v3/aggTrades`` (weight 4): from id ``from_id``, from time
+        ``start_ms``, or the most recent ``limit``. The trades (see :func:`parse_agg_trades`)
+        and the malformed elements skipped."""
+        params: dict[str, Any] = {"symbol": symbol, "limit": limit}
+        if from_id is not None:
+            params["fromId"] = from_id
+        elif start_ms is not None:
+            params["startTime"] = start_ms
+        data = self.request("/api/v3/aggTrades", params, deadline=deadline)
+        return parse_agg_trades(data, symbol)
 
     def klines(
         self,

@@ -324,7 +324,7 @@ def reconcile(
     until: Until = None,
     json_output: Json = False,
 ) -> None:
-    """Compare poll bars with the exchange's 1h candles (deviations in basis points).
+    """Compare poll and trade bars with the exchange's 1h candles (deviations in basis points).
 
     Example: etl reconcile --hours 48
     """

@@ -1,4 +1,5 @@
-"""The poll loop: one ticker request per slot, one SQLite transaction per poll.
+"""The collector: the poll loop (one ticker request per slot, one SQLite transaction per poll), or
+with ``source = "trades"`` every aggregate trade (:mod:`etl.trade_feed`, a transaction per batch).
 
 Slots are multiples of the interval on the wall clock, so a slow poll never shifts the ones after
 it. A poll that cannot be completed before the next slot is counted as missed, never retried into
@@ -7,6 +8,8 @@ why, waits out bans, and recovers by itself. It holds an OS lock on its staging 
 whole life, so a second collector on the same file is refused. Closed hours are rolled up by a
 separate ``etl rollup`` process (so a rollup never delays a poll, and SQLite is never opened
 twice in one process), watched: one that runs too long is stopped and the next hour's starts.
+Both sources share all of that: the lock, the checks, signals, the live view, metrics and the
+rollup child; only the loop differs.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from etl.logs import rotate
 from etl.metrics import CollectorMetrics
 from etl.shutdown import Interrupted
 from etl.staging import LAST_ROLLUP_KEY, Staging, open_staging
+from etl.trade_feed import FLUSH_S, TradeFeed
 
 ROLLUP_RETRY_S = 300.0
 # Fills the gap since the last tick in the background: (client, since_ms, stop, report).
@@ -121,6 +125,11 @@ class CollectorStats:
     rollups: int = 0
     rollups_failed: int = 0
     rollups_stopped: int = 0
+    # source trades: ``ticks`` counts trades newly staged, ``polls_ok`` batches written
+    duplicates: int = 0
+    caught_up: int = 0
+    holes: int = 0
+    reconnects: int = 0
 
     @property
     def polls(self) -> int:
@@ -292,8 +301,10 @@ class Collector:
         clock: Callable[[], float] = time.time,
         stop: threading.Event | None = None,
         wait: Callable[[float], bool] | None = None,
+        trade_options: dict[str, Any] | None = None,
     ) -> None:
-        """``clock`` and ``wait`` (sleep up to N s, True if stopped) can be virtual in tests."""
+        """``clock`` and ``wait`` (sleep up to N s, True if stopped) can be virtual in tests;
+        ``trade_options`` go to :class:`etl.trade_feed.TradeFeed` (compressed timings)."""
         self.settings = settings
         self.symbols = list(settings.symbols)
         self.staging = staging
@@ -309,11 +320,12 @@ class Collector:
         self.exchange_seen = False
         self.instruments: CollectorMetrics | None = None
         self.metrics_url: str | None = None
+        self.trade_options = trade_options or {}
+        self.feed: TradeFeed | None = None
 
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self, polls: int | None = None, duration: float | None = None) -> CollectorStats:
-        interval = self.settings.interval_s
         self.stats = CollectorStats(started=self.clock())
         end = self.clock() + duration if duration is not None else math.inf
         with ExitStack() as stack:
@@ -333,7 +345,6 @@ class Collector:
                 )
             )
             stack.enter_context(self.view)
-            staging.record_interval(interval, int(self.clock() * 1000))
             if self.settings.metrics_port is not None:
                 stack.callback(self._serve_metrics(staging).shutdown)
             launcher = (
@@ -343,52 +354,135 @@ class Collector:
                 if self.rollup
                 else None
             )
-            self.view.event(
-                f"collecting {len(self.symbols)} symbol(s) every {interval:g} s from "
-                f"{self.settings.binance_url} into {staging.path}"
-            )
-            gap_since = self._report_gap(staging)
-            backfill_stop = threading.Event()
-            backfiller: threading.Thread | None = None
-            validated = False
-            slot = math.floor(self.clock() / interval) + 1
             try:
-                while not self.stop.is_set():
-                    wait = slot * interval - self.clock()
-                    if wait > 0 and self.wait(wait):
-                        break
-                    if self.clock() >= end:
-                        break
-                    deadline = (slot + 1) * interval - min(0.05 * interval, 0.25)
-                    if not validated:
-                        validated = self._validate(deadline)
-                    if validated:
-                        self._poll(deadline)
-                        if self.gap_filler and gap_since is not None and backfiller is None:
-                            backfiller = self._start_backfill(gap_since, backfill_stop)
-                    self._refresh()
-                    if launcher is not None and validated:
-                        launcher.tick()
-                    if polls is not None and self.stats.polls >= polls:
-                        break
-                    next_slot = math.floor(self.clock() / interval) + 1
-                    overran = max(0, next_slot - slot - 1)  # slots we overran
-                    self.stats.polls_missed += overran
-                    if self.instruments is not None and overran:
-                        self.instruments.polls.labels("missed").inc(overran)
-                    slot = next_slot
-            except Interrupted:
-                pass  # a signal abandoned a wait on the exchange: nothing was being written
+                if self.settings.source == "trades":
+                    self._collect_trades(staging, launcher, end, polls)
+                else:
+                    self._collect_polls(staging, launcher, end, polls)
             finally:
-                backfill_stop.set()
-                if backfiller is not None:
-                    backfiller.join(timeout=3)  # every command answers a signal within 5 s
                 if launcher is not None:
                     self.stats.rollups = launcher.launched
                     self.stats.rollups_failed = launcher.failed
                     self.stats.rollups_stopped = launcher.stopped
             self._summary(staging)
         return self.stats
+
+    def _collect_polls(
+        self, staging: Staging, launcher: RollupLauncher | None, end: float, polls: int | None
+    ) -> None:
+        """Poll every ``interval_s`` until stopped, ``end`` or ``polls`` polls."""
+        interval = self.settings.interval_s
+        staging.record_interval(interval, int(self.clock() * 1000))
+        self.view.event(
+            f"collecting {len(self.symbols)} symbol(s) every {interval:g} s from "
+            f"{self.settings.binance_url} into {staging.path}"
+        )
+        gap_since = self._report_gap(staging)
+        backfill_stop = threading.Event()
+        backfiller: threading.Thread | None = None
+        validated = False
+        slot = math.floor(self.clock() / interval) + 1
+        try:
+            while not self.stop.is_set():
+                wait = slot * interval - self.clock()
+                if wait > 0 and self.wait(wait):
+                    break
+                if self.clock() >= end:
+                    break
+                deadline = (slot + 1) * interval - min(0.05 * interval, 0.25)
+                if not validated:
+                    validated = self._validate(deadline)
+                if validated:
+                    self._poll(deadline)
+                    if self.gap_filler and gap_since is not None and backfiller is None:
+                        backfiller = self._start_backfill(gap_since, backfill_stop)
+                self._refresh()
+                if launcher is not None and validated:
+                    launcher.tick()
+                if polls is not None and self.stats.polls >= polls:
+                    break
+                next_slot = math.floor(self.clock() / interval) + 1
+                overran = max(0, next_slot - slot - 1)  # slots we overran
+                self.stats.polls_missed += overran
+                if self.instruments is not None and overran:
+                    self.instruments.polls.labels("missed").inc(overran)
+                slot = next_slot
+        except Interrupted:
+            pass  # a signal abandoned a request: nothing was being written
+        finally:
+            backfill_stop.set()
+            if backfiller is not None:
+                backfiller.join(timeout=3)  # every command answers a signal within 5 s
+
+    def _collect_trades(
+        self, staging: Staging, launcher: RollupLauncher | None, end: float, polls: int | None
+    ) -> None:
+        """Store every trade until stopped, ``end``, or ``polls`` batches written."""
+        assert self.client is not None
+        self.view.event(
+            f"collecting every trade of {len(self.symbols)} symbol(s) from "
+            f"{self.settings.ws_url} (catch-up from {self.settings.binance_url}) into "
+            f"{staging.path}"
+        )
+        try:
+            while not self.stop.is_set() and self.clock() < end:
+                if self._validate(self.clock() + 10):
+                    break
+                self._refresh()
+                if self.wait(2.0):
+                    return
+        except Interrupted:
+            return
+        if self.stop.is_set():
+            return
+        self.feed = feed = TradeFeed(
+            staging,
+            self.client,
+            self.settings.ws_url,
+            self.symbols,
+            event=self.view.event,
+            **self.trade_options,
+        )
+        feed.start()
+        try:
+            while not self.stop.is_set() and self.clock() < end:
+                if self.wait(FLUSH_S):
+                    break
+                self._store_batch(feed)
+                if launcher is not None:
+                    launcher.tick()
+                if polls is not None and self.stats.polls_ok >= polls:
+                    break
+        finally:
+            feed.close()
+            self._count(feed)
+
+    def _store_batch(self, feed: TradeFeed) -> None:
+        began, started = self.clock(), time.perf_counter()
+        try:
+            stored = feed.flush()
+        except Exception as exc:  # a full disk, a write refused: missed, not a crash
+            self._missed(exc, began)
+            return
+        self.stats.polls_ok += 1
+        if self.instruments is not None:
+            self.instruments.polls.labels("ok").inc()
+            self.instruments.poll_seconds.observe(time.perf_counter() - started)
+            self.instruments.ticks.inc(stored)
+            self.instruments.last_tick_ms.update(
+                {s: e[2] - feed.offset_ms for s, e in feed.activity.state.items()}
+            )
+        self._count(feed)
+        self._refresh()
+
+    def _count(self, feed: TradeFeed) -> None:
+        fs, st = feed.stats, self.stats
+        if self.instruments is not None:
+            self.instruments.trade_holes.inc(fs.holes - st.holes)
+            self.instruments.reconnects.inc(fs.reconnects - st.reconnects)
+            self.instruments.caught_up.inc(fs.caught_up - st.caught_up)
+        st.ticks, st.duplicates, st.skipped = fs.trades, fs.duplicates, fs.skipped
+        st.caught_up, st.holes, st.reconnects = fs.caught_up, fs.holes, fs.reconnects
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -572,6 +666,9 @@ class Collector:
         if not self.view.live_mode:  # piped: one log line per poll says it all
             return
         assert self.client is not None and self.staging is not None
+        if self.feed is not None:
+            self._refresh_trades(self.feed)
+            return
         gov = self.client.governor
         status = "ok"
         if gov.banned_until > self.clock():
@@ -591,8 +688,37 @@ class Collector:
         }
         self.view.refresh(header, self.metrics.frame())
 
+    def _refresh_trades(self, feed: TradeFeed) -> None:
+        assert self.client is not None and self.staging is not None
+        gov, s = self.client.governor, self.stats
+        open_ = len(feed.stream.open_groups())
+        waiting = feed.unverified()
+        status = f"{open_} of {len(feed.stream.groups)} connection(s) open"
+        if waiting:
+            status += f", {waiting} symbol(s) catching up"
+        exchange_now = feed.exchange_ms()
+        header = {
+            "streams": f"{self.settings.ws_url}: {status}",
+            "trades": f"{s.ticks} stored, {s.duplicates} duplicates dropped, {s.caught_up} "
+            f"fetched over REST, {s.reconnects} reconnects, {s.holes} holes",
+            "weight": f"{gov.used} / {gov.limit} this minute (budget {gov.allowed})",
+            "last error": s.last_error or "-",
+            "staging": str(self.staging.path),
+            "hour": f"{hour_label(hour_floor(exchange_now))}, updated {stamp(self.clock())} UTC",
+        }
+        frame = feed.activity.frame(exchange_now, time.monotonic())
+        self.view.refresh(header, frame, trades=True)
+
     def _summary(self, staging: Staging) -> None:
         s = self.stats
+        if self.settings.source == "trades":
+            self.view.event(
+                f"stopped after {age(self.clock() - s.started)}: {s.ticks} trades stored in "
+                f"{s.polls_ok} batches, {s.duplicates} duplicates dropped, {s.caught_up} fetched "
+                f"over REST, {s.reconnects} reconnects, {s.holes} holes recorded, {s.skipped} bad "
+                f"messages skipped, {s.rollups} rollup(s) started; staging {staging.path}"
+            )
+            return
         self.view.event(
             f"stopped after {age(self.clock() - s.started)}: {s.polls_ok} polls ok, "
             f"{s.polls_missed} missed, {s.ticks} ticks stored, {s.skipped} bad elements skipped, "

@@ -28,6 +28,7 @@ from etl.errors import ConfigError
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
 DEFAULT_BINANCE_URL = "https://api.binance.com"
+DEFAULT_WS_URL = "wss://stream.binance.com:9443"
 SYMBOL_RE = re.compile(r"[A-Z0-9]{2,20}")
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
@@ -105,6 +106,17 @@ def _url(value: Any) -> str:
         raise ValueError(f"{value!r} is not a URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"{value!r} is not an http(s) URL")
+    return text
+
+
+def _ws_url(value: Any) -> str:
+    text = str(value).strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a URL ({exc})") from None
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError(f"{value!r} is not a ws(s) URL")
     return text
 
 
@@ -222,6 +234,21 @@ class Settings:
         parse=_url,
         metavar="URL",
         help="exchange REST base URL",
+    )
+    source: str = _setting(
+        "poll",
+        env="ETL_SOURCE",
+        parse=_choice("poll", "trades"),
+        metavar="poll|trades",
+        help="what `etl collect` stores: poll samples the ticker every interval_s; trades "
+        "stores every aggregate trade from the WebSocket streams (bars equal the exchange's)",
+    )
+    ws_url: str = _setting(
+        DEFAULT_WS_URL,
+        env="ETL_WS_URL",
+        parse=_ws_url,
+        metavar="URL",
+        help="exchange WebSocket streams base URL (source trades)",
     )
     data_dir: Path = _setting(
         Path("data"),

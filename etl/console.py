@@ -111,6 +111,7 @@ class CollectorView:
     """
 
     COLUMNS = ("symbol", "open", "high", "low", "last", "mean", "samples")
+    TRADE_COLUMNS = ("symbol", "last", "trades/s", "trades this hour", "last trade", "lag")
 
     def __init__(self, live: bool | None = None, out: Console | None = None) -> None:
         """``out``: print lines there (tests); by default they are log records of
@@ -168,18 +169,42 @@ class CollectorView:
             out.append([symbol, *cells, str(samples)])
         return out
 
-    def refresh(self, header: dict[str, Any], metrics: pl.DataFrame) -> None:
+    def trade_rows(self, activity: pl.DataFrame) -> list[list[str]]:
+        """Rows of the trade collector's table from ``symbol, last, trades_per_s, hour_trades,
+        last_trade_ms, lag_s``: the last trade's time on the exchange's clock, to the
+        millisecond, and how far behind it the exchange's now is."""
+        out = []
+        for symbol, last, rate, count, at_ms, lag in activity.head(MAX_LIVE_ROWS).iter_rows():
+            at = f"{stamp(at_ms / 1000)[11:]}.{at_ms % 1000:03d}" if at_ms is not None else "-"
+            out.append(
+                [
+                    symbol,
+                    self._price(symbol, last),
+                    f"{rate:,.1f}",
+                    f"{count:,}",
+                    at,
+                    f"{lag:.1f} s",
+                ]
+            )
+        return out
+
+    def refresh(
+        self, header: dict[str, Any], metrics: pl.DataFrame, *, trades: bool = False
+    ) -> None:
+        """Draw the header and the table: this hour's bars per symbol, or (``trades``) each
+        symbol's trade activity (:meth:`trade_rows`)."""
         if self._live is None:
             return
         head = Table.grid(padding=(0, 2))
         for key, value in header.items():
             head.add_row(Text(key, style="bold"), Text(str(value)))
-        rows = self.rows(metrics)
+        columns = self.TRADE_COLUMNS if trades else self.COLUMNS
+        rows = self.trade_rows(metrics) if trades else self.rows(metrics)
         for row in rows:
-            for name, value in zip(self.COLUMNS, row, strict=True):
+            for name, value in zip(columns, row, strict=True):
                 self._widths[name] = max(self._widths.get(name, len(name)), len(value))
         body = Table(title="this hour", title_justify="left")
-        for name in self.COLUMNS:
+        for name in columns:
             body.add_column(
                 name,
                 justify="left" if name == "symbol" else "right",

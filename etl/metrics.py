@@ -66,6 +66,21 @@ class CollectorMetrics:
             buckets=_ROLLUP_BUCKETS,
             registry=r,
         )
+        self.trade_holes = Counter(
+            "etl_trade_holes",
+            "Ranges of aggregate trade ids that could not be fetched (source trades).",
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "etl_trade_stream_reconnects",
+            "Trade stream connections lost and opened again (source trades).",
+            registry=r,
+        )
+        self.caught_up = Counter(
+            "etl_trades_caught_up",
+            "Trades fetched over REST to fill what the streams missed (source trades).",
+            registry=r,
+        )
         self.last_rollup_ok = 0.0
         self.last_tick_ms: dict[str, int] = {}
         self._state: _State | None = None

@@ -1,9 +1,10 @@
-"""``etl reconcile``: compare recent ``poll`` bars with the exchange's own 1h candles.
+"""``etl reconcile``: compare recent ``poll`` and ``trade`` bars with the exchange's own 1h candles.
 
 Per symbol and hour, the deviation of open, high, low and close in basis points of the
 exchange's value. A poll bar samples the price every few seconds, so its high and low lie inside
 the candle's and its open and close are the first and last samples: small deviations are the
-expected cost of sampling; large ones point at a stale symbol, a clock problem or bad data.
+expected cost of sampling; large ones point at a stale symbol, a clock problem or bad data. A
+trade bar is built from every trade, so it shows 0 bps (anything else is a bug or a hole).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def run_reconcile(
         open_warehouse(settings) as wh,
     ):
         wh.migrate()
-        poll = wh.bars(settings.symbols, utc(lo), utc(hi), source="poll")
+        bars = wh.bars(settings.symbols, utc(lo), utc(hi))
+        poll = bars.filter(pl.col("source").is_in(["poll", "trade"]))
         candles = []
         try:
             for symbol in poll["symbol"].unique(maintain_order=True).to_list():
@@ -109,4 +111,8 @@ def run_reconcile(
             klines,
         )
         wh.write_reconciliation(result)
-    return result
+    return result.join(
+        poll.select("symbol", pl.col("bucket").cast(pl.Datetime("us", "UTC")), "source"),
+        on=["symbol", "bucket"],
+        how="left",
+    )

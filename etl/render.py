@@ -95,7 +95,7 @@ def backfill(result: BackfillResult) -> list[RenderableType]:
 
 def reconcile(result: pl.DataFrame, per_symbol: pl.DataFrame, hours_text: str) -> RenderableType:
     if result.is_empty():
-        return Text(f"no poll bars to compare in {hours_text}")
+        return Text(f"no poll or trade bars to compare in {hours_text}")
     renamed = per_symbol.rename(
         {
             c: c.replace("_mean_abs_bps", " avg").replace("_max_abs_bps", " max")
@@ -104,7 +104,9 @@ def reconcile(result: pl.DataFrame, per_symbol: pl.DataFrame, hours_text: str) -
     )
     rows = [[f"{v:.2f}" if isinstance(v, float) else v for v in row] for row in renamed.rows()]
     return table(
-        f"poll bars vs 1h klines, {hours_text} (|deviation| in bps)", renamed.columns, rows
+        f"poll and trade bars vs 1h klines, {hours_text} (|deviation| in bps)",
+        renamed.columns,
+        rows,
     )
 
 
@@ -154,6 +156,14 @@ def status(report: Status) -> RenderableType:
         row("staging size", ", ".join(f"{k} {size(v)}" for k, v in st.bytes.items()))
         if st.interval_s:
             row("poll interval", f"{st.interval_s:g} s (as recorded by the collector)")
+        if st.trade_holes_7d:
+            holes = st.trade_holes_7d
+            row(
+                "trade holes",
+                f"{len(holes)} in 7 days, {sum(h['ids'] for h in holes):,} ids (last: "
+                f"{holes[-1]['symbol']} {holes[-1]['from']} .. {holes[-1]['to']})",
+                "yellow",
+            )
     else:
         row("staging", st.problem or "-")
     if st.weight.get("used") is not None:

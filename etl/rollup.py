@@ -195,3 +195,181 @@ def kline_bars(klines: pl.DataFrame, symbol: str) -> pl.DataFrame:
         .cast(BAR_SCHEMA)  # type: ignore[arg-type]
         .collect()
     )
+
+
+TRADE_BAR_SCHEMA = {
+    **BAR_SCHEMA,
+    "volume": pl.Float64,
+    "quote_volume": pl.Float64,
+    "trades": pl.Int64,
+    "vwap": pl.Float64,
+    "ids_missing": pl.Int32,
+}
+
+
+def id_gaps(trades: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """Aggregate trade ids missing per symbol and hour, from the staged ids alone: ``sym,
+    bucket_ms, missing``.
+
+    Between two consecutive staged ids of a symbol, the ids between are missing: they count in
+    the hour of the later trade, and also in the earlier one's when the two lie in different
+    hours (the missing trades may belong to either).
+
+    >>> t = pl.DataFrame({"sym": [1, 1, 1], "ts": [0, 10, 3_600_000], "agg_id": [1, 4, 6]})
+    >>> id_gaps(t).sort("bucket_ms").collect().rows()
+    [(1, 0, 3), (1, 3600000, 1)]
+    """
+    same = pl.col("sym") == pl.col("sym").shift(1)
+    seq = (
+        trades.lazy()
+        .select("sym", "ts", "agg_id")
+        .sort("sym", "agg_id")
+        .with_columns(bucket_ms=pl.col("ts") - pl.col("ts") % HOUR_MS)
+        .with_columns(
+            gap=pl.when(same).then(pl.col("agg_id") - pl.col("agg_id").shift(1) - 1).otherwise(0),
+            prev_bucket=pl.when(same).then(pl.col("bucket_ms").shift(1)),
+        )
+    )
+    own = seq.select("sym", "bucket_ms", missing="gap")
+    earlier = seq.filter(
+        (pl.col("gap") > 0) & (pl.col("prev_bucket") != pl.col("bucket_ms"))
+    ).select("sym", bucket_ms="prev_bucket", missing="gap")
+    return (
+        pl.concat([own, earlier])
+        .group_by("sym", "bucket_ms")
+        .agg(pl.col("missing").sum().cast(pl.Int64))
+    )
+
+
+def edge_missing(
+    hours: pl.LazyFrame, cursors: pl.DataFrame | None, holes: pl.DataFrame | None
+) -> pl.LazyFrame:
+    """What the staged ids cannot show, per ``sym, bucket_ms`` of ``hours``: ``edges`` (1 if the
+    symbol's chain began after the hour started, or has not been seen past its end: some trades
+    may be missing, how many is unknown) and ``holed`` (ids of recorded holes overlapping it).
+
+    ``cursors``: ``sym, last_ts, since_ms, live_ms`` (the trade feed's); ``holes``: ``sym,
+    after_id, before_id, from_ms, to_ms``.
+    """
+    end = pl.col("bucket_ms") + HOUR_MS
+    cur = (cursors if cursors is not None else pl.DataFrame(schema=_CURSOR_COLS)).lazy()
+    out = hours.join(
+        cur.select(*_CURSOR_COLS).cast(_CURSOR_COLS),  # type: ignore[arg-type]
+        on="sym",
+        how="left",
+    ).with_columns(
+        edges=(
+            pl.col("since_ms").is_null()
+            | (pl.col("since_ms") > pl.col("bucket_ms"))
+            | ((pl.col("last_ts") < end) & (pl.col("live_ms") < end))
+        ).cast(pl.Int64)
+    )
+    hole_cols = {"sym": pl.Int64, "after_id": pl.Int64, "before_id": pl.Int64}
+    hole_cols |= {"from_ms": pl.Int64, "to_ms": pl.Int64}
+    recorded = (holes if holes is not None else pl.DataFrame(schema=hole_cols)).lazy()
+    holed = (
+        hours.join(recorded.select(*hole_cols).cast(hole_cols), on="sym")  # type: ignore[arg-type]
+        .filter((pl.col("from_ms") < end) & (pl.col("to_ms") >= pl.col("bucket_ms")))
+        .group_by("sym", "bucket_ms")
+        .agg(holed=(pl.col("before_id") - pl.col("after_id") - 1).clip(0).sum())
+    )
+    return out.join(holed, on=["sym", "bucket_ms"], how="left").select(
+        "sym", "bucket_ms", "edges", pl.col("holed").fill_null(0)
+    )
+
+
+_CURSOR_COLS = {"sym": pl.Int64, "last_ts": pl.Int64, "since_ms": pl.Int64, "live_ms": pl.Int64}
+
+
+def trade_bars(
+    trades: pl.DataFrame | pl.LazyFrame,
+    symbols: pl.DataFrame,
+    *,
+    cursors: pl.DataFrame | None = None,
+    holes: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """One ``source = 'trade'`` bar per symbol and UTC hour from staged trades ``sym, ts, price,
+    agg_id, qty, trades`` (``symbols`` maps ``sym`` to ``symbol``).
+
+    Trades are taken in id order (the exchange's order; trade times can tie). ``open`` / ``close``
+    are the first / last trade's price, ``mean`` the mean of the trades' prices, ``samples`` the
+    aggregate trades, ``trades`` the individual ones (``l - f + 1`` summed, as in the exchange's
+    kline), ``volume`` / ``quote_volume`` the sums of quantity and of price × quantity, ``vwap``
+    their ratio. ``ids_missing`` counts the ids of the hour not staged: gaps in the sequence
+    (:func:`id_gaps`), or recorded holes, whichever is larger, plus 1 for an edge the sequence
+    cannot vouch for (:func:`edge_missing`); 0 means the hour is complete.
+    """
+    ordered = (
+        trades.lazy()
+        .select("sym", "ts", "price", "agg_id", "qty", "trades")
+        .sort("sym", "agg_id")
+        .with_columns(bucket_ms=pl.col("ts") - pl.col("ts") % HOUR_MS)
+    )
+    price, qty = pl.col("price"), pl.col("qty")
+    bars = ordered.group_by("sym", "bucket_ms").agg(
+        open=price.first(),
+        high=price.max(),
+        low=price.min(),
+        close=price.last(),
+        mean=price.mean(),
+        samples=pl.len().cast(pl.Int32),
+        first_ts=pl.col("ts").first(),
+        last_ts=pl.col("ts").last(),
+        inner_gap=pl.col("ts").diff().max(),
+        volume=qty.sum(),
+        quote_volume=(price * qty).sum(),
+        trades=pl.col("trades").fill_null(1).sum(),
+    )
+    hours = bars.select("sym", "bucket_ms")
+    missing = (
+        id_gaps(ordered)
+        .join(edge_missing(hours, cursors, holes), on=["sym", "bucket_ms"], how="right")
+        .select(
+            "sym",
+            "bucket_ms",
+            ids_missing=pl.max_horizontal(pl.col("missing").fill_null(0), "holed")
+            + pl.col("edges"),
+        )
+    )
+    return (
+        bars.join(missing, on=["sym", "bucket_ms"], how="left")
+        .join(symbols.lazy().select("sym", "symbol"), on="sym")
+        .with_columns(
+            bucket=_utc("bucket_ms"),
+            first_at=_utc("first_ts"),
+            last_at=_utc("last_ts"),
+            max_gap_s=pl.max_horizontal(
+                pl.col("first_ts") - pl.col("bucket_ms"),
+                pl.col("inner_gap"),
+                pl.col("bucket_ms") + HOUR_MS - pl.col("last_ts"),
+            ).cast(pl.Float64)
+            / 1000,
+            source=pl.lit("trade"),
+            interval_s=pl.lit(None, dtype=pl.Float64),
+            vwap=pl.col("quote_volume") / pl.col("volume"),
+            max_seq=pl.lit(None, dtype=pl.Int64),
+        )
+        .select(*TRADE_BAR_SCHEMA, "max_seq")
+        .cast({**TRADE_BAR_SCHEMA, "max_seq": pl.Int64})  # type: ignore[arg-type]
+        .sort("symbol", "bucket")
+        .collect()
+    )
+
+
+def one_bar_per_hour(bars: pl.DataFrame) -> pl.DataFrame:
+    """One bar per (symbol, hour) from a file that held both poll ticks and trades in an hour
+    (the collector was switched between sources): a complete trade bar, else the poll bar, else
+    the trade bar with holes. Bars of different sources are never mixed."""
+    rank = (
+        pl.when((pl.col("source") == "trade") & (pl.col("ids_missing") == 0))
+        .then(0)
+        .when(pl.col("source") == "poll")
+        .then(1)
+        .otherwise(2)
+    )
+    return (
+        bars.with_columns(_rank=rank)
+        .sort("symbol", "bucket", "_rank")
+        .unique(["symbol", "bucket"], keep="first", maintain_order=True)
+        .drop("_rank")
+    )

@@ -23,7 +23,7 @@ import polars as pl
 from etl.config import Settings
 from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, utc
 from etl.report import NoProgress, Progress, counted
-from etl.rollup import hour_ledger, hourly_bars
+from etl.rollup import hour_ledger, hourly_bars, one_bar_per_hour, trade_bars
 from etl.staging import LAST_ROLLUP_KEY, Staging, open_staging
 from etl.warehouse import Warehouse, open_warehouse
 
@@ -218,17 +218,34 @@ class Rollup:
         result.rejected += window.rejected
         crash_point("after_read")
         intervals = self.staging.hour_intervals(group)
+        ticks = window.ticks
+        trades = None
+        if "agg_id" in ticks.columns:  # trades are rolled up apart: rows with an id
+            trades = ticks.filter(pl.col("agg_id").is_not_null())
+            ticks = ticks.filter(pl.col("agg_id").is_null())
         bars = hourly_bars(
-            window.ticks,
+            ticks,
             ordered=True,  # staging reads come ordered by ts, seq
             symbols=window.symbols,
             interval_s=pl.col("bucket_ms").replace_strict(
                 intervals, default=self.settings.interval_s, return_dtype=pl.Float64
             ),
-        ).with_columns(staging_id=pl.lit(self.staging.id))
+        )
+        if trades is not None and trades.height:
+            made = trade_bars(
+                trades,
+                window.symbols,
+                cursors=self.staging.trade_cursors(),
+                holes=self.staging.trade_holes(min(group), max(group) + HOUR_MS),
+            )
+            bars = pl.concat([bars, made], how="diagonal_relaxed")
+        bars = bars.with_columns(staging_id=pl.lit(self.staging.id))
+        # The ledger counts every tick read, so a later read of the hour can tell it is intact.
         runs = hour_ledger(bars, started_at, max_seq=window.upto).with_columns(
             staging_id=pl.lit(self.staging.id), staging_name=pl.lit(self.staging.name)
         )
+        if trades is not None and trades.height and ticks.height:
+            bars = one_bar_per_hour(bars)
         written = self.wh.write_bars(bars, runs, before_commit=lambda: crash_point("before_commit"))
         crash_point("after_commit")
         result.bars += written.bars

@@ -13,6 +13,13 @@ Small tables beside: ``meta`` (the file's identity: a UUID and a readable name, 
 ``ticks_rejected`` (quarantine: rows that got in past the constraints, or came with an older
 file, with the reason; never rolled up, never purged).
 
+Trades (``etl collect --source trades``) are ticks too, with three more columns that poll ticks
+leave NULL: ``agg_id`` (the exchange's aggregate trade id), ``qty`` and ``trades`` (the
+individual trades it aggregates, ``l - f + 1``). A partial unique index on ``(sym, agg_id)``
+drops a trade seen twice (reconnects, REST catch-up). ``trade_cursor`` keeps, per symbol, the id
+up to which the sequence is known to have no holes (it survives restarts and purges), and
+``trade_holes`` the ranges of ids that could not be fetched.
+
 >>> with Staging(tmp_path / "ticks.sqlite3") as st:          # doctest: +SKIP
 ...     st.append(["BTCUSDT", "ETHUSDT"], [60262.05, 2594.25], ts_ms=1_767_225_600_000)
 ...     st.read_window(1_767_225_600_000, 1_767_229_200_000).height
@@ -54,10 +61,44 @@ from etl.errors import (
 )
 from etl.hours import HOUR_MS, MAX_TS_MS, MIN_TS_MS, NO_LOWER, NO_UPPER, hour_floor
 
-SCHEMA_VERSION = 2
+# 3: trade columns, trade_cursor and trade_holes (files of version 2 are upgraded in place).
+SCHEMA_VERSION = 3
 # State the rollup keeps in the file it rolls up: its last outcome, for `etl status`.
 LAST_ROLLUP_KEY = "rollup.last"
 WINDOW_SCHEMA = {"sym": pl.Int64, "ts": pl.Int64, "price": pl.Float64}
+TRADE_WINDOW_SCHEMA = {
+    **WINDOW_SCHEMA,
+    "agg_id": pl.Int64,
+    "qty": pl.Float64,
+    "trades": pl.Int64,
+}
+TRADE_SCHEMA = pa.schema(
+    [
+        ("sym", pa.int64()),
+        ("ts", pa.int64()),
+        ("price", pa.float64()),
+        ("agg_id", pa.int64()),
+        ("qty", pa.float64()),
+        ("trades", pa.int64()),
+    ]
+)
+CURSOR_SCHEMA = {
+    "sym": pl.Int64,
+    "last_id": pl.Int64,
+    "last_ts": pl.Int64,
+    "since_ms": pl.Int64,
+    "live_ms": pl.Int64,
+}
+HOLE_SCHEMA = {
+    "symbol": pl.String,
+    "sym": pl.Int64,
+    "after_id": pl.Int64,
+    "before_id": pl.Int64,
+    "from_ms": pl.Int64,
+    "to_ms": pl.Int64,
+    "reason": pl.String,
+    "found_ms": pl.Int64,
+}
 TICK_SCHEMA = {"seq": pl.Int64, "symbol": pl.String, "ts": pl.Int64, "price": pl.Float64}
 SYMBOLS_SCHEMA = {"sym": pl.Int64, "symbol": pl.String}
 _APPEND_SCHEMA = pa.schema([("sym", pa.int64()), ("ts", pa.int64()), ("price", pa.float64())])
@@ -67,6 +108,26 @@ PURGE_SLICE_S = 0.02
 PURGE_FIRST_BATCH = 5_000
 
 _SYMBOL_RULE = "length(symbol) BETWEEN 2 AND 20 AND symbol NOT GLOB '*[^A-Z0-9]*'"
+# Columns of a trade (NULL in a poll tick), also added in place to files of version 2.
+_TRADE_COLUMNS = (
+    ("agg_id", "agg_id INTEGER CHECK (agg_id >= 0)"),
+    ("qty", "qty REAL CHECK (qty > 0 AND qty < 9e999)"),
+    ("trades", "trades INTEGER CHECK (trades > 0)"),
+)
+_TRADE_DDL = (
+    # A trade seen twice (a reconnect's overlap, a REST catch-up) is one row.
+    "CREATE UNIQUE INDEX IF NOT EXISTS tick_rows_trade ON tick_rows (sym, agg_id)"
+    " WHERE agg_id IS NOT NULL",
+    # Per symbol: ids up to last_id (traded at last_ts) are staged with no hole since since_ms,
+    # and the stream was known to be delivering up to live_ms. Never purged.
+    "CREATE TABLE IF NOT EXISTS trade_cursor (sym INTEGER PRIMARY KEY,"
+    " last_id INTEGER NOT NULL, last_ts INTEGER NOT NULL, since_ms INTEGER NOT NULL,"
+    " live_ms INTEGER NOT NULL) STRICT",
+    # Ids after_id < id < before_id (traded between from_ms and to_ms) could not be fetched.
+    "CREATE TABLE IF NOT EXISTS trade_holes (sym INTEGER NOT NULL, after_id INTEGER NOT NULL,"
+    " before_id INTEGER NOT NULL, from_ms INTEGER NOT NULL, to_ms INTEGER NOT NULL,"
+    " reason TEXT NOT NULL, found_ms INTEGER NOT NULL, PRIMARY KEY (sym, after_id)) STRICT",
+)
 _DDL = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
     "CREATE TABLE IF NOT EXISTS state ("
@@ -76,7 +137,8 @@ _DDL = (
     f"CREATE TABLE IF NOT EXISTS tick_rows (seq INTEGER PRIMARY KEY,"
     f" sym INTEGER NOT NULL CHECK (sym > 0),"
     f" ts INTEGER NOT NULL CHECK (ts BETWEEN {MIN_TS_MS} AND {MAX_TS_MS}),"
-    f" price REAL NOT NULL CHECK (price > 0 AND price < 9e999)) STRICT",
+    f" price REAL NOT NULL CHECK (price > 0 AND price < 9e999),"
+    f" {', '.join(c for _, c in _TRADE_COLUMNS)}) STRICT",
     "CREATE TABLE IF NOT EXISTS ticks_rejected (symbol ANY, ts ANY, price ANY,"
     " reason TEXT NOT NULL, moved_at INTEGER NOT NULL, seq INTEGER) STRICT",
     "CREATE TABLE IF NOT EXISTS intervals (from_ms INTEGER PRIMARY KEY,"
@@ -167,6 +229,7 @@ class Staging:
         self._lock_file: IO[str] | None = None
         self._sym_ids: dict[str, int] = {}
         self._last_ids: tuple[Sequence[str], pa.Array] | None = None
+        self._has_trade_tables = False
         if not create and not self.path.exists():
             raise NothingStaged(f"nothing staged in {self.path}: no staging file there")
         try:
@@ -282,7 +345,7 @@ class Staging:
             row = cur.fetchone()
         legacy = row is not None and row[0] == "table"
         if not legacy and row is not None:
-            return None  # already current: nothing to create
+            return self._upgrade_in_place()
         now = int(time.time() * 1000)
         with self.transaction() as cur:
             for ddl in _DDL:
@@ -315,6 +378,27 @@ class Staging:
             if legacy:
                 cur.execute("INSERT OR REPLACE INTO meta VALUES ('upgraded_from', '1')")
         return 1 if legacy else None
+
+    def _upgrade_in_place(self) -> int | None:
+        """Bring a file of an older version with ``tick_rows`` up to date, keeping every row:
+        ``ADD COLUMN`` (allowed on STRICT tables) leaves the rows as they are, their new columns
+        NULL. Returns the version upgraded from, if any."""
+        with self._cursor() as cur:
+            cur.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+            row = cur.fetchone()
+        version = int(row[0]) if row else SCHEMA_VERSION
+        if version >= SCHEMA_VERSION:
+            return None
+        with self.transaction() as cur:
+            cur.execute("SELECT name FROM pragma_table_info('tick_rows')")
+            present = {str(r[0]) for r in cur.fetchall()}
+            for name, column in _TRADE_COLUMNS:
+                if name not in present:
+                    cur.execute(f"ALTER TABLE tick_rows ADD COLUMN {column}")
+            cur.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+        return version
 
     def _identity(self, name: str | None) -> tuple[str, str]:
         meta = self.meta()
@@ -442,6 +526,118 @@ class Staging:
         with self.transaction() as cur:
             cur.adbc_ingest("tick_rows", table, mode="append")
         return table.num_rows
+
+    def append_trades(
+        self,
+        trades: pl.DataFrame,
+        cursors: pl.DataFrame | None = None,
+        holes: pl.DataFrame | None = None,
+    ) -> int:
+        """Store a batch of trades (``sym, ts, price, agg_id, qty, trades``), the symbols'
+        cursors (``CURSOR_SCHEMA``) and holes given up on (``sym, after_id, before_id, from_ms,
+        to_ms, reason, found_ms``), in one transaction; the trades newly stored.
+
+        A trade already staged (same symbol and id) is skipped. ADBC's ingest cannot skip a
+        conflicting row, so the batch goes to a temporary table and on from there.
+        """
+        inserted = 0
+        with self.transaction() as cur:
+            if not self._trade_tables:
+                for ddl in _TRADE_DDL:
+                    cur.execute(ddl)
+            if trades.height:
+                table = trades.select(TRADE_SCHEMA.names).to_arrow().cast(TRADE_SCHEMA)
+                cur.adbc_ingest("trade_batch", table, mode="replace", temporary=True)
+                cur.execute(
+                    "INSERT INTO tick_rows (sym, ts, price, agg_id, qty, trades) "
+                    "SELECT sym, ts, price, agg_id, qty, trades FROM temp.trade_batch "
+                    "WHERE true ORDER BY sym, agg_id "
+                    "ON CONFLICT (sym, agg_id) WHERE agg_id IS NOT NULL DO NOTHING"
+                )
+                cur.execute("SELECT changes()")
+                inserted = int(cur.fetchone()[0])
+            if cursors is not None and cursors.height:
+                cur.adbc_ingest(
+                    "cursor_batch",
+                    cursors.select(list(CURSOR_SCHEMA)).cast(CURSOR_SCHEMA).to_arrow(),  # type: ignore[arg-type]
+                    mode="replace",
+                    temporary=True,
+                )
+                cur.execute(
+                    "INSERT INTO trade_cursor (sym, last_id, last_ts, since_ms, live_ms) "
+                    "SELECT sym, last_id, last_ts, since_ms, live_ms FROM temp.cursor_batch "
+                    "WHERE true ON CONFLICT (sym) DO UPDATE SET last_id = excluded.last_id, "
+                    "last_ts = excluded.last_ts, since_ms = excluded.since_ms, "
+                    "live_ms = excluded.live_ms"
+                )
+            for row in () if holes is None else holes.iter_rows(named=True):
+                cur.execute(
+                    "INSERT OR REPLACE INTO trade_holes (sym, after_id, before_id, from_ms, "
+                    "to_ms, reason, found_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row["sym"],
+                        row["after_id"],
+                        row["before_id"],
+                        row["from_ms"],
+                        row["to_ms"],
+                        row["reason"],
+                        row["found_ms"],
+                    ),
+                )
+        self._trade_tables = True
+        return inserted
+
+    @property
+    def _trade_tables(self) -> bool:
+        """Whether the trade tables exist: made with the first trades stored, so a file that
+        only ever held polls stays as small as before."""
+        if not self._has_trade_tables:
+            self._has_trade_tables = (
+                self._scalar("SELECT count(*) FROM sqlite_master WHERE name = 'trade_cursor'") == 1
+            )
+        return self._has_trade_tables
+
+    @_trade_tables.setter
+    def _trade_tables(self, value: bool) -> None:
+        self._has_trade_tables = value
+
+    def trade_cursors(self) -> pl.DataFrame:
+        """Every symbol's trade cursor: ``symbol`` and ``CURSOR_SCHEMA``."""
+        if not self._trade_tables:
+            return pl.DataFrame(schema={"symbol": pl.String, **CURSOR_SCHEMA})
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT s.symbol, c.sym, c.last_id, c.last_ts, c.since_ms, c.live_ms "
+                "FROM trade_cursor c JOIN symbols s ON s.id = c.sym ORDER BY c.sym"
+            )
+            rows = cur.fetchall()
+        return pl.DataFrame(rows, schema={"symbol": pl.String, **CURSOR_SCHEMA}, orient="row")
+
+    def trade_holes(self, lo_ms: int | None = None, hi_ms: int | None = None) -> pl.DataFrame:
+        """Holes given up on that overlap ``[lo_ms, hi_ms)`` (``HOLE_SCHEMA``), oldest first."""
+        if not self._trade_tables:
+            return pl.DataFrame(schema=HOLE_SCHEMA)
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT s.symbol, h.sym, h.after_id, h.before_id, h.from_ms, h.to_ms, h.reason, "
+                "h.found_ms FROM trade_holes h JOIN symbols s ON s.id = h.sym "
+                "WHERE h.to_ms >= ? AND h.from_ms < ? ORDER BY h.from_ms, h.sym",
+                (NO_LOWER if lo_ms is None else lo_ms, NO_UPPER if hi_ms is None else hi_ms),
+            )
+            rows = cur.fetchall()
+        return pl.DataFrame(rows, schema=HOLE_SCHEMA, orient="row")
+
+    def has_trades(self) -> bool:
+        """Whether any staged row is a trade (one seek in the trade index, which exists once a
+        trade was stored)."""
+        if not self._trade_tables:
+            return False
+        return (
+            self._scalar(
+                "SELECT 1 FROM tick_rows INDEXED BY tick_rows_trade WHERE agg_id IS NOT NULL LIMIT 1"
+            )
+            is not None
+        )
 
     def set_state(self, key: str, value: Any, now_ms: int) -> None:
         with self.transaction() as cur:
@@ -631,7 +827,9 @@ class Staging:
             table = cur.fetch_arrow_table()
         return pl.from_arrow(table).cast(SYMBOLS_SCHEMA)  # type: ignore[union-attr]
 
-    def read_hours(self, hours: Sequence[int], *, threads: int = 2) -> Window:
+    def read_hours(
+        self, hours: Sequence[int], *, threads: int = 2, trades: bool | None = None
+    ) -> Window:
         """The ticks of the hours starting at ``hours`` (epoch ms), each read in slices.
 
         SQLite's row stepping is the bottleneck of a read and ADBC releases the GIL, so two
@@ -639,14 +837,19 @@ class Staging:
         that existed when the read began (``seq <= upto``), so the slices agree with each other
         and the ``max_seq`` the purge relies on covers nothing that was not read. A row that got
         past the constraints is moved to quarantine first and counted.
+
+        ``trades`` adds the trade columns (``agg_id, qty, trades``, NULL for poll ticks); by
+        default they are read when the file holds any trade, so a poll-only file reads as before.
         """
+        if trades is None:
+            trades = self.has_trades()
         slices = [
             (h + HOUR_MS * k // threads, h + HOUR_MS * (k + 1) // threads)
             for h in hours
             for k in range(threads)
         ]
         upto = self.max_seq()
-        window = self._read(slices, threads, upto)
+        window = self._read(slices, threads, upto, trades)
         valid = (pl.col("price") > 0) & pl.col("price").is_finite()
         if not window.ticks.select(valid.all()).item() or not self._known(window):
             window.rejected = sum(self.quarantine(h, h + HOUR_MS) for h in hours)
@@ -660,24 +863,29 @@ class Staging:
         ids = window.ticks["sym"].unique()
         return bool(ids.is_in(window.symbols["sym"].implode()).all())
 
-    def _read(self, slices: Sequence[tuple[int, int]], threads: int, upto: int) -> Window:
+    def _read(
+        self, slices: Sequence[tuple[int, int]], threads: int, upto: int, trades: bool = False
+    ) -> Window:
+        schema = TRADE_WINDOW_SCHEMA if trades else WINDOW_SCHEMA
         if threads <= 1 or len(slices) == 1:
-            parts = [self._read_slice(lo, hi, upto) for lo, hi in slices]
+            parts = [self._read_slice(lo, hi, upto, schema) for lo, hi in slices]
         else:
             with ThreadPoolExecutor(max_workers=threads) as pool:
-                parts = list(pool.map(lambda b: self._read_slice(*b, upto), slices))
-        ticks = pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=WINDOW_SCHEMA)
+                parts = list(pool.map(lambda b: self._read_slice(*b, upto, schema), slices))
+        ticks = pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=schema)
         return Window(ticks, self.symbols(), upto)
 
-    def _read_slice(self, lo_ms: int, hi_ms: int, upto: int) -> pl.DataFrame:
+    def _read_slice(
+        self, lo_ms: int, hi_ms: int, upto: int, schema: dict[str, Any] = WINDOW_SCHEMA
+    ) -> pl.DataFrame:
         conn = self._connect()
         try:
             return pl.read_database(
-                "SELECT sym, ts, price FROM tick_rows WHERE ts >= ? AND ts < ? AND seq <= ? "
-                "ORDER BY ts, seq",
+                f"SELECT {', '.join(schema)} FROM tick_rows WHERE ts >= ? AND ts < ? "
+                "AND seq <= ? ORDER BY ts, seq",
                 conn,
                 execute_options={"parameters": [lo_ms, hi_ms, upto]},
-                schema_overrides=WINDOW_SCHEMA,  # an empty window would come back all Int64
+                schema_overrides=schema,  # an empty window would come back all Int64
             )
         except adbc_sqlite.Error as exc:
             mapped = self._mapped(exc)

@@ -26,6 +26,9 @@ LOOKBACK_HOURS = 24
 # rollup 10 s after the hour; a cron rollup may come later).
 ROLLUP_OVERDUE_MS = 15 * 60_000
 HEALTHY, DEGRADED, UNREACHABLE = 0, 1, 3
+HOLES_REPORTED_MS = 7 * 24 * HOUR_MS
+# With source trades a symbol is quiet while nobody trades it: stale only after this long.
+TRADES_STALE_S = 300.0
 
 
 @dataclass
@@ -48,6 +51,8 @@ class StagingStatus:
     last_rollup: dict[str, Any] | None = None
     bytes: dict[str, int] = field(default_factory=dict)
     problem: str | None = None
+    # source trades: holes in the aggregate trade ids that could not be fetched, the last 7 days
+    trade_holes_7d: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +100,7 @@ def staging_status(staging: Staging, settings: Settings, now_ms: int) -> Staging
     ban = staging.get_state(BAN_KEY) or {}
     intervals = staging.intervals()
     meta = staging.meta()
+    holes = staging.trade_holes(now_ms - HOLES_REPORTED_MS, now_ms)
     return StagingStatus(
         path=str(staging.path),
         exists=True,
@@ -133,6 +139,16 @@ def staging_status(staging: Staging, settings: Settings, now_ms: int) -> Staging
         ],
         last_rollup=staging.get_state(LAST_ROLLUP_KEY),
         bytes=staging.file_sizes(),
+        trade_holes_7d=[
+            {
+                "symbol": h["symbol"],
+                "ids": h["before_id"] - h["after_id"] - 1,
+                "from": iso_or_none(h["from_ms"]),
+                "to": iso_or_none(h["to_ms"]),
+                "reason": h["reason"],
+            }
+            for h in holes.iter_rows(named=True)
+        ],
     )
 
 
@@ -215,16 +231,26 @@ def problems_of(st: StagingStatus, wh: WarehouseStatus, settings: Settings) -> l
         out.append(st.problem)
     if wh.problem and (wh.reachable or not wh.exists):
         out.append(wh.problem)
+    limit = 3 * (st.interval_s or settings.interval_s)
+    if settings.source == "trades":
+        limit = max(limit, TRADES_STALE_S)
     stale = [
         f"{s} ({'never' if age is None else f'{age:.0f} s ago'})"
         for s, age in st.last_tick_age_s.items()
-        if age is None or age > 3 * (st.interval_s or settings.interval_s)
+        if age is None or age > limit
     ]
     if st.exists and stale:
         out.append(
             f"no tick for more than 3 intervals: {', '.join(stale[:5])}"
             + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
             + ": is `etl collect` running?"
+        )
+    if st.trade_holes_7d:
+        first = st.trade_holes_7d[0]
+        out.append(
+            f"{len(st.trade_holes_7d)} hole(s) in the trade ids in the last 7 days (first: "
+            f"{first['symbol']}, {first['ids']} ids from {first['from']}, {first['reason']}): "
+            f"`etl backfill --since {first['from']}` fills those hours from klines"
         )
     if st.ban.get("active"):
         out.append(f"the exchange has banned us (HTTP {st.ban['status']}) until {st.ban['until']}")

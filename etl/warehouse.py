@@ -55,7 +55,20 @@ HOURLY_COLUMNS = (
     "source",
     "staging_id",
     "interval_s",
+    "volume",
+    "quote_volume",
+    "trades",
+    "vwap",
+    "ids_missing",
 )
+# Columns only trade bars fill (sql/013_trade_bars.sql); NULL in poll and kline bars.
+TRADE_COLUMNS = {
+    "volume": pl.Float64,
+    "quote_volume": pl.Float64,
+    "trades": pl.Int64,
+    "vwap": pl.Float64,
+    "ids_missing": pl.Int32,
+}
 _DSN_ERRORS = (
     "invalid connection option",
     "invalid uri",
@@ -77,12 +90,13 @@ def _rule(new: str, old: str, params: str = "$1, $2") -> str:
     statement must report its row count: ADBC does not for bound statements)."""
     cols = ("source", "staging_id", "samples", "interval_s")
     args = ", ".join([*(f"{new}.{c}" for c in cols), *(f"{old}.{c}" for c in cols)])
-    return f"etl_bar_replaces({args}, {params})"
+    return f"etl_bar_replaces({args}, {params}, {new}.ids_missing, {old}.ids_missing)"
 
 
 _STAGED = (
     "SELECT symbol, bucket, open, high, low, close, mean, samples, first_at, last_at, "
-    "max_gap_s, source, staging_id::uuid AS staging_id, interval_s FROM etl_stage_hourly"
+    "max_gap_s, source, staging_id::uuid AS staging_id, interval_s, volume, quote_volume, "
+    "trades, vwap, ids_missing FROM etl_stage_hourly"
 )
 
 
@@ -156,7 +170,7 @@ ORDER BY 1
 _COVERAGE_SQL = """
 WITH syms AS (SELECT unnest(string_to_array($4, ',')) AS symbol)
 SELECT s.symbol, count(m.bucket) AS bars,
-       coalesce(sum(etl_bar_coverage(m.source, m.samples, m.interval_s, $1)), 0)
+       coalesce(sum(etl_bar_coverage(m.source, m.samples, m.interval_s, $1, m.ids_missing)), 0)
            / greatest(1, extract(epoch FROM $3::timestamptz - $2::timestamptz) / 3600) AS coverage,
        count(m.bucket) FILTER (WHERE m.source = 'kline') AS kline_bars
 FROM syms s
@@ -168,7 +182,8 @@ WITH syms AS (SELECT unnest(string_to_array($4, ',')) AS symbol),
 hours AS (SELECT generate_series(date_trunc('hour', $2::timestamptz),
                                  $3::timestamptz - interval '1 hour', interval '1 hour') AS bucket)
 SELECT s.symbol, h.bucket, m.source,
-       coalesce(etl_bar_coverage(m.source, m.samples, m.interval_s, $1), 0.0) AS coverage
+       coalesce(etl_bar_coverage(m.source, m.samples, m.interval_s, $1, m.ids_missing), 0.0)
+           AS coverage
 FROM syms s CROSS JOIN hours h
 LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket = h.bucket
 ORDER BY 1, 2
@@ -182,7 +197,8 @@ LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket = h.hour
 LEFT JOIN backfill_log b ON b.symbol = s.symbol AND b.hour = h.hour
 WHERE b.hour IS NULL
   AND (m.bucket IS NULL OR etl_bar_replaces('kline', NULL, 60, 60.0,
-                                            m.source, m.staging_id, m.samples, m.interval_s, $1, $2))
+                                            m.source, m.staging_id, m.samples, m.interval_s, $1, $2,
+                                            NULL, m.ids_missing))
 ORDER BY 1, 2
 """
 
@@ -498,9 +514,10 @@ class Warehouse:
         frame = bars.with_columns(
             staging_id=pl.col("staging_id") if "staging_id" in bars.columns else pl.lit(None),
             interval_s=pl.col("interval_s") if "interval_s" in bars.columns else pl.lit(None),
+            **{c: pl.lit(None, dtype=t) for c, t in TRADE_COLUMNS.items() if c not in bars.columns},
         )
         frame = frame.select(HOURLY_COLUMNS).cast(
-            {"staging_id": pl.String, "interval_s": pl.Float64}
+            {"staging_id": pl.String, "interval_s": pl.Float64, **TRADE_COLUMNS}
         )
         cur.adbc_ingest("etl_stage_hourly", frame.to_arrow(), mode="replace", temporary=True)
         cur.execute(_ENSURE_STAGED_PARTITIONS)

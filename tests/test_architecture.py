@@ -41,6 +41,8 @@ LAYERS = {
         "console",
         "shutdown",
         "metrics",
+        "trade_stream",
+        "trade_feed",
         "pg_tools",
         "pg_logs",
     },

@@ -40,6 +40,16 @@ from tests.pgutil import query, seed_ticks
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+# Columns metrics_hourly gained after the previous release (010: staging identity; 013: trades).
+ADDED_HOURLY_COLUMNS = (
+    "staging_id",
+    "interval_s",
+    "volume",
+    "quote_volume",
+    "trades",
+    "vwap",
+    "ids_missing",
+)
 
 
 @pytest.fixture
@@ -210,7 +220,7 @@ def test_a_warehouse_of_the_previous_release_is_migrated_once_and_no_row_changes
     assert all(len(c) == 64 for c in applied["checksum"])
     after = {
         t: query(pg_dsn, f"SELECT * FROM {t} ORDER BY 1, 2")
-        .drop([c for c in ("staging_id", "interval_s") if t == "metrics_hourly"])
+        .drop([c for c in (*ADDED_HOURLY_COLUMNS,) if t == "metrics_hourly"])
         .rows()
         for t in before
     }
@@ -278,7 +288,7 @@ def test_a_staging_file_and_warehouse_of_the_previous_release_keep_every_tick_an
         pg_dsn, "SELECT * FROM metrics_hourly WHERE staging_id IS NULL ORDER BY symbol, bucket"
     )
     assert (
-        bars_after.drop("staging_id", "interval_s", "updated_at").rows()
+        bars_after.drop(*ADDED_HOURLY_COLUMNS, "updated_at").rows()
         == bars_before.drop("updated_at").rows()
     )  # every old bar, untouched
     new = query(pg_dsn, "SELECT count(*) AS n FROM metrics_hourly WHERE staging_id IS NOT NULL")

@@ -1,0 +1,318 @@
+"""Trades as a source (``etl collect --source trades``): every aggregate trade over real WebSockets
+from the fake exchange, with its faults, into a real staging file, rolled up into a real
+PostgreSQL; the hourly bars must equal the exchange's own candles, built from the whole sequence.
+
+The fake runs on a clock of its own: hours in the past (so they are closed for the rollup) passed
+at ``SPEED`` times real time, so an hour of trades streams in about half a minute.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+import pytest
+import requests
+from rich.console import Console
+
+from etl.collector import Collector
+from etl.config import Settings, load_settings
+from etl.console import CollectorView
+from etl.fake_exchange import FakeExchange
+from etl.fake_stream import StreamRules
+from etl.hours import HOUR_MS, hour_floor, iso, utc
+from etl.reconcile import run_reconcile
+from etl.rollup_job import run_rollup
+from etl.staging import Staging
+from etl.trade_stream import StreamTimings
+from etl.warehouse import open_warehouse
+from tests.conftest import etl_env, run_etl
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+SPEED = 120.0  # exchange seconds per real second
+# Compressed stream timings: the server pings every second and ends a connection after 8 s
+# (its "24 hours"); the client beats every 0.5 s (pings and pongs stay under 5 messages a
+# second) and replaces a connection 2 s before its end.
+RULES = StreamRules(ping_interval=1.0, pong_timeout=5.0, max_lifetime=8.0)
+TIMINGS = StreamTimings(
+    lifetime_s=8.0,
+    rotate_margin_s=2.0,
+    heartbeat_s=0.5,
+    pong_timeout_s=1.5,
+    silence_s=2.5,
+    backoff_s=0.2,
+    backoff_max_s=1.0,
+    delivery_slack_ms=int(0.2 * SPEED * 1000),  # the fake's 50 ms pump is 6 s of its time
+)
+
+
+class FastClock:
+    """The fake exchange's clock: from ``start`` (epoch s), ``speed`` times real time."""
+
+    def __init__(self, start: float, speed: float = SPEED) -> None:
+        self.start, self.speed, self.t0 = start, speed, time.time()
+
+    def __call__(self) -> float:
+        return self.start + (time.time() - self.t0) * self.speed
+
+
+@pytest.fixture
+def hour() -> int:
+    """The hour to collect whole: five hours ago (closed, so the rollup takes it)."""
+    return hour_floor(int(time.time() * 1000)) - 5 * HOUR_MS
+
+
+@pytest.fixture
+def fast(hour: int) -> Iterator[tuple[FakeExchange, FastClock]]:
+    # Start 3 minutes before the hour: the collector catches up from the start of the hour
+    # before (its first start), then streams through the whole hour.
+    clock = FastClock(hour / 1000 - 180)
+    with FakeExchange(SYMBOLS, trades_per_minute=30, clock=clock, ws=RULES) as ex:
+        yield ex, clock
+
+
+def trade_settings(settings: Settings, ex: FakeExchange, pg_dsn: str) -> Settings:
+    return replace(
+        settings,
+        symbols=SYMBOLS,
+        binance_url=ex.url,
+        ws_url=ex.ws_url,
+        source="trades",
+        pg_dsn=pg_dsn,
+    )
+
+
+def wait_until(clock: FastClock, exchange_ms: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while clock() * 1000 < exchange_ms:
+        assert time.monotonic() < deadline, "the fake's clock did not get there"
+        time.sleep(0.05)
+
+
+def candles(ex: FakeExchange, hours: list[int]) -> pl.DataFrame:
+    """The exchange's 1h candles (built by the fake from every trade of the hour)."""
+    rows = [(s, h, *ex.klines(s, HOUR_MS, h, h, 1)[0][1:9]) for s in SYMBOLS for h in hours]
+    return pl.DataFrame(
+        rows,
+        schema=["symbol", "hour_ms", "o", "h", "l", "c", "v", "close_ms", "qv", "n"],
+        orient="row",
+    ).select(
+        "symbol",
+        "hour_ms",
+        *[pl.col(c).cast(pl.Float64) for c in ("o", "h", "l", "c", "v", "qv")],
+        pl.col("n").cast(pl.Int64),
+    )
+
+
+def assert_bars_are_the_candles(settings: Settings, ex: FakeExchange, hours: list[int]) -> None:
+    result = run_rollup(settings)
+    assert result.bars >= len(SYMBOLS) * len(hours), result
+    with open_warehouse(settings) as wh:
+        bars = wh.query(
+            "SELECT symbol, (extract(epoch FROM bucket) * 1000)::bigint AS hour_ms, open, high, "
+            "low, close, volume, quote_volume, trades, vwap, ids_missing, source, "
+            "etl_bar_coverage(source, samples, interval_s, 5.0, ids_missing) AS coverage "
+            "FROM metrics_hourly WHERE source = 'trade' ORDER BY symbol, bucket"
+        )
+    joined = candles(ex, hours).join(bars, on=["symbol", "hour_ms"], how="left")
+    assert joined["source"].to_list() == ["trade"] * joined.height, joined
+    assert joined["ids_missing"].to_list() == [0] * joined.height
+    assert joined["coverage"].to_list() == [1.0] * joined.height
+    for ours, theirs in (("open", "o"), ("high", "h"), ("low", "l"), ("close", "c")):
+        assert joined[ours].to_list() == joined[theirs].to_list(), ours  # exact: same prices
+    assert joined["trades"].to_list() == joined["n"].to_list()  # individual trades, l - f + 1
+    for ours, theirs in (("volume", "v"), ("quote_volume", "qv")):
+        rel = ((joined[ours] - joined[theirs]).abs() / joined[theirs]).max()
+        assert rel is not None and rel < 1e-9, (ours, rel)  # float sums of 8-decimal values
+    vwap = (joined["vwap"] - joined["qv"] / joined["v"]).abs() / joined["vwap"]
+    assert vwap.max() < 1e-9  # type: ignore[operator]
+
+
+def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
+    settings: Settings,
+    pg_dsn: str,
+    fast: tuple[FakeExchange, FastClock],
+    hour: int,
+) -> None:
+    ex, clock = fast
+    cfg = replace(trade_settings(settings, ex, pg_dsn), metrics_port=0)
+    screen = io.StringIO()
+    collector = Collector(
+        cfg,
+        rollup=False,
+        view=CollectorView(live=True, out=Console(file=screen, width=140, force_terminal=True)),
+        trade_options={"timings": TIMINGS, "exchange_clock": clock, "hole_after_s": 60.0},
+    )
+    done = threading.Thread(target=collector.run, daemon=True)
+    done.start()
+    injected = []
+    # One fault after another, inside the hour that must come out whole.
+    for k, (kind, extra) in enumerate(
+        [
+            ("drop", {}),
+            ("duplicate", {"times": 20}),
+            ("reorder", {"times": 10}),
+            ("silence", {"duration": 3.0}),  # past the client's pong timeout: it reconnects
+            ("shutdown", {"delay": 0.5}),  # a planned disconnect: replaced before it comes
+            ("rotate", {}),
+            ("drop", {}),
+        ]
+    ):
+        wait_until(clock, hour + (5 + 7 * k) * 60_000)
+        injected.append(ex.inject_ws(kind, **extra))
+    wait_until(clock, hour + HOUR_MS + 90_000)
+    assert collector.metrics_url is not None
+    scraped = requests.get(collector.metrics_url, timeout=5).text
+    collector.stop.set()
+    done.join(30)
+    assert not done.is_alive()
+    stats = collector.stats
+    metric = {
+        line.split()[0]: float(line.split()[1])
+        for line in scraped.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert metric["etl_ticks_stored_total"] > 1000 and metric["etl_trades_caught_up_total"] > 0
+    assert metric["etl_trade_stream_reconnects_total"] >= 3
+    drawn = screen.getvalue()  # the live table: trades per second, last trade time, lag
+    for header in ("trades/s", "trades this hour", "last trade", "lag", "BTCUSDT"):
+        assert header in drawn, header
+    assert stats.reconnects >= 3 and stats.caught_up > 0 and stats.duplicates > 0, stats
+    assert stats.holes == 0
+    assert all(fault.hit for fault in injected)
+    whys = {c.why for c in ex.stream.closes}  # type: ignore[union-attr]
+    # The shutdown notice and the lifetime were both met by a new connection opened first and
+    # the old one closed by the client, before the server would have.
+    assert {"drop", "rotate"} <= whys and not whys & {"shutdown", "lifetime"}, whys
+    assert_bars_are_the_candles(cfg, ex, [hour - HOUR_MS, hour])
+    recon = run_reconcile(cfg, since_ms=hour - HOUR_MS, until_ms=hour + HOUR_MS)
+    assert recon.height == 2 * len(SYMBOLS) and set(recon["source"]) == {"trade"}
+    for field in ("open", "high", "low", "close"):
+        assert recon[f"{field}_bps"].to_list() == [0.0] * recon.height  # the candle itself
+
+
+def test_kill_9_of_the_collector_mid_stream_then_a_restart_gives_the_same_bars(
+    settings: Settings,
+    pg_dsn: str,
+    fast: tuple[FakeExchange, FastClock],
+    hour: int,
+) -> None:
+    ex, clock = fast
+    cfg = trade_settings(settings, ex, pg_dsn)
+    env = etl_env(cfg, PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "etl", "collect", "--no-rollup"]
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    first = start()
+    wait_until(clock, hour + 20 * 60_000)
+    os.kill(first.pid, signal.SIGKILL)  # mid-stream, mid-batch perhaps
+    first.wait(10)
+    with Staging(cfg.staging_path) as st:
+        killed_at = st.trade_cursors()
+    assert killed_at.height == len(SYMBOLS)
+    wait_until(clock, hour + 35 * 60_000)  # fifteen minutes of trades happen meanwhile
+    second = start()
+    wait_until(clock, hour + HOUR_MS + 90_000)
+    second.send_signal(signal.SIGTERM)
+    out, _ = second.communicate(timeout=20)
+    assert second.returncode == 0, out
+    assert "fetched over REST" in out and " 0 holes" in out, out
+    assert_bars_are_the_candles(cfg, ex, [hour - HOUR_MS, hour])
+
+
+def test_a_staging_file_of_the_release_before_trades_upgrades_in_place_keeping_every_row(
+    tmp_path: Path,
+) -> None:
+    legacy = Path(__file__).resolve().parent / "fixtures" / "legacy" / "staging_v0_2.sqlite3"
+    path = tmp_path / "ticks.sqlite3"
+    path.write_bytes(legacy.read_bytes())
+    with Staging(path) as st:
+        assert st.upgraded_from == 2
+        assert st.meta()["schema_version"] == "3"
+        rows = st.read_window(0, 2**62)
+        assert rows.height == 270 and rows["seq"].to_list() == list(range(1, 271))
+        assert st.get_state("binance.ban") == {"until": 0, "status": 429}
+        assert st.intervals() == [(1_767_225_600_000, 60.0)]
+        assert not st.has_trades()
+        st.append(["BTCUSDT"], [1.0], 1_767_231_000_000)  # poll ticks go on as before
+    with Staging(path) as st:
+        assert st.upgraded_from is None and st.count() == 271
+
+
+def test_settings_source_and_ws_url(tmp_path: Path) -> None:
+    s = load_settings(env={"ETL_SOURCE": "TRADES", "ETL_WS_URL": "ws://127.0.0.1:9/"})
+    assert (s.source, s.ws_url) == ("trades", "ws://127.0.0.1:9")
+    assert load_settings(env={}).source == "poll"
+    bad = run_etl(["collect", "--source", "ticks"], etl_env(None, ETL_DATA_DIR=str(tmp_path)))
+    assert bad.returncode == 2 and "poll, trades" in bad.stderr
+
+
+def test_a_hole_rest_cannot_fill_is_recorded_reported_and_backfilled_from_klines(
+    settings: Settings,
+    pg_dsn: str,
+    fast: tuple[FakeExchange, FastClock],
+    hour: int,
+) -> None:
+    ex, clock = fast
+    cfg = trade_settings(settings, ex, pg_dsn)
+    collector = Collector(
+        cfg,
+        rollup=False,
+        view=CollectorView(live=False),
+        trade_options={"timings": TIMINGS, "exchange_clock": clock, "hole_after_s": 1.0},
+    )
+    done = threading.Thread(target=collector.run, daemon=True)
+    done.start()
+    wait_until(clock, hour + 10 * 60_000)
+    # The stream drops while REST answers nothing but 503: the gap cannot be fetched.
+    outage = ex.inject("status", path="/api/v3/aggTrades", status=503, times=10**6)
+    ex.inject_ws("drop")
+    deadline = time.monotonic() + 30
+    while collector.stats.holes < len(SYMBOLS):
+        assert time.monotonic() < deadline, collector.stats
+        time.sleep(0.1)
+    outage.times = 0
+    with ex._lock:
+        ex.state.faults.clear()
+    wait_until(clock, hour + HOUR_MS + 90_000)
+    collector.stop.set()
+    done.join(30)
+    with Staging(cfg.staging_path) as st:
+        holes = st.trade_holes()
+    assert sorted(holes["symbol"]) == sorted(SYMBOLS)
+    assert (holes["from_ms"] >= hour).all() and (holes["to_ms"] < hour + HOUR_MS).all()
+    run_rollup(cfg)
+    with open_warehouse(cfg) as wh:
+        bars = wh.bars(SYMBOLS, utc(hour), utc(hour + HOUR_MS))
+    minutes = range(hour // 60_000, hour // 60_000 + 60)
+    for bar in bars.iter_rows(named=True):
+        made = sum(len(ex.trades(bar["symbol"], m)) for m in minutes)
+        hole = holes.filter(pl.col("symbol") == bar["symbol"]).row(0, named=True)
+        assert bar["source"] == "trade" and bar["ids_missing"] > 0
+        assert bar["ids_missing"] == hole["before_id"] - hole["after_id"] - 1  # exactly the hole
+        assert bar["samples"] + bar["ids_missing"] == made
+    status = run_etl(["status", "--json"], etl_env(cfg))
+    report = json.loads(status.stdout)
+    assert status.returncode == 1 and len(report["staging"]["trade_holes_7d"]) == len(SYMBOLS)
+    assert any("hole(s) in the trade ids" in p for p in report["problems"])
+    filled = run_etl(
+        ["backfill", "--since", iso(hour), "--until", iso(hour + HOUR_MS)], etl_env(cfg)
+    )
+    assert filled.returncode == 0, filled.stdout + filled.stderr
+    with open_warehouse(cfg) as wh:
+        after = wh.bars(SYMBOLS, utc(hour), utc(hour + HOUR_MS))
+    assert after["source"].to_list() == ["kline"] * len(SYMBOLS)  # the holed bars gave way
