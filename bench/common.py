@@ -18,6 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
+from etl.fake_exchange import served
 from etl.staging import Staging
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: children import ``bench`` from here
@@ -136,18 +137,9 @@ def timed(fn: Callable[[], object], runs: int) -> list[float]:
 
 @contextmanager
 def exchange_process(symbols: int) -> Iterator[str]:
-    """The fake exchange in a child process, so its work does not share our GIL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "etl.fake_exchange", "--port", "0", "--symbols", str(symbols)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        yield line.strip().rsplit(" ", 1)[-1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    """The fake exchange (REST only) in a child process: its URL."""
+    with served("--symbols", str(symbols), "--no-ws") as (url, _):
+        yield url
 
 
 @contextmanager

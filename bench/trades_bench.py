@@ -35,6 +35,7 @@ import psutil
 import requests
 
 from bench.common import child_env, spread
+from etl.fake_exchange import served
 from etl.staging import CURSOR_SCHEMA, Staging
 
 SYMBOLS = 60
@@ -46,31 +47,10 @@ TRADES_PER_MINUTE = 30_000
 @contextlib.contextmanager
 def streaming_exchange(symbols: int, per_minute: int) -> Iterator[tuple[str, str]]:
     """The fake exchange with its streams in a child process: ``(REST URL, WebSocket URL)``."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "etl.fake_exchange",
-            "--port",
-            "0",
-            "--symbols",
-            str(symbols),
-            "--trades-per-minute",
-            str(per_minute),
-            "--weight-limit",
-            "1000000",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-    try:
-        rest = proc.stdout.readline().strip().rsplit(" ", 1)[-1]  # type: ignore[union-attr]
-        ws = proc.stdout.readline().strip().rsplit(" ", 1)[-1]  # type: ignore[union-attr]
+    args = ("--symbols", str(symbols), "--trades-per-minute", str(per_minute))
+    with served(*args, "--weight-limit", "1000000", env=child_env()) as (rest, ws):
+        assert ws is not None
         yield rest, ws
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def latest_ids(rest: str, symbols: list[str]) -> dict[str, tuple[int, int]]:

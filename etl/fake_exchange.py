@@ -1213,6 +1213,34 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
+@contextlib.contextmanager
+def served(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, str | None]]:
+    """The fake exchange in a child process (so its work does not share the caller's GIL),
+    started with the command-line ``args`` on a free port: yields its REST URL and its
+    WebSocket URL (``None`` with ``--no-ws``).
+
+    >>> with served("--symbols", "50", "--no-ws") as (url, _):  # doctest: +SKIP
+    ...     requests.get(url + "/api/v3/ping")
+    """
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etl.fake_exchange", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        rest = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+        ws = None if "--no-ws" in args else proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+        yield rest, ws
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Binance-compatible fake exchange on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
@@ -1233,7 +1261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         ws=False if args.no_ws else StreamRules(port=args.ws_port),
     )
-    # The first line's last word is the URL: bench/common.py reads it.
+    # The first line's last word is the URL, the second's the streams': served() reads them.
     print(f"fake exchange serving {len(exchange.symbols)} symbols at {exchange.url}", flush=True)
     exchange.start()
     if exchange.stream is not None:

@@ -38,6 +38,37 @@ def _utc(col: str | pl.Expr) -> pl.Expr:
     return pl.from_epoch(expr, "ms").dt.replace_time_zone("UTC").cast(UTC_US)
 
 
+def _price_aggs() -> dict[str, pl.Expr]:
+    """The aggregates every bar shares, over ticks in time order within a group."""
+    price, ts = pl.col("price"), pl.col("ts")
+    return {
+        "open": price.first(),
+        "high": price.max(),
+        "low": price.min(),
+        "close": price.last(),
+        "mean": price.mean(),
+        "samples": pl.len().cast(pl.Int32),
+        "first_ts": ts.first(),
+        "last_ts": ts.last(),
+        "inner_gap": ts.diff().max(),
+    }
+
+
+def _bar_times(bucket_ms: str) -> dict[str, pl.Expr]:
+    """``bucket``, ``first_at``, ``last_at`` and ``max_gap_s`` (the longest stretch of the hour
+    without a tick, counting from the hour's start and to its end) from epoch-ms columns."""
+    start = pl.col(bucket_ms)
+    return {
+        "bucket": _utc(bucket_ms),
+        "first_at": _utc("first_ts"),
+        "last_at": _utc("last_ts"),
+        "max_gap_s": pl.max_horizontal(
+            pl.col("first_ts") - start, pl.col("inner_gap"), start + HOUR_MS - pl.col("last_ts")
+        ).cast(pl.Float64)
+        / 1000,
+    }
+
+
 def hourly_bars(
     ticks: pl.DataFrame | pl.LazyFrame,
     source: str = "poll",
@@ -82,18 +113,7 @@ def hourly_bars(
         frame.group_by_dynamic(
             "ts", every=f"{HOUR_MS}i", closed="left", label="left", group_by="code"
         )
-        .agg(
-            open=pl.col("price").first(),
-            high=pl.col("price").max(),
-            low=pl.col("price").min(),
-            close=pl.col("price").last(),
-            mean=pl.col("price").mean(),
-            samples=pl.len().cast(pl.Int32),
-            first_ts=pl.col("ts").first(),
-            last_ts=pl.col("ts").last(),
-            inner_gap=pl.col("ts").diff().max(),
-            max_seq=pl.col("seq").max(),
-        )
+        .agg(**_price_aggs(), max_seq=pl.col("seq").max())
         .join(names, on="code")
     )
     if interval_s is None:
@@ -105,15 +125,7 @@ def hourly_bars(
     return (
         bars.with_columns(bucket_ms=pl.col("ts"))
         .with_columns(
-            bucket=_utc("ts"),
-            first_at=_utc("first_ts"),
-            last_at=_utc("last_ts"),
-            max_gap_s=pl.max_horizontal(
-                pl.col("first_ts") - pl.col("ts"),
-                pl.col("inner_gap"),
-                pl.col("ts") + HOUR_MS - pl.col("last_ts"),
-            ).cast(pl.Float64)
-            / 1000,
+            **_bar_times("ts"),
             source=pl.lit(source),
             interval_s=interval,
         )
@@ -307,15 +319,7 @@ def trade_bars(
     )
     price, qty = pl.col("price"), pl.col("qty")
     bars = ordered.group_by("sym", "bucket_ms").agg(
-        open=price.first(),
-        high=price.max(),
-        low=price.min(),
-        close=price.last(),
-        mean=price.mean(),
-        samples=pl.len().cast(pl.Int32),
-        first_ts=pl.col("ts").first(),
-        last_ts=pl.col("ts").last(),
-        inner_gap=pl.col("ts").diff().max(),
+        **_price_aggs(),
         volume=qty.sum(),
         quote_volume=(price * qty).sum(),
         trades=pl.col("trades").fill_null(1).sum(),
@@ -335,15 +339,7 @@ def trade_bars(
         bars.join(missing, on=["sym", "bucket_ms"], how="left")
         .join(symbols.lazy().select("sym", "symbol"), on="sym")
         .with_columns(
-            bucket=_utc("bucket_ms"),
-            first_at=_utc("first_ts"),
-            last_at=_utc("last_ts"),
-            max_gap_s=pl.max_horizontal(
-                pl.col("first_ts") - pl.col("bucket_ms"),
-                pl.col("inner_gap"),
-                pl.col("bucket_ms") + HOUR_MS - pl.col("last_ts"),
-            ).cast(pl.Float64)
-            / 1000,
+            **_bar_times("bucket_ms"),
             source=pl.lit("trade"),
             interval_s=pl.lit(None, dtype=pl.Float64),
             vwap=pl.col("quote_volume") / pl.col("volume"),
@@ -356,20 +352,50 @@ def trade_bars(
     )
 
 
-def one_bar_per_hour(bars: pl.DataFrame) -> pl.DataFrame:
-    """One bar per (symbol, hour) from a file that held both poll ticks and trades in an hour
-    (the collector was switched between sources): a complete trade bar, else the poll bar, else
-    the trade bar with holes. Bars of different sources are never mixed."""
-    rank = (
-        pl.when((pl.col("source") == "trade") & (pl.col("ids_missing") == 0))
-        .then(0)
-        .when(pl.col("source") == "poll")
-        .then(1)
-        .otherwise(2)
+def bar_rank(full_coverage: float, default_interval_s: float) -> dict[str, pl.Expr]:
+    """``tier`` and ``coverage`` of bars, as ``etl_bar_rank`` (``sql/011_bar_rule.sql``) has
+    them: tier 3 a complete trade bar, 2 a poll bar with at least ``full_coverage``, 1 a kline
+    bar, 0 the rest; coverage the share of the hour seen (a trade bar's: ids staged / ids)."""
+    source, samples = pl.col("source"), pl.col("samples").cast(pl.Float64)
+    interval = pl.col("interval_s").fill_null(
+        pl.when(source == "kline").then(60.0).otherwise(default_interval_s)
     )
+    missing = pl.col("ids_missing").fill_null(1).clip(lower_bound=0)  # unknown: not complete
+    coverage = (
+        pl.when(source == "trade")
+        .then(samples / (samples + missing).clip(lower_bound=1))
+        .otherwise((samples * interval / 3600).clip(upper_bound=1.0))
+    )
+    tier = (
+        pl.when((source == "trade") & (coverage >= 1.0))
+        .then(3)
+        .when((source == "poll") & (coverage >= full_coverage - 1e-9))
+        .then(2)
+        .when(source == "kline")
+        .then(1)
+        .otherwise(0)
+    )
+    return {"tier": tier, "coverage": coverage}
+
+
+def one_bar_per_hour(
+    bars: pl.DataFrame, *, full_coverage: float, default_interval_s: float
+) -> pl.DataFrame:
+    """One bar per (symbol, hour) from a file that held both poll ticks and trades in an hour
+    (the collector was switched between sources): the bar ``etl_bar_replaces`` would keep, by
+    tier, then coverage, then samples. Bars of different sources are never mixed."""
     return (
-        bars.with_columns(_rank=rank)
-        .sort("symbol", "bucket", "_rank")
+        bars.with_columns(
+            **{f"_{k}": v for k, v in bar_rank(full_coverage, default_interval_s).items()}
+        )
+        .sort(
+            "symbol",
+            "bucket",
+            "_tier",
+            "_coverage",
+            "samples",
+            descending=[False, False, True, True, True],
+        )
         .unique(["symbol", "bucket"], keep="first", maintain_order=True)
-        .drop("_rank")
+        .drop("_tier", "_coverage")
     )

@@ -245,7 +245,11 @@ class Rollup:
             staging_id=pl.lit(self.staging.id), staging_name=pl.lit(self.staging.name)
         )
         if trades is not None and trades.height and ticks.height:
-            bars = one_bar_per_hour(bars)
+            bars = one_bar_per_hour(
+                bars,
+                full_coverage=self.settings.backfill_min_coverage,
+                default_interval_s=self.settings.interval_s,
+            )
         written = self.wh.write_bars(bars, runs, before_commit=lambda: crash_point("before_commit"))
         crash_point("after_commit")
         result.bars += written.bars

@@ -293,6 +293,17 @@ class FeedStats:
     batches: int = 0
 
 
+# The live table's rows: one per symbol.
+LIVE_SCHEMA = {
+    "symbol": pl.String,
+    "last": pl.Float64,
+    "trades_per_s": pl.Float64,
+    "hour_trades": pl.Int64,
+    "last_trade_ms": pl.Int64,
+    "lag_s": pl.Float64,
+}
+
+
 class SymbolActivity:
     """Per symbol: trades this hour, the last price and trade time, and trades per second over
     the last few seconds as the streams deliver them (a catch-up's backlog is not the market's
@@ -336,18 +347,7 @@ class SymbolActivity:
             (s, e[1], rates.get(s, 0) / span, e[0], e[2], max(0.0, (exchange_now_ms - e[2]) / 1000))
             for s, e in sorted(self.state.items())
         ]
-        return pl.DataFrame(
-            rows,
-            schema={
-                "symbol": pl.String,
-                "last": pl.Float64,
-                "trades_per_s": pl.Float64,
-                "hour_trades": pl.Int64,
-                "last_trade_ms": pl.Int64,
-                "lag_s": pl.Float64,
-            },
-            orient="row",
-        )
+        return pl.DataFrame(rows, schema=LIVE_SCHEMA, orient="row")
 
 
 class TradeFeed:
@@ -439,18 +439,18 @@ class TradeFeed:
     def flush(self) -> int:
         """Take what arrived, write it with the moved cursors in one transaction, and schedule
         catch-ups. Returns the trades newly staged."""
-        drained = self.stream.drain()
-        results = self.catch_up.drain()
-        stream, skipped = parse_trade_events(drained.lines)
-        self.stats.skipped += skipped
-        pages = [r.frame for r in results if r.kind == "page" and r.frame is not None]
-        batch = pl.concat([stream, *pages]) if pages else stream
-        batch = batch.join(self.sym_of, on="symbol", how="inner")
         now = time.monotonic()
         before = {sym: c.clone() for sym, c in self.chains.items()}
         holes: list[dict[str, Any]] = []
         changed: set[int] = set()
+        drained = self.stream.drain()
+        results = self.catch_up.drain()
         try:
+            stream, skipped = parse_trade_events(drained.lines)
+            self.stats.skipped += skipped
+            pages = [r.frame for r in results if r.kind == "page" and r.frame is not None]
+            batch = pl.concat([stream, *pages]) if pages else stream
+            batch = batch.join(self.sym_of, on="symbol", how="inner")
             self._advance(batch, stream, results, drained, holes, changed, now)
             cursors, with_live = self._cursors(changed, now)
             hole_frame = pl.DataFrame(holes) if holes else None

@@ -15,7 +15,8 @@ takes what arrived with :meth:`TradeStream.drain`. What the exchange documents, 
   ever sends pongs and its own heartbeat pings (one every ``heartbeat_s``).
 
 The heartbeat also proves delivery: when the pong of a ping sent at ``t`` comes back, every
-message the server sent before answering it has been read (one TCP stream, in order), so every
+message the server sent before answering it has been received (one TCP stream, in order); once
+the reader has also taken each of them off the library's queue (:class:`DeliveryProof`), every
 trade made before about ``t`` is in hand. That time, on the exchange's clock, is the connection's
 ``live_ms``; the trade feed lets a symbol's cursor follow it, and the rollup uses it to know that
 an hour's last trade really was its last. A pong that does not come within ``pong_timeout_s``
@@ -33,6 +34,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,19 +51,60 @@ _ws_log.setLevel(logging.WARNING)
 MAX_STREAMS = 1024
 LIFETIME_S = 24 * 3600.0
 _TRADE_MARK = b'"e":"aggTrade"'
+_DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)  # with fin: a whole message in
+
+
+class DeliveryProof:
+    """When a pong's proof may count: only once the reader has taken every message that came
+    before the pong. The library queues messages as frames arrive and resolves a pong at once;
+    a read of the socket that holds many messages and then the pong would otherwise prove
+    messages still waiting in the queue.
+
+    >>> proof = DeliveryProof()
+    >>> proof.received = 2  # two messages arrived, then the pong of a ping sent at 1,000
+    >>> proof.pong(1_000) is None, proof.consume() is None, proof.consume()
+    (True, True, 1000)
+    """
+
+    def __init__(self) -> None:
+        self.received = 0  # messages the library has received (counted as frames arrive)
+        self.consumed = 0  # messages the reader has taken
+        self._pending: deque[tuple[int, int]] = deque()  # (messages before the pong, live_ms)
+
+    def pong(self, live_ms: int) -> int | None:
+        """A pong arrived proving ``live_ms``: the proof, if every earlier message is read."""
+        self._pending.append((self.received, live_ms))
+        return self._ready()
+
+    def consume(self) -> int | None:
+        """The reader took a message: a proof that now holds, if any."""
+        self.consumed += 1
+        return self._ready() if self._pending else None
+
+    def _ready(self) -> int | None:
+        live = None
+        while self._pending and self._pending[0][0] <= self.consumed:
+            live = self._pending.popleft()[1]
+        return live
 
 
 class _Conn(ClientConnection):
     """A client connection that notes when the server last sent anything but a pong to our
-    pings: a stream whose server has gone quiet (no events, no pings of its own) answers our
-    pings all the same, from its library."""
+    pings (a stream whose server has gone quiet answers our pings all the same, from its
+    library), and counts the messages that arrive, for :class:`DeliveryProof`."""
 
     heard = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proof = DeliveryProof()
 
     def process_event(self, event: Any) -> None:
         super().process_event(event)
         if isinstance(event, Frame) and event.opcode is not Opcode.PONG:
             self.heard = time.monotonic()
+            if event.fin and event.opcode in _DATA_OPCODES:
+                self.proof.received += 1
 
 
 @dataclass(frozen=True)
@@ -322,16 +365,28 @@ class TradeStream:
                         lines = self._lines
                         lines.append(data)
                         n = len(lines)
+                        self._consumed(group, conn)
                     self.messages += 1
                     if n == self.wake_at and self.wake is not None:
                         self.wake()
                 else:
                     self._other(group, data)
+                    with self._lock:
+                        self._consumed(group, conn)
         except ConnectionClosed as exc:
             return f"closed ({exc})"
         finally:
             beat.cancel()
         return f"closed by the server ({conn.close_code} {conn.close_reason})".replace(" )", ")")
+
+    @staticmethod
+    def _consumed(group: _Group, conn: ClientConnection) -> None:
+        """The reader took one of ``conn``'s messages (under the lock): a pong's proof that
+        now holds moves the group's ``live_ms``."""
+        assert isinstance(conn, _Conn)
+        live = conn.proof.consume()
+        if live is not None and group.conn is conn:
+            group.live_ms = max(group.live_ms, live)
 
     def _other(self, group: _Group, data: bytes) -> None:
         try:
@@ -367,5 +422,7 @@ class TradeStream:
                 return
             if group.conn is conn and time.monotonic() - conn.heard <= t.silence_s:
                 with self._lock:
-                    group.live_ms = max(group.live_ms, sent_ms - t.delivery_slack_ms)
+                    live = conn.proof.pong(sent_ms - t.delivery_slack_ms)
+                    if live is not None:
+                        group.live_ms = max(group.live_ms, live)
             await asyncio.sleep(t.heartbeat_s)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -16,7 +14,7 @@ import pytest
 import requests
 
 from etl.config import DEFAULT_SYMBOLS, SYMBOL_RE
-from etl.fake_exchange import REAL_SYMBOLS, FakeExchange, split_symbol
+from etl.fake_exchange import REAL_SYMBOLS, FakeExchange, served, split_symbol
 from tests.conftest import FIXTURES, VirtualClock
 
 MINUTE = 60_000
@@ -327,28 +325,9 @@ def test_generating_twenty_thousand_trades_is_cheap(vclock: VirtualClock) -> Non
 
 
 def test_command_line_serves_trades_and_streams() -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "etl.fake_exchange",
-            "--port",
-            "0",
-            "--symbols",
-            "50",
-            "--trades-per-minute",
-            "120",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = proc.stdout.readline()  # type: ignore[union-attr]
-        assert "serving 50 symbols" in first
-        url = first.strip().rsplit(" ", 1)[-1]
-        assert proc.stdout.readline().strip().rsplit(" ", 1)[-1].startswith("ws://127.0.0.1:")  # type: ignore[union-attr]
+    with served("--symbols", "50", "--trades-per-minute", "120") as (url, ws):
+        assert ws is not None and ws.startswith("ws://127.0.0.1:")
+        info = requests.get(url + "/api/v3/exchangeInfo", timeout=10).json()
+        assert len(info["symbols"]) == 50
         rows = requests.get(url + "/api/v3/aggTrades?symbol=DOGEUSDT&limit=5", timeout=10).json()
         assert len(rows) == 5
-    finally:
-        proc.terminate()
-        proc.wait(10)

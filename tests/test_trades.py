@@ -34,7 +34,7 @@ from etl.hours import HOUR_MS, hour_floor, iso, utc
 from etl.reconcile import run_reconcile
 from etl.rollup_job import run_rollup
 from etl.staging import Staging
-from etl.trade_stream import StreamTimings
+from etl.trade_stream import DeliveryProof, StreamTimings
 from etl.warehouse import open_warehouse
 from tests.conftest import etl_env, run_etl
 
@@ -81,8 +81,14 @@ def fast(hour: int) -> Iterator[tuple[FakeExchange, FastClock]]:
         yield ex, clock
 
 
-def trade_settings(settings: Settings, ex: FakeExchange, pg_dsn: str) -> Settings:
-    return replace(
+Trading = tuple[Settings, FakeExchange, FastClock]
+
+
+@pytest.fixture
+def trading(settings: Settings, pg_dsn: str, fast: tuple[FakeExchange, FastClock]) -> Trading:
+    """Settings that collect trades from the fast fake exchange into the test warehouse."""
+    ex, clock = fast
+    cfg = replace(
         settings,
         symbols=SYMBOLS,
         binance_url=ex.url,
@@ -90,6 +96,7 @@ def trade_settings(settings: Settings, ex: FakeExchange, pg_dsn: str) -> Setting
         source="trades",
         pg_dsn=pg_dsn,
     )
+    return cfg, ex, clock
 
 
 def wait_until(clock: FastClock, exchange_ms: int, timeout: float = 120) -> None:
@@ -139,13 +146,10 @@ def assert_bars_are_the_candles(settings: Settings, ex: FakeExchange, hours: lis
 
 
 def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
-    settings: Settings,
-    pg_dsn: str,
-    fast: tuple[FakeExchange, FastClock],
-    hour: int,
+    trading: Trading, hour: int
 ) -> None:
-    ex, clock = fast
-    cfg = replace(trade_settings(settings, ex, pg_dsn), metrics_port=0)
+    cfg, ex, clock = trading
+    cfg = replace(cfg, metrics_port=0)
     screen = io.StringIO()
     collector = Collector(
         cfg,
@@ -202,13 +206,9 @@ def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
 
 
 def test_kill_9_of_the_collector_mid_stream_then_a_restart_gives_the_same_bars(
-    settings: Settings,
-    pg_dsn: str,
-    fast: tuple[FakeExchange, FastClock],
-    hour: int,
+    trading: Trading, hour: int
 ) -> None:
-    ex, clock = fast
-    cfg = trade_settings(settings, ex, pg_dsn)
+    cfg, ex, clock = trading
     env = etl_env(cfg, PYTHONUNBUFFERED="1")
     argv = [sys.executable, "-m", "etl", "collect", "--no-rollup"]
 
@@ -262,13 +262,9 @@ def test_settings_source_and_ws_url(tmp_path: Path) -> None:
 
 
 def test_a_hole_rest_cannot_fill_is_recorded_reported_and_backfilled_from_klines(
-    settings: Settings,
-    pg_dsn: str,
-    fast: tuple[FakeExchange, FastClock],
-    hour: int,
+    trading: Trading, hour: int
 ) -> None:
-    ex, clock = fast
-    cfg = trade_settings(settings, ex, pg_dsn)
+    cfg, ex, clock = trading
     collector = Collector(
         cfg,
         rollup=False,
@@ -316,3 +312,19 @@ def test_a_hole_rest_cannot_fill_is_recorded_reported_and_backfilled_from_klines
     with open_warehouse(cfg) as wh:
         after = wh.bars(SYMBOLS, utc(hour), utc(hour + HOUR_MS))
     assert after["source"].to_list() == ["kline"] * len(SYMBOLS)  # the holed bars gave way
+
+
+def test_a_pong_proves_delivery_only_once_the_messages_before_it_are_read() -> None:
+    """One read of the socket can hold many trades and then the pong: the library resolves the
+    pong at once, while the trades still wait in its queue for our reader. The proof waits for
+    them; a later pong's proof waits for its own messages, not for the end of the stream."""
+    proof = DeliveryProof()
+    proof.received = 3
+    assert proof.pong(1_000) is None  # three messages not read yet
+    assert [proof.consume(), proof.consume()] == [None, None]
+    proof.received = 5
+    assert proof.pong(2_000) is None
+    assert proof.consume() == 1_000  # the third: the first pong's messages are all in hand
+    proof.received = 9  # more arrive; the second pong needed only five
+    assert proof.consume() is None and proof.consume() == 2_000
+    assert proof.pong(3_000) is None and [proof.consume() for _ in range(4)][-1] == 3_000

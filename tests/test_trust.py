@@ -34,22 +34,14 @@ from etl.config import Settings
 from etl.hours import HOUR_MS, hour_floor
 from etl.rollup_job import run_rollup
 from etl.staging import Staging
-from etl.warehouse import LEGACY_STAGING, open_warehouse
+from etl.warehouse import LEGACY_STAGING, TRADE_COLUMNS, open_warehouse
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import query, seed_ticks
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 # Columns metrics_hourly gained after the previous release (010: staging identity; 013: trades).
-ADDED_HOURLY_COLUMNS = (
-    "staging_id",
-    "interval_s",
-    "volume",
-    "quote_volume",
-    "trades",
-    "vwap",
-    "ids_missing",
-)
+ADDED_HOURLY_COLUMNS = ("staging_id", "interval_s", *TRADE_COLUMNS)
 
 
 @pytest.fixture
@@ -456,11 +448,11 @@ def test_every_command_answers_a_signal_within_5_s_even_inside_libpq(
 def test_a_collector_waiting_on_an_exchange_that_never_answers_stops_within_5_s(
     settings: Settings, exchange, signum: int
 ) -> None:
-    slow = replace(settings, interval_s=30.0)  # a poll may take up to its slot: 30 s
+    slow = replace(settings, interval_s=8.0)  # a poll may take up to its slot: 8 s
     first = start(["collect", "--no-rollup"], etl_env(slow))
     wait_for(first, "symbols checked")
     exchange.inject("slow", delay=60.0, times=10)  # every poll from now on hangs
-    time.sleep(31)  # into the next slot's request
+    time.sleep(9)  # into the next slot's request, or its retry
     sent = time.monotonic()
     first.send_signal(signum)
     out, _ = first.communicate(timeout=10)
