@@ -47,7 +47,7 @@ from etl.errors import ConfigError, DiskFull, StagingCorrupt
 from etl.hours import closed_before, hour_floor, hour_label, iso, stamp
 from etl.logs import rotate
 from etl.metrics import CollectorMetrics
-from etl.shutdown import Interrupted
+from etl.shutdown import Interrupted, on_signal
 from etl.staging import LAST_ROLLUP_KEY, Staging, open_staging
 from etl.trade_feed import FLUSH_S, TradeFeed
 
@@ -258,24 +258,30 @@ def _stop_on_signals(stop: threading.Event, waiting: Callable[[], bool]) -> Iter
     """SIGINT / SIGTERM set ``stop``: the current write finishes, then the loop ends. A request
     waiting on the exchange (``waiting()``) is abandoned at once, so the collector stops within
     moments even when the exchange never answers; a state write is never cut short (the client
-    only waits on the network outside them)."""
+    only waits on the network outside them).
+
+    Under the CLI, ``stop`` is set from the shutdown watcher's thread, not from the handler: the
+    handler runs in the main thread, perhaps inside ``stop.wait`` holding the event's lock, where
+    setting the event would wait for that lock for ever (a test saw it about once in ten Ctrl-Cs)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with on_signal(stop.set) as watched:
 
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-        if waiting():
-            raise Interrupted
+        def handler(signum: int, frame: Any) -> None:
+            if not watched:
+                stop.set()
+            if waiting():
+                raise Interrupted
 
-    for sig in previous:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        for sig in previous:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 class Collector:

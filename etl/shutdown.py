@@ -7,6 +7,12 @@ number to a wakeup pipe at once; a watcher thread reads it and, if the process h
 ``GRACE_S`` later, says so in one line and leaves with ``128 + signal``. Nothing committed is
 lost by that: PostgreSQL rolls back an open transaction when its client goes, and SQLite's WAL
 makes an interrupted write as if it never started (the same as ``kill -9``, which is tested).
+
+The same thread runs the callbacks registered with :func:`on_signal` (a loop's stop
+``Event.set``). A Python signal handler runs in the main thread between two bytecodes, even
+inside ``Event.wait`` while that thread holds the event's lock: a handler that sets the event
+then waits for a lock its own thread holds, for ever. From the watcher thread, ``set`` just
+waits its turn.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 GRACE_S = 4.0
 _installed = False
+_callbacks: list[Callable[[], object]] = []
 
 
 class Interrupted(BaseException):
@@ -38,6 +45,9 @@ def _watch(read_fd: int, grace_s: float) -> None:
         for byte in data:
             if byte in (signal.SIGINT, signal.SIGTERM):
                 signum = byte
+    for callback in list(_callbacks):
+        with contextlib.suppress(Exception):
+            callback()
     time.sleep(grace_s)
     name = signal.Signals(signum).name
     with contextlib.suppress(OSError):
@@ -66,6 +76,21 @@ def install(grace_s: float = GRACE_S) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     threading.Thread(target=_watch, args=(read_fd, grace_s), name="shutdown", daemon=True).start()
     _installed = True
+
+
+@contextlib.contextmanager
+def on_signal(callback: Callable[[], object]) -> Iterator[bool]:
+    """Within the block, run ``callback`` from the watcher thread (not from a signal handler)
+    as soon as SIGINT or SIGTERM arrives. Yields whether it will: False when :func:`install`
+    was not called (a library caller's process), where the caller must do without."""
+    if not _installed:
+        yield False
+        return
+    _callbacks.append(callback)
+    try:
+        yield True
+    finally:
+        _callbacks.remove(callback)
 
 
 def _parent_is_just() -> bool:

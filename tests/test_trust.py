@@ -444,6 +444,29 @@ def test_every_command_answers_a_signal_within_5_s_even_inside_libpq(
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
+def test_a_signal_while_the_loop_holds_its_stop_events_lock_still_stops_it() -> None:
+    """Was: Ctrl-C under `just collect` about once in ten ended in "did not return within 4 s",
+    exit 130: the handler set the stop event while the main thread, inside ``Event.wait``, held
+    that event's lock. Here the lock is held on purpose when the signal arrives."""
+    script = """
+import os, signal, threading, time
+from etl import shutdown
+from etl.collector import _stop_on_signals
+shutdown.install()
+stop = threading.Event()
+with _stop_on_signals(stop, lambda: False):
+    with stop._cond:  # where Event.wait holds it; the handler runs during the sleep
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+    stopped = stop.wait(2)
+print("stopped" if stopped else "not stopped", flush=True)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, "stopped"), proc.stderr
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_collector_waiting_on_an_exchange_that_never_answers_stops_within_5_s(
     settings: Settings, exchange, signum: int
