@@ -4,7 +4,7 @@ collector keeps running, and its restore into an empty data dir.
 A backup is a directory::
 
     manifest.json    versions, the staging file's identity, row counts, sha256 of each file, time
-    ticks.sqlite3    the staging file, as SQLite's VACUUM INTO wrote it (one file, no WAL)
+    ticks.sqlite3    the staging file, by SQLite's online backup API (one file, no WAL)
     warehouse.dump   the warehouse, ``pg_dump -Fc`` (absent while no warehouse exists yet)
 
 It is written to a hidden ``.DEST.partial-PID`` beside ``DEST`` and renamed into place once
@@ -29,6 +29,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
@@ -259,39 +261,54 @@ def _sqlite(path: Path) -> adbc_sqlite.Connection:
     return conn
 
 
+# Run as ``python -c _ONLINE_BACKUP SOURCE OUT``; the last stderr line names a failure.
+# mode=rw: never create a missing source. A busy timeout rides over the collector's commits.
+_ONLINE_BACKUP = """
+import sqlite3, sys
+try:
+    src = sqlite3.connect(f"file:{sys.argv[1]}?mode=rw", uri=True, timeout=10)
+    dst = sqlite3.connect(sys.argv[2])
+    src.backup(dst)
+    src.close()
+    dst.execute("PRAGMA journal_mode=DELETE")
+    dst.close()
+except sqlite3.Error as exc:
+    sys.exit(str(exc))
+"""
+
+
 def _snapshot_staging(source: Path, out: Path) -> tuple[dict[str, Any], dict[str, int | None]]:
     """Copy the staging file consistently while the collector writes to it.
 
-    SQLite's online backup API is not exposed by ADBC (its connection offers no backup call), and
-    this project never opens a staging file with stdlib ``sqlite3`` in a process that uses ADBC
-    on it (the two together give disk I/O errors). ``VACUUM INTO`` through ADBC is the other
-    consistent snapshot SQLite offers: it runs in one read transaction, so it sees the file as
-    of one commit, and in WAL mode it never blocks the collector's writes. It keeps every
-    ``INTEGER PRIMARY KEY`` (``tick_rows.seq``, ``symbols.id``), so the ledger's ``max_seq``
-    stays valid, and writes one compact file without a WAL.
+    The copy is made by SQLite's online backup API (``sqlite3_backup_*``, all pages in one step,
+    so inside one read transaction: the file as of one commit; in WAL mode the collector's writes
+    go on meanwhile). ADBC's connection offers no backup call, so a child process does it with
+    the standard library's ``sqlite3``: SQLite's POSIX locks belong to a process, and two SQLite
+    libraries in one process release each other's locks (the reason this project never opens a
+    staging file with both). Page copies keep every row id, so the ledger's ``max_seq`` stays
+    valid; the copy is then switched out of WAL mode so it is one self-contained file.
     """
-    conn = _sqlite(source)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT name FROM sqlite_master WHERE name = 'meta'")
-            has_meta = cur.fetchone() is not None
-            cur.execute("VACUUM INTO ?", (str(out),))
-    except adbc_sqlite.Error as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    done = subprocess.run(
+        [sys.executable, "-c", _ONLINE_BACKUP, str(source), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        text = lines[-1] if lines else f"exit {done.returncode}"
         if "full" in text.lower():
-            raise DiskFull(f"disk full writing {out}: free some space") from None
-        raise DependencyError(f"snapshot of {source} failed ({text})") from None
-    finally:
-        conn.close()
+            raise DiskFull(f"disk full writing {out}: free some space")
+        raise DependencyError(f"snapshot of {source} failed ({text})")
     snap = _sqlite(out)
     try:
         with snap.cursor() as cur:
-            meta: dict[str, str] = {}
-            if has_meta:
-                cur.execute("SELECT key, value FROM meta")
-                meta = {str(k): str(v) for k, v in cur.fetchall()}
             cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             tables = {str(r[0]) for r in cur.fetchall()}
+            meta: dict[str, str] = {}
+            if "meta" in tables:
+                cur.execute("SELECT key, value FROM meta")
+                meta = {str(k): str(v) for k, v in cur.fetchall()}
             ticks = "tick_rows" if "tick_rows" in tables else "ticks"  # a file from 0.1.0
             cur.execute(f"SELECT count(*), coalesce(max(rowid), 0) FROM {ticks}")
             count, max_seq = cur.fetchall()[0]

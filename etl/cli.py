@@ -462,7 +462,7 @@ def backup(
 ) -> None:
     """Back up the staging file and the warehouse into DEST while the collector keeps running.
 
-    DEST gets ticks.sqlite3 (SQLite VACUUM INTO), warehouse.dump (pg_dump -Fc) and
+    DEST gets ticks.sqlite3 (SQLite online backup API), warehouse.dump (pg_dump -Fc) and
     manifest.json (versions, identity, row counts, sha256 of each file). Rollups wait while
     it runs; polls do not.
 

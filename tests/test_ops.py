@@ -147,6 +147,10 @@ def test_a_backup_taken_while_collecting_restores_the_snapshot_and_the_rollup_go
     assert collector.returncode == 0, out
 
     manifest = json.loads((open_dir / "bk" / "manifest.json").read_text())
+    backup = sorted(p.name for p in (open_dir / "bk").iterdir())
+    assert backup == ["manifest.json", "ticks.sqlite3", "warehouse.dump"]
+    header = (open_dir / "bk" / "ticks.sqlite3").read_bytes()[:20]
+    assert header[18:20] == b"\x01\x01"  # a self-contained file: not in WAL mode
     restored = run_etl(
         ["restore", str(open_dir / "bk"), "--data-dir", str(dst.data_dir)], env_of(src)
     )
