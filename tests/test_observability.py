@@ -11,9 +11,11 @@ import sys
 import time
 import urllib.request
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jsonschema
+import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,6 +23,7 @@ from etl.config import Settings
 from etl.hours import HOUR_MS, hour_floor
 from etl.rollup_job import run_rollup
 from etl.staging import Staging
+from etl.warehouse import open_warehouse
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import execute, seed_ticks
 
@@ -128,6 +131,17 @@ def test_coverage_counts_missing_hours_as_zero_and_uses_the_recorded_interval(
     assert coverage["SOLUSDT"]["coverage"] == pytest.approx(1 / 24, abs=1e-4)  # 1 full hour
     _, again = status(replace(pgs, interval_s=60.0))  # the configured interval changes nothing
     assert again["warehouse"]["coverage_24h"] == coverage
+    # Was: a symbol with no bar at all read 4.2 %, and every hour without a bar 100 % in the
+    # notebook's grid (LEAST(1.0, NULL) is 1.0 in PostgreSQL).
+    _, none = status(replace(pgs, symbols=(*SYMBOLS, "BNBUSDT")))
+    assert none["warehouse"]["coverage_24h"]["BNBUSDT"]["coverage"] == 0.0
+    lo = datetime.fromtimestamp(first / 1000, UTC)
+    with open_warehouse(pgs) as wh:
+        grid = wh.coverage_grid(["ETHUSDT", "BNBUSDT"], lo, lo + timedelta(hours=24))
+    no_bar = grid.filter(pl.col("source").is_null())
+    assert no_bar.height == 4 + 24 and no_bar["coverage"].to_list() == [0.0] * 28
+    eth = grid.filter(pl.col("symbol") == "ETHUSDT")["coverage"]
+    assert eth.mean() == pytest.approx(20 / 24, abs=1e-4)
 
 
 def test_prometheus_metrics_scraped_while_collecting(settings: Settings) -> None:
