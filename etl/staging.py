@@ -418,7 +418,9 @@ class Staging:
 
     @property
     def lock_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock")
+        # Beside the real file, symlinks resolved: two names for one file share one lock.
+        real = self.path.resolve()
+        return real.with_name(real.name + ".lock")
 
     def hold_writer_lock(self) -> None:
         """Take the collector's lock on this file for this process's lifetime.

@@ -333,6 +333,13 @@ def test_a_second_collector_on_one_staging_file_exits_2_naming_the_holder(
         assert second.returncode == 2
         line = one_line(second)
         assert str(settings.staging_path) in line and f"pid {first.pid}" in line
+        # The same file under another name (a symlink) is the same file.
+        link = settings.staging_path.parent.parent / "link.sqlite3"
+        link.symlink_to(settings.staging_path.absolute())
+        third = run_etl(
+            ["collect", "--no-rollup", "--polls", "1"], {**env, "ETL_SQLITE_PATH": str(link)}
+        )
+        assert third.returncode == 2 and f"pid {first.pid}" in one_line(third)
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=20)
