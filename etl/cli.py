@@ -14,6 +14,7 @@ import functools
 import importlib.abc
 import inspect
 import json
+import logging
 import sys
 import traceback
 import typing
@@ -116,8 +117,16 @@ def settings_of(ctx: typer.Context, **extra: Any) -> Settings:
 
 
 def _print(*renderables: Any) -> None:
-    from etl.console import console
+    """A command's result: drawn for people, or under ``--log-format json`` one JSON log line
+    per part, so every line on standard output parses."""
+    from etl.console import console, records
 
+    if logs.active() == "json":
+        log = logging.getLogger("etl.result")
+        for item in renderables:
+            for message, fields in records(item):
+                log.info(message, extra={logs.FIELDS: fields})
+        return
     for item in renderables:
         console.print(item, soft_wrap=True)
 

@@ -141,7 +141,8 @@ class RollupLauncher:
 
     A child that runs longer than ``rollup_timeout_s`` is stopped (SIGTERM, then SIGKILL) and
     reported; the next hour's rollup starts as usual. Its output goes to ``rollup.log`` in the
-    data dir, rotated before it passes ``LOG_MAX_BYTES``.
+    data dir, rotated before a launch once it holds ``LOG_MAX_BYTES``: a file ends at most one
+    run's output past it, and a run is never split between two files.
     """
 
     LOG_MAX_BYTES = 1 << 20

@@ -6,6 +6,7 @@ Everything a user reads is printed literally (``markup=False``): a value holding
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -90,6 +91,32 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
 def kv_table(title: str, rows: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Table:
     items = rows.items() if isinstance(rows, Mapping) else rows
     return table(title, ("what", "value"), items)
+
+
+def _plain(value: Any) -> str:
+    return value.plain if isinstance(value, Text) else str(value)
+
+
+def records(item: Any) -> list[tuple[str, dict[str, Any]]]:
+    """What a printed result says, as ``(message, fields)`` log records (``--log-format json``):
+    a ``what / value`` table becomes one record whose fields are its rows, another table one
+    record with a ``rows`` list, a line its text; anything else its plain rendering."""
+    if isinstance(item, Group):
+        return [r for sub in item.renderables for r in records(sub)]
+    if isinstance(item, Table):
+        headers = [_plain(c.header) for c in item.columns]
+        rows = [
+            [_plain(v) for v in row] for row in zip(*(c.cells for c in item.columns), strict=True)
+        ]
+        title = _plain(item.title or "table")
+        if headers == ["what", "value"]:
+            return [(title, {"result": dict(rows)})]  # type: ignore[arg-type]
+        return [(title, {"rows": [dict(zip(headers, row, strict=True)) for row in rows]})]
+    if isinstance(item, str | Text):
+        return [(_plain(item), {})]
+    capture = Console(file=io.StringIO(), width=160, color_system=None, highlight=False)
+    capture.print(item)
+    return [(capture.file.getvalue().rstrip(), {})]  # type: ignore[attr-defined]
 
 
 def decimals(tick_size: str | None) -> int | None:

@@ -100,9 +100,18 @@ def resolve(fmt: str) -> str:
     return fmt
 
 
+_active = "auto"
+
+
+def active() -> str:
+    """The format :func:`setup` chose last (``auto`` before it ran)."""
+    return _active
+
+
 def setup(fmt: str = "auto", level: int = logging.INFO) -> str:
     """Route every ``etl.*`` logger to one handler of the chosen format; returns the format."""
-    chosen = resolve(fmt)
+    global _active
+    chosen = _active = resolve(fmt)
     handler: logging.Handler = {"rich": RichHandler, "plain": PlainHandler, "json": JsonHandler}[
         chosen
     ]()

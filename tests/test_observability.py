@@ -207,3 +207,20 @@ def test_log_lines_are_json_on_request_and_plain_when_piped(settings: Settings) 
     assert all(
         re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in plain.stdout.splitlines()
     )
+
+
+def test_every_command_result_is_json_lines_under_log_format_json(pgs: Settings) -> None:
+    """Was: `etl --log-format json rollup` printed one JSON line, then a boxed table."""
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=720)
+    env = etl_env(pgs)
+    rolled = run_etl(["--log-format", "json", "rollup"], env)
+    assert rolled.returncode == 0, rolled.stderr
+    records = [json.loads(line) for line in rolled.stdout.splitlines()]
+    (result,) = [r["result"] for r in records if "result" in r]
+    assert result["hours rolled up"] == "1" and result["ticks read"] == f"{720 * 3:,}"
+    for command in (["status"], ["retention"], ["reconcile"]):
+        done = run_etl(["--log-format", "json", *command], env)
+        assert done.returncode in (0, 1, 3), done.stderr
+        assert done.stdout.strip(), command
+        assert all(json.loads(line)["message"] for line in done.stdout.splitlines()), command

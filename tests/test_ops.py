@@ -442,6 +442,36 @@ def test_split_password(dsn: str, bare: str, password: str | None) -> None:
 # -- 3. logs with a bound ----------------------------------------------------------------------
 
 
+def test_the_hourly_rollups_log_rotates_and_stays_under_its_bound(
+    settings: Settings, vclock
+) -> None:
+    """100 simulated hours of a chatty rollup child (50 kB each, 5 MB in all): four files at
+    most, each at most 1 MiB plus one run's output (rotation happens before a launch)."""
+    import io
+
+    from rich.console import Console
+
+    from etl.collector import RollupLauncher
+    from etl.console import CollectorView
+
+    run_bytes = 50_001
+    chatty = [sys.executable, "-c", f"print('x' * {run_bytes - 1})"]
+    view = CollectorView(live=False, out=Console(file=io.StringIO(), width=200))
+    launcher = RollupLauncher(settings, view, vclock, command=chatty)
+    for _ in range(100):
+        launcher.tick()
+        assert launcher.proc is not None
+        launcher.proc.wait(30)
+        launcher.tick()  # reaped
+        vclock.sleep(3600)
+    assert (launcher.launched, launcher.failed) == (100, 0)
+    logs = sorted(settings.data_dir.glob("rollup.log*"))
+    assert [p.name for p in logs] == ["rollup.log", *(f"rollup.log.{k}" for k in (1, 2, 3))]
+    sizes = [p.stat().st_size for p in logs]
+    assert all(n <= RollupLauncher.LOG_MAX_BYTES + run_bytes for n in sizes), sizes
+    assert sum(sizes) % run_bytes == 0  # whole runs only: rotation never cuts one
+
+
 def test_every_log_of_the_embedded_server_stays_under_its_bound(open_dir: Path) -> None:
     """A day of hourly rollups (each starts and stops the server), a chatty server now and then,
     and a data dir from before the bound whose log had grown for years."""
