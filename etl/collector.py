@@ -48,7 +48,7 @@ from etl.hours import closed_before, hour_floor, hour_label, iso, stamp
 from etl.logs import rotate
 from etl.metrics import CollectorMetrics
 from etl.shutdown import Interrupted, on_signal
-from etl.staging import LAST_ROLLUP_KEY, Staging, open_staging
+from etl.staging import Staging, open_staging
 from etl.trade_feed import FLUSH_S, TradeFeed
 
 ROLLUP_RETRY_S = 300.0
@@ -230,15 +230,8 @@ class RollupLauncher:
         if self.metrics is not None:
             self.metrics.rollup_done(result, seconds, now)
         if result == "stopped" and self.staging is not None:  # the child could not say so
-            self.staging.set_state(
-                LAST_ROLLUP_KEY,
-                {
-                    "at": iso(int(now * 1000)),
-                    "ok": False,
-                    "error": f"stopped after {seconds:.0f} s (ETL_ROLLUP_TIMEOUT_S)",
-                    "seconds": round(seconds, 3),
-                },
-                int(now * 1000),
+            self.staging.remember_rollup(
+                int(now * 1000), f"stopped after {seconds:.0f} s (ETL_ROLLUP_TIMEOUT_S)", seconds
             )
 
     def stop(self) -> None:

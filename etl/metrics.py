@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from etl.errors import ConfigError
+from etl.hours import parse_time
+from etl.staging import LAST_ROLLUP_KEY
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -82,6 +86,7 @@ class CollectorMetrics:
             registry=r,
         )
         self.last_rollup_ok = 0.0
+        self.started = 0.0
         self.last_tick_ms: dict[str, int] = {}
         self._state: _State | None = None
 
@@ -92,6 +97,7 @@ class CollectorMetrics:
         clock: Callable[[], float],
     ) -> None:
         """Read the rest at scrape time from these."""
+        self.started = clock()
         self._state = _State(self, staging, governor, clock)
         self.registry.register(self._state)
 
@@ -159,13 +165,15 @@ class _State(Collector):
         for symbol, ms in sorted(self.metrics.last_tick_ms.items()):
             ages.add_metric([symbol], max(0.0, now - ms / 1000))
         yield ages
-        yield _gauge(
-            "etl_rollup_last_success_timestamp_seconds",
-            "When an hourly rollup child last succeeded (Unix time, 0: never).",
-            self.metrics.last_rollup_ok,
-        )
         with self._lock:
             rows, rejected = self._counts()
+            last_ok = self._last_rollup_ok()
+        yield _gauge(
+            "etl_rollup_last_success_timestamp_seconds",
+            "When a rollup of this staging file last succeeded, hourly child or `etl rollup` run "
+            "by hand or cron (Unix time; before any, when this collector started).",
+            max(self.metrics.last_rollup_ok, last_ok or self.metrics.started),
+        )
         yield _gauge("etl_staged_rows", "Ticks in the staging file.", rows)
         yield _gauge(
             "etl_quarantined_rows", "Rows in ticks_rejected (see README, Quarantine).", rejected
@@ -176,11 +184,26 @@ class _State(Collector):
             sum(self.staging.file_sizes().values()),
         )
 
-    def _counts(self) -> tuple[int, int]:
-        """Count on a read connection of our own: a scrape never waits for, or holds up, a poll."""
+    def _reader(self) -> Any:
+        """A read connection of our own: a scrape never waits for, or holds up, a poll."""
         if self._conn is None:
             self._conn = self.staging.reader()
-        return self.staging.counts(self._conn)
+        return self._conn
+
+    def _counts(self) -> tuple[int, int]:
+        return self.staging.counts(self._reader())
+
+    def _last_rollup_ok(self) -> float | None:
+        """The last success any rollup recorded in the staging file (it outlives a restart)."""
+        state = self.staging.get_state(LAST_ROLLUP_KEY, self._reader()) or {}
+        at = state.get("last_ok_at") or (state.get("at") if state.get("ok") else None)
+        if not isinstance(at, str):
+            return None
+        try:
+            ms = parse_time(at)
+        except ConfigError:  # written by hand: no time to read
+            return None
+        return ms / 1000 if ms is not None else None
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -353,7 +353,7 @@ def trade_bars(
 
 
 def bar_rank(full_coverage: float, default_interval_s: float) -> dict[str, pl.Expr]:
-    """``tier`` and ``coverage`` of bars, as ``etl_bar_rank`` (``sql/011_bar_rule.sql``) has
+    """``tier`` and ``coverage`` of bars, as ``etl_bar_rank`` (``sql/014_bar_rule_again.sql``) has
     them: tier 3 a complete trade bar, 2 a poll bar with at least ``full_coverage``, 1 a kline
     bar, 0 the rest; coverage the share of the hour seen (a trade bar's: ids staged / ids)."""
     source, samples = pl.col("source"), pl.col("samples").cast(pl.Float64)

@@ -24,7 +24,7 @@ from etl.config import Settings
 from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, utc
 from etl.report import NoProgress, Progress, counted
 from etl.rollup import hour_ledger, hourly_bars, one_bar_per_hour, trade_bars
-from etl.staging import LAST_ROLLUP_KEY, Staging, open_staging
+from etl.staging import Staging, open_staging
 from etl.warehouse import Warehouse, open_warehouse
 
 log = logging.getLogger("etl.rollup")
@@ -308,14 +308,8 @@ def _remember(
 ) -> None:
     """Keep the outcome in the staging file, for `etl status` (best effort: a full disk or a
     broken file must not hide the rollup's own error)."""
-    outcome = {
-        "at": iso(int(now() * 1000)),
-        "ok": error is None,
-        "error": error,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
     with contextlib.suppress(Exception):
-        staging.set_state(LAST_ROLLUP_KEY, outcome, int(now() * 1000))
+        staging.remember_rollup(int(now() * 1000), error, time.perf_counter() - started)
 
 
 def _hint(staging: Staging) -> str:

@@ -59,7 +59,7 @@ from etl.errors import (
     StagingBusy,
     StagingCorrupt,
 )
-from etl.hours import HOUR_MS, MAX_TS_MS, MIN_TS_MS, NO_LOWER, NO_UPPER, hour_floor
+from etl.hours import HOUR_MS, MAX_TS_MS, MIN_TS_MS, NO_LOWER, NO_UPPER, hour_floor, iso
 
 # 3: trade columns, trade_cursor and trade_holes (files of version 2 are upgraded in place).
 SCHEMA_VERSION = 3
@@ -791,11 +791,33 @@ class Staging:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def get_state(self, key: str) -> Any:
-        with self._cursor() as cur:
-            cur.execute("SELECT value FROM state WHERE key = ?", (key,))
-            row = cur.fetchone()
+    def get_state(self, key: str, conn: adbc_sqlite.Connection | None = None) -> Any:
+        """The stored value of ``key`` (None if never set), on ``conn`` if given (a
+        :meth:`reader`)."""
+        sql = "SELECT value FROM state WHERE key = ?"
+        if conn is None:
+            with self._cursor() as cur:
+                cur.execute(sql, (key,))
+                row = cur.fetchone()
+        else:
+            with conn.cursor() as cur:
+                cur.execute(sql, (key,))
+                row = cur.fetchone()
         return json.loads(row[0]) if row else None
+
+    def remember_rollup(self, at_ms: int, error: str | None, seconds: float) -> None:
+        """Keep a rollup's outcome (for `etl status` and the metrics), with the time of the last
+        one that succeeded, carried over a failure."""
+        before = self.get_state(LAST_ROLLUP_KEY) or {}
+        at = iso(at_ms)
+        outcome = {
+            "at": at,
+            "ok": error is None,
+            "error": error,
+            "seconds": round(seconds, 3),
+            "last_ok_at": at if error is None else before.get("last_ok_at"),
+        }
+        self.set_state(LAST_ROLLUP_KEY, outcome, at_ms)
 
     def _scalar_row(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
         with self._cursor() as cur:

@@ -10,7 +10,7 @@ Writes go to a temporary table through ``adbc_ingest`` and then ``INSERT … ON 
 together with the ``rollup_runs`` rows, in one transaction under an advisory lock. Reads end their
 transaction at once, so no connection sits "idle in transaction" blocking partition DDL.
 Which of two bars for one (symbol, hour) is kept is decided by one SQL function,
-``etl_bar_replaces`` (``sql/011_bar_rule.sql``).
+``etl_bar_replaces`` (``sql/014_bar_rule_again.sql``).
 """
 
 from __future__ import annotations

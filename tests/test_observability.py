@@ -194,6 +194,40 @@ def test_prometheus_metrics_scraped_while_collecting(settings: Settings) -> None
     assert ("etl_rollup_runs_total", (("result", "failed"),)) in samples
 
 
+def test_the_last_rollup_success_outlives_a_restart_and_a_failure(tmp_path: Path) -> None:
+    """Was: 0 after every restart, so "no rollup for 2 hours" fired at once, and for ever
+    under cron. Now: the last success any rollup wrote into the staging file; before any, the
+    collector's start."""
+    from prometheus_client import generate_latest
+
+    from etl.metrics import CollectorMetrics
+
+    def scraped(metrics: CollectorMetrics) -> float:
+        text = generate_latest(metrics.registry).decode()
+        (value,) = [
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "etl_rollup_last_success_timestamp_seconds"
+        ]
+        return value
+
+    started = 1_795_000_000.0
+    with Staging(tmp_path / "t.sqlite3") as st:
+        metrics = CollectorMetrics()
+        metrics.watch(st, lambda: None, lambda: started)
+        assert scraped(metrics) == started  # nothing rolled up yet: counts from the start
+        st.remember_rollup(int((started + 10) * 1000), None, 1.0)  # `etl rollup` from cron
+        st.remember_rollup(int((started + 20) * 1000), "server gone", 1.0)  # then a failure
+        assert scraped(metrics) == started + 10
+        assert st.get_state("rollup.last")["ok"] is False  # etl status still says it failed
+        restarted = CollectorMetrics()
+        restarted.watch(st, lambda: None, lambda: started + 3600)
+        assert scraped(restarted) == started + 10  # a restart keeps it
+        restarted.rollup_done("ok", 2.0, started + 3700)  # an hourly child of this collector
+        assert scraped(restarted) == started + 3700
+
+
 def test_log_lines_are_json_on_request_and_plain_when_piped(settings: Settings) -> None:
     done = run_etl(
         ["--log-format", "json", "collect", "--no-rollup", "--polls", "2"], etl_env(settings)

@@ -229,6 +229,46 @@ def test_a_warehouse_of_the_previous_release_is_migrated_once_and_no_row_changes
         )
 
 
+@pytest.mark.parametrize(
+    ("dump", "pending"),
+    [
+        ("warehouse_v0_2.sql.gz", ["013_trade_bars.sql", "014_bar_rule_again.sql"]),
+        ("warehouse_v0_3.sql.gz", ["014_bar_rule_again.sql"]),
+    ],
+)
+def test_a_warehouse_with_the_ledger_upgrades_and_rolls_up_on(
+    pg_dsn: str, settings: Settings, dump: str, pending: list[str]
+) -> None:
+    """Warehouses made by the releases with the migrations ledger (before trade bars, and with
+    them; how: tests/fixtures/legacy/make_warehouse.py). Was: on a warehouse from before trade
+    bars, 011's new form was never applied, so every rollup and `etl status` failed with
+    "function etl_bar_replaces(...) does not exist"."""
+    _restore(pg_dsn, LEGACY / dump)
+    tables = ("metrics_hourly", "metrics_daily", "rollup_runs", "etl_migrations")
+    before = {t: query(pg_dsn, f"SELECT * FROM {t} ORDER BY 1, 2") for t in tables}
+    env = etl_env(replace(settings, pg_dsn=pg_dsn, symbols=tuple(SYMBOLS), interval_s=60.0))
+    first = run_etl(["db", "init"], env)
+    assert first.returncode == 0, first.stderr
+    assert all(name in first.stdout for name in pending), first.stdout
+    applied = query(pg_dsn, "SELECT name FROM etl_migrations ORDER BY name")["name"].to_list()
+    assert applied == before["etl_migrations"]["name"].to_list() + pending
+    for t in tables[:3]:  # no row changed (columns added since are left out)
+        after = query(pg_dsn, f"SELECT * FROM {t} ORDER BY 1, 2")
+        assert after.select(before[t].columns).rows() == before[t].rows(), t
+    for function in ("etl_bar_coverage", "etl_bar_tier", "etl_bar_rank", "etl_bar_replaces"):
+        n = query(pg_dsn, f"SELECT count(*) AS n FROM pg_proc WHERE proname = '{function}'")
+        assert n["n"][0] == 1, function  # one definition: no ambiguous call
+    looked = run_etl(["status", "--json"], env)
+    assert looked.returncode in (0, 1) and not looked.stderr, looked.stderr
+    assert json.loads(looked.stdout)["warehouse"]["coverage_24h"]
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(settings.staging_path, SYMBOLS, now_hour - HOUR_MS, polls=60, interval_ms=60_000)
+    rolled = run_etl(["rollup"], env)
+    assert rolled.returncode == 0, rolled.stderr
+    bars = query(pg_dsn, "SELECT count(*) AS n FROM metrics_hourly")["n"][0]
+    assert bars == before["metrics_hourly"].height + len(SYMBOLS)
+
+
 def test_a_staging_file_and_warehouse_of_the_previous_release_keep_every_tick_and_bar(
     pg_dsn: str, settings: Settings, tmp_path: Path
 ) -> None:
