@@ -30,7 +30,7 @@ lint:
     ruff check .
     ruff format --check .
 
-# Benchmarks (`--part 1|2|3`, `--runs N`, `--quick`): collector, rollup vs DuckDB and pandas, purge vs collector.
+# Benchmarks (`--part 1|2|3|4`, `--runs N`, `--quick`): collector, rollup vs DuckDB and pandas, purge vs collector, trade ingest.
 bench *args:
     python -m bench {{args}}
 

@@ -396,11 +396,6 @@ class Settings:
         return 3600.0 / self.interval_s
 
     @property
-    def full_samples_per_hour(self) -> int:
-        """Samples that make a poll bar complete (``backfill_min_coverage`` of the expected)."""
-        return math.ceil(self.expected_samples_per_hour * self.backfill_min_coverage)
-
-    @property
     def masked_dsn(self) -> str:
         return mask_dsn(self.pg_dsn) if self.pg_dsn else f"embedded ({self.embedded_pgdata})"
 

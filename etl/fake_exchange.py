@@ -53,9 +53,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from etl.config import DEFAULT_SYMBOLS, SYMBOL_RE
 from etl.fake_stream import StreamRules, StreamServer, WsFault
+from etl.hours import HOUR_MS, MINUTE_MS
 
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
 KLINE_INTERVALS_MS = {
     "1m": 60_000,
     "3m": 180_000,

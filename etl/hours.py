@@ -21,7 +21,6 @@ from etl.errors import ConfigError
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 # An hour is closed for the rollup this long after it ends (its last poll is committed by then).
 GRACE_MS = 10_000
 # Ticks the warehouse cannot place: before 1970 or after 9999-12-31.

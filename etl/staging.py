@@ -962,7 +962,7 @@ class Staging:
         """Hours before ``hi_ms`` holding ticks written after row ``seq`` (late arrivals)."""
         with self._cursor() as cur:
             cur.execute(
-                "SELECT DISTINCT ts - ts % 3600000 FROM tick_rows WHERE seq > ? AND ts < ?",
+                f"SELECT DISTINCT ts - ts % {HOUR_MS} FROM tick_rows WHERE seq > ? AND ts < ?",
                 (seq, hi_ms),
             )
             return {int(r[0]) for r in cur.fetchall()}

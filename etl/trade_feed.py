@@ -40,7 +40,7 @@ from etl.binance import (
     RateLimited,
     parse_trade_events,
 )
-from etl.hours import HOUR_MS, hour_floor
+from etl.hours import hour_floor
 from etl.staging import CURSOR_SCHEMA, Staging
 from etl.trade_stream import Drained, StreamTimings, TradeStream
 
@@ -589,7 +589,3 @@ class TradeFeed:
 
     def unverified(self) -> int:
         return sum(1 for c in self.chains.values() if not c.verified or c.above)
-
-    def hour_bounds(self) -> tuple[int, int]:
-        hour = hour_floor(self.exchange_ms())
-        return hour, hour + HOUR_MS

@@ -10,7 +10,7 @@ from etl.config import DEFAULT_SYMBOLS, load_settings, mask_dsn
 from etl.errors import ConfigError
 
 
-def test_defaults_match_the_design_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_are_the_documented_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     s = load_settings(env={})
     assert s.symbols == DEFAULT_SYMBOLS
