@@ -361,13 +361,19 @@ def retention(
 
     Example: etl retention --dry-run
     """
+    import polars as pl
+
     from etl import render
     from etl.warehouse import open_warehouse
 
     settings = settings_of(ctx)
-    with open_warehouse(settings) as wh:
-        wh.migrate()
-        result = wh.retention(settings.hourly_retention_d, dry_run=dry_run)
+    with open_warehouse(settings, create=False) as wh:  # nothing to drop in a store not made yet
+        if not wh.has_schema():
+            result = pl.DataFrame()
+        else:
+            if not dry_run:
+                wh.migrate()
+            result = wh.retention(settings.hourly_retention_d, dry_run=dry_run)
     _print(*render.retention(result, settings.hourly_retention_d))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import polars as pl
 
@@ -75,11 +76,17 @@ def run_reconcile(
     candles; store and return the per-hour deviations."""
     lo, hi = closed_range(int(now() * 1000), since_ms, until_ms)
     lo = hi - hours * HOUR_MS if lo is None else lo
-    with (
-        open_staging(settings) as staging,  # keeps the exchange's bans across runs
-        open_exchange(settings, staging) as client,
-        open_warehouse(settings) as wh,
-    ):
+    with ExitStack() as stack:
+        # Bars to compare must exist: never create a warehouse (or a staging file) to look.
+        wh = stack.enter_context(open_warehouse(settings, create=False))
+        staging = (  # keeps the exchange's bans across runs, when there is one
+            stack.enter_context(open_staging(settings, create=False))
+            if settings.staging_path.exists()
+            else None
+        )
+        client = stack.enter_context(open_exchange(settings, staging))
+        if not wh.has_schema():
+            return pl.DataFrame()
         wh.migrate()
         bars = wh.bars(settings.symbols, utc(lo), utc(hi))
         poll = bars.filter(pl.col("source").is_in(["poll", "trade"]))

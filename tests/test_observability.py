@@ -88,6 +88,11 @@ def test_status_on_an_empty_store_creates_nothing_and_reads_like_words(open_dir:
     rolled = run_etl(["rollup"], env)
     assert rolled.returncode == 2 and f"nothing staged in {fresh}" in rolled.stderr
     assert not fresh.exists()
+    # Was: a 46 MB cluster (and for reconcile an empty ticks.sqlite3) made to find nothing.
+    for command in (["reconcile"], ["retention", "--dry-run"], ["retention"]):
+        looked = run_etl(command, env)
+        assert looked.returncode == 2 and "no warehouse yet" in looked.stderr, command
+        assert not fresh.exists(), command
 
 
 def test_weight_time_is_iso_8601(pgs: Settings) -> None:
