@@ -83,6 +83,12 @@ def _resolved(func: Callable) -> inspect.Signature:
     )
 
 
+def _common_parameters() -> list[inspect.Parameter]:
+    """``--config`` and ``--debug``: taken after a command's name as well as before it."""
+    root = _resolved(_root).parameters
+    return [root[name].replace(kind=inspect.Parameter.KEYWORD_ONLY) for name in ("config", "debug")]
+
+
 def command(
     group: typer.Typer = app, name: str | None = None, *, passthrough: bool = False
 ) -> Callable[[Callable], Callable]:
@@ -97,9 +103,12 @@ def command(
             given = {k: kwargs.pop(k) for k in list(kwargs) if k in _SETTINGS}
             root = ctx.find_root().obj
             root["overrides"].update({k: v for k, v in given.items() if v is not None})
+            config, debug = kwargs.pop("config", None), kwargs.pop("debug", False)
+            root["config"] = config if config is not None else root["config"]
+            root["debug"] = root["debug"] or debug
             return func(ctx, **kwargs)
 
-        parameters = [*signature.parameters.values(), *_setting_parameters()]
+        parameters = [*signature.parameters.values(), *_common_parameters(), *_setting_parameters()]
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         extra = {"allow_extra_args": True, "ignore_unknown_options": True} if passthrough else {}

@@ -53,6 +53,17 @@ def test_every_setting_works_after_the_command_too(settings: Settings) -> None:
         env,
     )
     assert "2 prices" in both.stdout  # the one after the command wins
+    # --config and --debug too (--config names a file of settings: ETL_CONFIG)
+    toml = settings.data_dir / "etl.toml"
+    toml.write_text('symbols = ["SOLUSDT"]\n')
+    no_symbols = {k: v for k, v in env.items() if k != "ETL_SYMBOLS"}  # env beats the file
+    configured = run_etl(
+        ["collect", "--no-rollup", "--polls", "1", "--config", str(toml)], no_symbols
+    )
+    assert configured.returncode == 0, configured.stderr
+    assert "collecting 1 symbol(s)" in configured.stdout
+    missing = run_etl(["status", "--config", str(toml) + ".gone", "--debug"], env)
+    assert missing.returncode == 2 and "Traceback" in missing.stderr  # --debug: the traceback
 
 
 @pytest.mark.parametrize(
