@@ -217,7 +217,7 @@ def _missing(
 def log_sizes(settings: Settings) -> dict[str, int]:
     """Bytes of every log the pipeline writes under the data dir."""
     out = {}
-    for pattern in ("rollup.log*", "pg/log*", "pg/*.log*"):
+    for pattern in ("rollup.log*", "pg/log*", "pg/pg_log/*.log*"):
         for path in sorted(settings.data_dir.glob(pattern)):
             if path.is_file():
                 out[str(path)] = path.stat().st_size

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from etl.config import Settings
-from etl.hours import HOUR_MS, hour_floor
+from etl.hours import HOUR_MS, hour_floor, iso
 from etl.rollup_job import run_rollup
 from etl.staging import Staging
 from etl.warehouse import open_warehouse
@@ -73,6 +73,36 @@ def test_status_is_a_health_check_0_1_3(pgs: Settings) -> None:
 
     code, report = status(replace(pgs, pg_dsn="postgresql://etl:x@127.0.0.1:9/etl"))
     assert code == 3 and report["health"] == "unreachable"
+
+
+def test_status_names_a_silent_symbol_an_overdue_hour_and_a_failed_rollup(
+    pgs: Settings,
+) -> None:
+    """The other degraded conditions, each a problem line; and the sizes status shows."""
+    now_ms = int(time.time() * 1000)
+    first = hour_floor(now_ms) - 5 * HOUR_MS
+    seed_ticks(pgs.staging_path, list(SYMBOLS), first, polls=4 * 720)  # 4 closed hours
+    run_rollup(pgs, until_ms=first + 3 * HOUR_MS)  # the 4th, closed over an hour ago, waits
+    with Staging(pgs.staging_path) as st:
+        st.record_interval(5.0, first)
+        st.append(["BTCUSDT", "ETHUSDT"], [1.0, 2.0], now_ms - 1000)  # SOLUSDT falls silent
+        st.remember_rollup(now_ms - 60_000, "connection to server lost", 2.0)
+    (pgs.data_dir / "rollup.log").write_text("a rollup's lines\n")
+    code, report = status(pgs)
+    assert code == 1 and report["health"] == "degraded"
+    problems = report["problems"]
+    (silent,) = [p for p in problems if p.startswith("no tick for more than 3 intervals")]
+    assert "SOLUSDT" in silent and "BTCUSDT" not in silent
+    (overdue,) = [p for p in problems if "staged but not rolled up" in p]
+    assert overdue.startswith("1 closed hour(s)") and iso(first + 3 * HOUR_MS) in overdue
+    (failed,) = [p for p in problems if p.startswith("the last rollup failed")]
+    assert "connection to server lost" in failed
+    sizes = report["staging"]["bytes"]
+    assert sizes["ticks.sqlite3"] == pgs.staging_path.stat().st_size > 0
+    assert report["warehouse"]["bytes"] > 0
+    assert report["logs"] == {str(pgs.data_dir / "rollup.log"): len("a rollup's lines\n")}
+    shown = run_etl(["status"], etl_env(pgs)).stdout  # and on screen, for people
+    assert "KiB" in shown or "MiB" in shown
 
 
 def test_status_on_an_empty_store_creates_nothing_and_reads_like_words(open_dir: Path) -> None:

@@ -511,6 +511,10 @@ def test_every_log_of_the_embedded_server_stays_under_its_bound(open_dir: Path) 
     names = {p.name for p in pg_logs.log_files(pgdata)}
     assert names <= {"log"} | {f"postgresql-{h:02d}.log" for h in range(24)}  # a fixed set
     assert (pgdata / "log").stat().st_size <= bound
+    from etl.status import log_sizes
+
+    shown = log_sizes(settings)  # what `etl status` lists under logs: every one of them
+    assert set(shown) == {str(p) for p in pg_logs.log_files(pgdata)}
     print(f"largest log files over the run (bound {bound:,} B): {largest}")
 
 
