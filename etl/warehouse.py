@@ -37,6 +37,9 @@ from etl.hours import utc
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 WRITE_LOCK = 0x45544C01  # pg_advisory_xact_lock key for bar writes
 RUN_LOCK = 0x45544C02  # pg_advisory_lock key held by a whole rollup / backfill run
+# A bar write or a partition drop waits this long for a table lock another session holds (a
+# notebook's long query, a DBA's ALTER), then gives up: exit 3, nothing half-written.
+LOCK_TIMEOUT_S = 60.0
 SCHEMA_LOCK = 0x45544C03  # pg_advisory_lock key held while sql/ is applied
 # Ledger rows from before staging files had an identity (sql/010_staging_identity.sql).
 LEGACY_STAGING = "00000000-0000-0000-0000-000000000000"
@@ -290,6 +293,19 @@ def connect(
         ) from None
 
 
+def _is_lost(exc: Exception) -> bool:
+    """The server went away or gave up on the statement (a timeout, a cancel): a dependency
+    failure, exit 3, not a bug. ADBC reports a cancel found while preparing as a
+    ProgrammingError, and Polars wraps a read's error in its own: the message decides."""
+    text = str(exc).lower()
+    markers = (
+        "canceling statement due to",
+        "server closed the connection",
+        "terminating connection",
+    )
+    return isinstance(exc, pg.OperationalError) or any(m in text for m in markers)
+
+
 def sql_files(directory: Path = SQL_DIR) -> list[Path]:
     return sorted(p for p in directory.glob("*.sql") if re.match(r"\d{3}_", p.name))
 
@@ -337,9 +353,11 @@ class Warehouse:
         try:
             yield cur
             self.conn.commit()
-        except pg.OperationalError as exc:
+        except pg.Error as exc:
             self._rollback()
-            raise self._lost(exc) from None
+            if _is_lost(exc):
+                raise self._lost(exc) from None
+            raise
         except BaseException:
             self._rollback()
             raise
@@ -352,6 +370,12 @@ class Warehouse:
 
     def _lost(self, exc: Exception) -> DependencyError:
         reason = _reason(exc)
+        if "lock timeout" in reason.lower():
+            return DependencyError(
+                f"PostgreSQL at {self.label}: another session held a lock etl needs for "
+                f"{LOCK_TIMEOUT_S:g} s ({reason}); nothing partial was committed: end that "
+                "session's long query or transaction (pg_stat_activity), then run the command again"
+            )
         if "statement timeout" in reason.lower():
             return DependencyError(
                 f"PostgreSQL at {self.label} did not finish in time ({reason}): nothing partial "
@@ -373,8 +397,10 @@ class Warehouse:
         try:
             options = {"parameters": list(params)} if params else None
             return pl.read_database(sql, self.conn, execute_options=options)
-        except pg.OperationalError as exc:
-            raise self._lost(exc) from None
+        except (pg.Error, pl.exceptions.ComputeError) as exc:  # Polars wraps the driver's error
+            if _is_lost(exc):
+                raise self._lost(exc) from None
+            raise
         finally:
             self._rollback()
 
@@ -508,7 +534,7 @@ class Warehouse:
     def _upsert_bars(self, cur: pg.Cursor, bars: pl.DataFrame) -> Written:
         cur.execute("SELECT pg_advisory_xact_lock($1)", parameters=[WRITE_LOCK])
         cur.fetchall()
-        cur.execute("SET LOCAL lock_timeout = '60s'")
+        cur.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT_S * 1000)}ms'")
         if bars.is_empty():
             return Written()
         frame = bars.with_columns(
@@ -580,7 +606,7 @@ class Warehouse:
 
     def retention(self, keep_days: float, *, dry_run: bool) -> pl.DataFrame:
         with self.transaction() as cur:
-            cur.execute("SET LOCAL lock_timeout = '60s'")
+            cur.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT_S * 1000)}ms'")
             cur.execute(
                 "SELECT * FROM etl_hourly_retention($1, $2)", parameters=[float(keep_days), dry_run]
             )

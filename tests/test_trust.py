@@ -466,6 +466,57 @@ def test_a_server_that_never_answers_is_exit_3_after_the_connect_timeout(
         one_line(done)
 
 
+def test_a_table_lock_held_elsewhere_ends_the_rollup_at_its_lock_timeout_with_nothing_lost(
+    pgs: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook's long query or a DBA's ALTER holding metrics_hourly: the bar write waits
+    LOCK_TIMEOUT_S (shortened here), then the rollup ends as a dependency failure (exit 3);
+    nothing is committed, nothing purged, and the next rollup does the hour."""
+    from etl import warehouse
+    from etl.errors import EtlError
+
+    monkeypatch.setattr(warehouse, "LOCK_TIMEOUT_S", 1.0)
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - HOUR_MS, polls=720)
+    with open_warehouse(pgs) as wh:
+        wh.migrate()
+    blocker = pg.connect(pgs.pg_dsn)  # type: ignore[arg-type]
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("LOCK TABLE metrics_hourly IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(EtlError) as failed:
+            run_rollup(replace(pgs, raw_retention_h=0.0))
+        took = time.monotonic() - started
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert failed.value.exit_code == 3 and "lock" in str(failed.value).lower(), failed.value
+    assert took < 10
+    assert query(pgs.pg_dsn, "SELECT count(*) AS n FROM metrics_hourly")["n"][0] == 0  # type: ignore[arg-type]
+    with Staging(pgs.staging_path) as st:
+        assert st.count() == 720 * len(SYMBOLS)  # nothing purged
+    again = run_rollup(replace(pgs, raw_retention_h=0.0))
+    assert again.hours == 1
+
+
+def test_a_statement_past_its_timeout_is_a_dependency_failure(pg_dsn: str) -> None:
+    from etl.errors import DependencyError
+    from etl.warehouse import Warehouse, connect
+
+    wh = Warehouse(connect(pg_dsn, statement_timeout_s=0.5), "test")
+    try:
+        started = time.monotonic()
+        with pytest.raises(DependencyError, match="did not finish in time"):
+            wh.execute("SELECT pg_sleep(5)")
+        with pytest.raises(DependencyError, match="did not finish in time"):
+            wh.query("SELECT pg_sleep(5)")
+        assert time.monotonic() - started < 4
+        assert wh.execute("SELECT 1") == [(1,)]  # the connection goes on
+    finally:
+        wh.close()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_every_command_answers_a_signal_within_5_s_even_inside_libpq(
     settings: Settings, silent_port: int, signum: int
