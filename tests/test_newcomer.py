@@ -5,6 +5,8 @@ through `just`, the live table)."""
 from __future__ import annotations
 
 import io
+import itertools
+import operator
 import os
 import pty
 import re
@@ -17,6 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import polars as pl
 import psutil
 import pytest
 from rich.console import Console
@@ -176,6 +179,38 @@ def test_the_live_table_shows_prices_to_the_tick_the_hour_and_the_update_time(
             row,
         )
     assert re.search(r"\d\d:00-\d\d:00 UTC, updated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", text)
+    # Columns never jump: in every frame the rows line up, and a border only ever moves right.
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    borders = []
+    for drawn in plain.split("this hour")[1:]:
+        rows = [
+            line for line in drawn.splitlines() if "│" in line and any(t in line for t in ticks)
+        ]
+        at = {tuple(i for i, c in enumerate(row) if c == "│") for row in rows}
+        assert len(at) == 1, rows  # one set of borders per frame
+        borders.append(at.pop())
+    assert len(borders) >= 3
+    for before, after in itertools.pairwise(borders):
+        assert len(before) == len(after) and all(map(operator.le, before, after)), borders
+
+
+def test_live_table_columns_only_grow_when_a_price_gains_and_loses_a_digit() -> None:
+    out = Console(file=io.StringIO(), force_terminal=True, width=200)
+    borders = []
+    with CollectorView(live=True, out=out) as view:
+        view.set_tick_sizes({"BTCUSDT": "0.01000000"})
+        for price, samples in ((9.5, 9), (10.5, 10), (9.5, 11)):  # 9.50 -> 10.50 -> 9.50
+            frame = pl.DataFrame(
+                [("BTCUSDT", price, price, price, price, price, samples)],
+                schema=["symbol", "open", "high", "low", "close", "mean", "samples"],
+                orient="row",
+            )
+            view.refresh({"hour": "10:00-11:00 UTC"}, frame)
+            drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.file.getvalue())  # type: ignore[attr-defined]
+            row = [line for line in drawn.splitlines() if "BTCUSDT" in line and "│" in line][-1]
+            borders.append([i for i, c in enumerate(row) if c == "│"])
+    assert borders[1] > borders[0]  # a digit more: the columns widen
+    assert borders[2] == borders[1]  # and stay wide when it goes
 
 
 def _just_under_a_terminal(settings: Settings, args: list[str]) -> tuple[int, str, int]:
