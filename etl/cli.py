@@ -221,9 +221,13 @@ def collect(
         ),
     ] = False,
 ) -> None:
-    """Poll the exchange into the SQLite staging store until stopped (Ctrl-C / SIGTERM).
+    """Collect prices into the SQLite staging store until stopped (Ctrl-C / SIGTERM): poll the
+    ticker every interval (the default), or with --source trades store every aggregate trade
+    from the exchange's streams. Each hour is rolled up as it closes.
 
     Example: etl collect --symbols BTCUSDT,ETHUSDT --interval-s 5
+
+    Example: etl collect --source trades --symbols BTCUSDT
     """
     from etl.backfill import gap_filler
     from etl.collector import Collector
