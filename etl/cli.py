@@ -405,9 +405,10 @@ def seed_demo(
     """
     from etl import render
     from etl.demo_history import seed_demo as seed
+    from etl.rollup_job import run_rollup
 
     settings = settings_of(ctx).for_demo(keep_pg_dsn=use_pg_dsn)
-    result = seed(settings, days=days, force=force)
+    result = seed(settings, run_rollup, days=days, force=force)
     _print(*render.rollup(result))
     _print(
         f"demo history in {settings.masked_dsn}: charts with `just notebook --demo`; status "

@@ -11,7 +11,9 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import polars as pl
 
@@ -19,9 +21,10 @@ from etl.config import Settings
 from etl.errors import ConfigError
 from etl.fake_exchange import reference_price
 from etl.hours import HOUR_MS, hour_floor, utc
-from etl.rollup_job import RollupResult, run_rollup
 from etl.staging import Staging
 from etl.warehouse import open_warehouse
+
+Result = TypeVar("Result")
 
 log = logging.getLogger("etl.demo")
 
@@ -66,9 +69,20 @@ def generate_ticks(
     return frame.filter(keep).select("symbol", "ts", "price")
 
 
-def seed_demo(settings: Settings, *, days: int = 60, force: bool = False) -> RollupResult:
-    """Generate ``days`` of history for the configured symbols and roll it up into the
-    warehouse ``settings`` point at (the CLI points them at the demo data dir)."""
+def seed_demo(
+    settings: Settings,
+    rollup: Callable[[Settings], Result],
+    *,
+    days: int = 60,
+    force: bool = False,
+) -> Result:
+    """Generate ``days`` of history for the configured symbols into a staging file of its own
+    and hand it to ``rollup`` (the real one: ``etl.rollup_job.run_rollup``), which rolls it up
+    into the warehouse ``settings`` point at (the CLI points them at the demo data dir).
+
+    >>> seed_demo(settings, run_rollup, days=14)                  # doctest: +SKIP
+    RollupResult(hours=1680, ...)
+    """
     end = hour_floor(int(time.time() * 1000)) - HOUR_MS
     start = end - days * 24 * HOUR_MS
     interval_ms = int(settings.interval_s * 1000)
@@ -91,6 +105,6 @@ def seed_demo(settings: Settings, *, days: int = 60, force: bool = False) -> Rol
             log.info("generated %s ticks for %s", f"{ticks.height:,}", symbol)
     seeded = replace(settings, sqlite_path=staging_path, raw_retention_h=1.0)
     try:
-        return run_rollup(seeded)
+        return rollup(seeded)
     finally:
         shutil.rmtree(work, ignore_errors=True)

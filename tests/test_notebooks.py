@@ -23,6 +23,7 @@ from nbclient.exceptions import CellExecutionError
 
 from etl.config import Settings, load_settings
 from etl.demo_history import seed_demo
+from etl.rollup_job import run_rollup
 from tests.conftest import etl_env
 from tests.pgutil import query
 
@@ -217,7 +218,9 @@ def test_notebooks_chart_every_symbol_over_the_chosen_range(
     settings: Settings, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seeded = replace(settings, pg_dsn=pg_dsn, symbols=tuple(SYMBOLS), interval_s=60.0)
-    seed_demo(seeded, days=40)  # more than a month: the previous month has its partition
+    seed_demo(
+        seeded, run_rollup, days=40
+    )  # more than a month: the previous month has its partition
     for key, value in etl_env(seeded).items():
         monkeypatch.setenv(key, value)
     for name, check in (("history.ipynb", check_history), ("analysis.ipynb", check_analysis)):
@@ -240,7 +243,7 @@ def test_history_runs_from_the_notebooks_folder_with_a_relative_data_dir(
     open_dir: Path, tmp_path: Path
 ) -> None:
     data = open_dir / "data"
-    seed_demo(replace(load_settings(env={}), data_dir=data, interval_s=300.0), days=3)
+    seed_demo(replace(load_settings(env={}), data_dir=data, interval_s=300.0), run_rollup, days=3)
     relative = os.path.relpath(data, NOTEBOOKS)
     assert not Path(relative).is_absolute()
     before = sorted(p.name for p in NOTEBOOKS.iterdir())
