@@ -10,17 +10,23 @@ trade bar is built from every trade, so it shows 0 bps (anything else is a bug o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
 import polars as pl
 
-from etl.binance import ExchangeUnavailable, RateLimited, open_exchange, parse_klines
+from etl.binance import (
+    BinanceClient,
+    ExchangeUnavailable,
+    RateLimited,
+    open_exchange,
+    parse_klines,
+)
 from etl.config import Settings
 from etl.errors import DependencyError
 from etl.hours import HOUR_MS, closed_range, utc
 from etl.staging import open_staging
-from etl.warehouse import open_warehouse
+from etl.warehouse import Warehouse, open_warehouse
 
 
 def deviations(poll: pl.DataFrame, klines: pl.DataFrame) -> pl.DataFrame:
@@ -73,7 +79,8 @@ def run_reconcile(
     now: Callable[[], float] = time.time,
 ) -> pl.DataFrame:
     """Compare closed hours (the last ``hours``, or ``[since, until)``) with the exchange's
-    candles; store and return the per-hour deviations."""
+    candles; store and return the per-hour deviations. Builds the parts from ``settings`` and
+    hands them to :func:`reconcile`."""
     lo, hi = closed_range(int(now() * 1000), since_ms, until_ms)
     lo = hi - hours * HOUR_MS if lo is None else lo
     with ExitStack() as stack:
@@ -88,36 +95,49 @@ def run_reconcile(
         if not wh.has_schema():
             return pl.DataFrame()
         wh.migrate()
-        bars = wh.bars(settings.symbols, utc(lo), utc(hi))
-        poll = bars.filter(pl.col("source").is_in(["poll", "trade"]))
-        candles = []
-        try:
-            for symbol in poll["symbol"].unique(maintain_order=True).to_list():
-                rows = client.klines(symbol, "1h", lo, hi - 1, limit=1000)
-                candles.append(parse_klines(rows).with_columns(symbol=pl.lit(symbol)))
-        except (ExchangeUnavailable, RateLimited) as exc:
-            raise DependencyError(
-                f"exchange unavailable for reconcile ({exc}): try again later"
-            ) from None
-        if not candles:
-            return pl.DataFrame()
-        klines = pl.concat(candles).select(
-            "symbol",
-            bucket=pl.from_epoch("open_ms", "ms")
-            .dt.replace_time_zone("UTC")
-            .cast(pl.Datetime("us", "UTC")),
-            k_open="open",
-            k_high="high",
-            k_low="low",
-            k_close="close",
-        )
-        result = deviations(
-            poll.select("symbol", "bucket", "open", "high", "low", "close", "samples").with_columns(
-                pl.col("bucket").cast(pl.Datetime("us", "UTC"))
-            ),
-            klines,
-        )
-        wh.write_reconciliation(result)
+        return reconcile(wh, client, settings.symbols, lo, hi)
+
+
+def reconcile(
+    wh: Warehouse, client: BinanceClient, symbols: Sequence[str], lo: int, hi: int
+) -> pl.DataFrame:
+    """Compare the poll and trade bars of ``symbols`` in ``[lo, hi)`` (epoch ms) with the
+    exchange's 1h candles; store the deviations in ``reconciliation`` and return them with each
+    bar's source (empty: nothing to compare).
+
+    >>> reconcile(wh, client, ["BTCUSDT"], lo, hi)                  # doctest: +SKIP
+    shape: (24, 8) ...
+    """
+    bars = wh.bars(symbols, utc(lo), utc(hi))
+    poll = bars.filter(pl.col("source").is_in(["poll", "trade"]))
+    candles = []
+    try:
+        for symbol in poll["symbol"].unique(maintain_order=True).to_list():
+            rows = client.klines(symbol, "1h", lo, hi - 1, limit=1000)
+            candles.append(parse_klines(rows).with_columns(symbol=pl.lit(symbol)))
+    except (ExchangeUnavailable, RateLimited) as exc:
+        raise DependencyError(
+            f"exchange unavailable for reconcile ({exc}): try again later"
+        ) from None
+    if not candles:
+        return pl.DataFrame()
+    klines = pl.concat(candles).select(
+        "symbol",
+        bucket=pl.from_epoch("open_ms", "ms")
+        .dt.replace_time_zone("UTC")
+        .cast(pl.Datetime("us", "UTC")),
+        k_open="open",
+        k_high="high",
+        k_low="low",
+        k_close="close",
+    )
+    result = deviations(
+        poll.select("symbol", "bucket", "open", "high", "low", "close", "samples").with_columns(
+            pl.col("bucket").cast(pl.Datetime("us", "UTC"))
+        ),
+        klines,
+    )
+    wh.write_reconciliation(result)
     return result.join(
         poll.select("symbol", pl.col("bucket").cast(pl.Datetime("us", "UTC")), "source"),
         on=["symbol", "bucket"],
