@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -20,9 +21,29 @@ import pytest
 
 from etl.config import Settings, load_settings
 from etl.fake_exchange import FakeExchange
+from etl.hours import GRACE_MS, HOUR_MS
 
 # Real recorded Binance payloads, byte for byte as recorded (their sources are in SOURCES.md).
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "binance"
+
+
+# Long enough for any test that puts ticks in hours counted from the wall clock.
+HOUR_EDGE_S = 30.0
+
+
+@pytest.fixture(autouse=True)
+def _clear_of_an_hour_boundary() -> None:
+    """Many tests stage ticks in hours counted from the wall clock and expect the hour before now
+    to be closed (it ended GRACE_MS ago) and the current one open. A test started in the last
+    HOUR_EDGE_S of an hour, or inside the grace after it, could see one of those flip while it
+    runs (a rollup then found 5 closed hours of 6): such a test first waits until the grace has
+    passed. At most once per run of the suite, at most about 41 s."""
+    into_ms = time.time() * 1000 % HOUR_MS
+    ready_ms = GRACE_MS + 1000
+    if into_ms < ready_ms:
+        time.sleep((ready_ms - into_ms) / 1000)
+    elif HOUR_MS - into_ms < HOUR_EDGE_S * 1000:
+        time.sleep((HOUR_MS - into_ms + ready_ms) / 1000)
 
 
 class VirtualClock:
