@@ -98,26 +98,20 @@ def _fraction(value: Any) -> float:
     return number
 
 
-def _url(value: Any) -> str:
-    text = str(value).strip().rstrip("/")
-    try:
-        parts = urlsplit(text)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not a URL ({exc})") from None
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{value!r} is not an http(s) URL")
-    return text
+def _url_of(kind: str, *schemes: str) -> Callable[[Any], str]:
+    """A parser of URLs with a host and one of ``schemes``; ``kind`` names them in errors."""
 
+    def parse(value: Any) -> str:
+        text = str(value).strip().rstrip("/")
+        try:
+            parts = urlsplit(text)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a URL ({exc})") from None
+        if parts.scheme not in schemes or not parts.netloc:
+            raise ValueError(f"{value!r} is not {kind} URL")
+        return text
 
-def _ws_url(value: Any) -> str:
-    text = str(value).strip().rstrip("/")
-    try:
-        parts = urlsplit(text)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not a URL ({exc})") from None
-    if parts.scheme not in ("ws", "wss") or not parts.netloc:
-        raise ValueError(f"{value!r} is not a ws(s) URL")
-    return text
+    return parse
 
 
 def _dsn(value: Any) -> str | None:
@@ -231,7 +225,7 @@ class Settings:
     binance_url: str = _setting(
         DEFAULT_BINANCE_URL,
         env="ETL_BINANCE_URL",
-        parse=_url,
+        parse=_url_of("an http(s)", "http", "https"),
         metavar="URL",
         help="exchange REST base URL",
     )
@@ -246,7 +240,7 @@ class Settings:
     ws_url: str = _setting(
         DEFAULT_WS_URL,
         env="ETL_WS_URL",
-        parse=_ws_url,
+        parse=_url_of("a ws(s)", "ws", "wss"),
         metavar="URL",
         help="exchange WebSocket streams base URL (source trades)",
     )
