@@ -259,13 +259,11 @@ class Staging:
 
     def counts(self, conn: adbc_sqlite.Connection | None = None) -> tuple[int, int]:
         """Staged rows and quarantined rows, on ``conn`` if given (a :meth:`reader`)."""
-        sql = "SELECT (SELECT count(*) FROM tick_rows), (SELECT count(*) FROM ticks_rejected)"
-        if conn is None:
-            rows, rejected = self._scalar_row(sql)
-        else:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-                rows, rejected = cur.fetchone()
+        with self._cursor(conn) as cur:
+            cur.execute(
+                "SELECT (SELECT count(*) FROM tick_rows), (SELECT count(*) FROM ticks_rejected)"
+            )
+            rows, rejected = cur.fetchone()
         return int(rows), int(rejected)
 
     def reader(self) -> adbc_sqlite.Connection:
@@ -295,8 +293,13 @@ class Staging:
         return None
 
     @contextmanager
-    def _cursor(self) -> Iterator[adbc_sqlite.Cursor]:
-        with self._lock, self._conn.cursor() as cur:
+    def _cursor(self, conn: adbc_sqlite.Connection | None = None) -> Iterator[adbc_sqlite.Cursor]:
+        """A cursor on this file's connection (one thread at a time), or on ``conn`` (a
+        :meth:`reader` of another thread's own, which needs no lock)."""
+        with (
+            self._lock if conn is None else contextlib.nullcontext(),
+            (conn or self._conn).cursor() as cur,
+        ):
             try:
                 yield cur
             except adbc_sqlite.Error as exc:
@@ -794,15 +797,9 @@ class Staging:
     def get_state(self, key: str, conn: adbc_sqlite.Connection | None = None) -> Any:
         """The stored value of ``key`` (None if never set), on ``conn`` if given (a
         :meth:`reader`)."""
-        sql = "SELECT value FROM state WHERE key = ?"
-        if conn is None:
-            with self._cursor() as cur:
-                cur.execute(sql, (key,))
-                row = cur.fetchone()
-        else:
-            with conn.cursor() as cur:
-                cur.execute(sql, (key,))
-                row = cur.fetchone()
+        with self._cursor(conn) as cur:
+            cur.execute("SELECT value FROM state WHERE key = ?", (key,))
+            row = cur.fetchone()
         return json.loads(row[0]) if row else None
 
     def remember_rollup(self, at_ms: int, error: str | None, seconds: float) -> None:

@@ -293,6 +293,11 @@ def connect(
         ) from None
 
 
+def _bound_lock_waits(cur: pg.Cursor) -> None:
+    """In this transaction, give up on a table lock after ``LOCK_TIMEOUT_S``."""
+    cur.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT_S * 1000)}ms'")
+
+
 def _is_lost(exc: Exception) -> bool:
     """The server went away or gave up on the statement (a timeout, a cancel): a dependency
     failure, exit 3, not a bug. ADBC reports a cancel found while preparing as a
@@ -534,7 +539,7 @@ class Warehouse:
     def _upsert_bars(self, cur: pg.Cursor, bars: pl.DataFrame) -> Written:
         cur.execute("SELECT pg_advisory_xact_lock($1)", parameters=[WRITE_LOCK])
         cur.fetchall()
-        cur.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT_S * 1000)}ms'")
+        _bound_lock_waits(cur)
         if bars.is_empty():
             return Written()
         frame = bars.with_columns(
@@ -606,7 +611,7 @@ class Warehouse:
 
     def retention(self, keep_days: float, *, dry_run: bool) -> pl.DataFrame:
         with self.transaction() as cur:
-            cur.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT_S * 1000)}ms'")
+            _bound_lock_waits(cur)
             cur.execute(
                 "SELECT * FROM etl_hourly_retention($1, $2)", parameters=[float(keep_days), dry_run]
             )
