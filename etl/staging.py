@@ -589,7 +589,7 @@ class Staging:
                         row["found_ms"],
                     ),
                 )
-        self._trade_tables = True
+        self._has_trade_tables = True
         return inserted
 
     @property
@@ -601,10 +601,6 @@ class Staging:
                 self._scalar("SELECT count(*) FROM sqlite_master WHERE name = 'trade_cursor'") == 1
             )
         return self._has_trade_tables
-
-    @_trade_tables.setter
-    def _trade_tables(self, value: bool) -> None:
-        self._has_trade_tables = value
 
     def trade_cursors(self) -> pl.DataFrame:
         """Every symbol's trade cursor: ``symbol`` and ``CURSOR_SCHEMA``."""
@@ -815,11 +811,6 @@ class Staging:
             "last_ok_at": at if error is None else before.get("last_ok_at"),
         }
         self.set_state(LAST_ROLLUP_KEY, outcome, at_ms)
-
-    def _scalar_row(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
-        with self._cursor() as cur:
-            cur.execute(sql, params)
-            return tuple(cur.fetchone())
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self._cursor() as cur:

@@ -22,6 +22,7 @@ On a symbol's first start the catch-up begins at the start of the current hour
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -76,18 +77,7 @@ class Chain:
     job: bool = False  # a catch-up is in flight
 
     def clone(self) -> Chain:
-        return Chain(
-            self.sym,
-            self.symbol,
-            self.last_id,
-            self.last_ts,
-            self.since_ms,
-            self.live_ms,
-            [run[:] for run in self.above],
-            self.verified,
-            self.pending_since,
-            self.job,
-        )
+        return dataclasses.replace(self, above=[run[:] for run in self.above])
 
     def add(self, lo: int, hi: int, lo_ts: int, hi_ts: int) -> None:
         """Note that ids ``lo..hi`` are staged."""
@@ -190,8 +180,6 @@ class CatchUp:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trade-catch-up", daemon=True)
-        self.requests = 0
-        self.fetched = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -228,7 +216,6 @@ class CatchUp:
         backoff = 0.5
         while not self.stop.is_set():
             try:
-                self.requests += 1
                 frame, _ = self.client.agg_trades(job.symbol, **query)
                 return frame
             except RateLimited as exc:
@@ -263,7 +250,6 @@ class CatchUp:
             self._emit(_Result("start", job.sym, start=start))
             if first.height:
                 self._emit(_Result("page", job.sym, frame=first))
-                self.fetched += first.height
             if first.height < AGG_TRADES_LIMIT:
                 self._emit(_Result("done", job.sym))
                 return
@@ -274,7 +260,6 @@ class CatchUp:
                 return
             if page.height:
                 self._emit(_Result("page", job.sym, frame=page))
-                self.fetched += page.height
             top = int(page["agg_id"].max()) if page.height else next_id - 1  # type: ignore[arg-type]
             if page.height < AGG_TRADES_LIMIT or (job.until_id is not None and top >= job.until_id):
                 self._emit(_Result("done", job.sym))
@@ -290,7 +275,6 @@ class FeedStats:
     caught_up: int = 0  # trades fetched over REST
     holes: int = 0
     reconnects: int = 0
-    batches: int = 0
 
 
 # The live table's rows: one per symbol.
@@ -449,8 +433,10 @@ class TradeFeed:
             stream, skipped = parse_trade_events(drained.lines)
             self.stats.skipped += skipped
             pages = [r.frame for r in results if r.kind == "page" and r.frame is not None]
+            stream, *pages = [
+                f.join(self.sym_of, on="symbol", how="inner") for f in (stream, *pages)
+            ]
             batch = pl.concat([stream, *pages]) if pages else stream
-            batch = batch.join(self.sym_of, on="symbol", how="inner")
             self._advance(batch, stream, results, drained, holes, changed, now)
             cursors, with_live = self._cursors(changed, now)
             hole_frame = pl.DataFrame(holes) if holes else None
@@ -471,7 +457,6 @@ class TradeFeed:
         self.stats.trades += inserted
         self.stats.duplicates += batch.height - inserted
         self.stats.caught_up += sum(p.height for p in pages)
-        self.stats.batches += 1
         self.activity.update(batch, stream, now)
         for hole in holes:
             self.stats.holes += 1
@@ -505,7 +490,7 @@ class TradeFeed:
             self.chains[sym].add(lo, hi, lo_ts, hi_ts)
             changed.add(sym)
         if stream.height:
-            tops = stream.join(self.sym_of, on="symbol").group_by("sym").agg(pl.col("agg_id").max())
+            tops = stream.group_by("sym").agg(pl.col("agg_id").max())
             for sym, top in tops.iter_rows():
                 chain = self.chains[sym]
                 # A stream trade joined the chain directly: nothing was missed before it.
@@ -573,13 +558,13 @@ class TradeFeed:
     def _schedule(self, now: float) -> None:
         """A catch-up for every symbol that has waited ``gap_grace_s`` for its hole to fill or
         for a stream trade to join its chain."""
+        if not self.stream.open_groups():
+            return  # no stream yet: a catch-up could not meet it
         for chain in self.chains.values():
             if chain.job or (chain.verified and not chain.above):
                 continue
             if now - chain.pending_since < self.gap_grace_s:
                 continue
-            if not any(g.conn is not None for g in self.stream.groups):
-                continue  # no stream yet: a catch-up could not meet it
             chain.job = True
             from_id = None if chain.last_id is None else chain.last_id + 1
             until = chain.above[0][0] - 1 if chain.above else None

@@ -147,7 +147,6 @@ class _Group:
     conn: ClientConnection | None = None
     opened_at: float = 0.0
     replace: asyncio.Event | None = None
-    connections: int = 0
 
 
 @dataclass
@@ -185,8 +184,7 @@ def stream_url(base: str, symbols: Sequence[str]) -> str:
 class TradeStream:
     """The aggregate-trade streams of ``symbols`` from ``base_url``, on a thread of its own.
 
-    ``exchange_ms`` gives the exchange's clock (epoch ms), for ``live_ms``; ``wake`` is called
-    when many lines are waiting, so the consumer can take them before its next tick.
+    ``exchange_ms`` gives the exchange's clock (epoch ms), for ``live_ms``.
     """
 
     def __init__(
@@ -197,8 +195,6 @@ class TradeStream:
         exchange_ms: Callable[[], int],
         timings: StreamTimings | None = None,
         per_connection: int = MAX_STREAMS,
-        wake: Callable[[], None] | None = None,
-        wake_at: int = 5000,
     ) -> None:
         self.base_url = base_url
         self.exchange_ms = exchange_ms
@@ -206,16 +202,12 @@ class TradeStream:
         self.groups = [
             _Group(i, tuple(g)) for i, g in enumerate(stream_groups(symbols, per_connection))
         ]
-        self.wake = wake
-        self.wake_at = wake_at
         self._lock = threading.Lock()
         self._lines: list[bytes] = []
         self._events: list[StreamEvent] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.messages = 0
-        self.reconnects = 0
 
     # -- the consumer's side -------------------------------------------------------------------
 
@@ -321,9 +313,6 @@ class TradeStream:
             backoff = self.timings.backoff_s
             old, old_reader = group.conn, reader
             group.conn, group.opened_at = conn, time.monotonic()
-            group.connections += 1
-            if group.connections > 1:
-                self.reconnects += 1
             group.replace = asyncio.Event()
             self._event("open", group, replacing=replacing)
             reader = asyncio.create_task(self._read(group, conn))
@@ -362,13 +351,8 @@ class TradeStream:
                 data = message if isinstance(message, bytes) else message.encode()
                 if _TRADE_MARK in data:
                     with self._lock:
-                        lines = self._lines
-                        lines.append(data)
-                        n = len(lines)
+                        self._lines.append(data)
                         self._consumed(group, conn)
-                    self.messages += 1
-                    if n == self.wake_at and self.wake is not None:
-                        self.wake()
                 else:
                     self._other(group, data)
                     with self._lock:
