@@ -209,14 +209,15 @@ def kline_bars(klines: pl.DataFrame, symbol: str) -> pl.DataFrame:
     )
 
 
-TRADE_BAR_SCHEMA = {
-    **BAR_SCHEMA,
+# Columns only trade bars fill (sql/013_trade_bars.sql); NULL in poll and kline bars.
+TRADE_COLUMNS = {
     "volume": pl.Float64,
     "quote_volume": pl.Float64,
     "trades": pl.Int64,
     "vwap": pl.Float64,
     "ids_missing": pl.Int32,
 }
+TRADE_BAR_SCHEMA = {**BAR_SCHEMA, **TRADE_COLUMNS}
 
 
 def id_gaps(trades: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:

@@ -10,6 +10,7 @@ listed), 3 a part cannot be reached. Times are ISO 8601 UTC throughout; the JSON
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -152,6 +153,15 @@ def staging_status(staging: Staging, settings: Settings, now_ms: int) -> Staging
     )
 
 
+def _pending(
+    out: WarehouseStatus, staging: Staging, now_ms: int, committed: Collection[int] = ()
+) -> None:
+    """The closed hours ``staging`` holds that are not ``committed``, and those overdue."""
+    staged = [h for h in staging.hour_sizes(None, closed_before(now_ms)) if h not in committed]
+    out.pending_hours = [iso(h) for h in staged]
+    out.overdue_hours = [iso(h) for h in staged if h + HOUR_MS + ROLLUP_OVERDUE_MS < now_ms]
+
+
 def warehouse_status(
     wh: Warehouse, settings: Settings, staging: Staging | None, now_ms: int
 ) -> WarehouseStatus:
@@ -175,9 +185,7 @@ def warehouse_status(
         mine = ledger.filter(ledger["staging_id"] == staging.id)
         committed = set(mine["hour_ms"].to_list())
         out.committed_hours = len(committed)
-        staged = [h for h in staging.hour_sizes(None, closed) if h not in committed]
-        out.pending_hours = [iso(h) for h in staged]
-        out.overdue_hours = [iso(h) for h in staged if h + HOUR_MS + ROLLUP_OVERDUE_MS < now_ms]
+        _pending(out, staging, now_ms, committed)
         week = mine.filter(mine["hour_ms"] >= now_ms - 7 * 24 * HOUR_MS)
         out.bars_lost_7d = int(week["bars_lost"].sum() or 0)
     lo, hi = utc(closed - LOOKBACK_HOURS * HOUR_MS), utc(closed)
@@ -318,11 +326,7 @@ def gather(settings: Settings, now: float | None = None) -> Status:
         except NothingStaged as exc:  # not made yet: a problem only once hours wait for it
             whs = WarehouseStatus(server=settings.masked_dsn, note=str(exc))
             if staging is not None:
-                waiting = [h for h in staging.hour_sizes(None, closed_before(now_ms))]
-                whs.pending_hours = [iso(h) for h in waiting]
-                whs.overdue_hours = [
-                    iso(h) for h in waiting if h + HOUR_MS + ROLLUP_OVERDUE_MS < now_ms
-                ]
+                _pending(whs, staging, now_ms)
         except DependencyError as exc:
             unreachable = True
             whs = WarehouseStatus(server=settings.masked_dsn, problem=str(exc))

@@ -33,6 +33,7 @@ import polars as pl
 from etl.config import Settings, mask_dsn
 from etl.errors import ConfigError, DependencyError, NothingStaged
 from etl.hours import utc
+from etl.rollup import TRADE_COLUMNS
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 WRITE_LOCK = 0x45544C01  # pg_advisory_xact_lock key for bar writes
@@ -64,14 +65,6 @@ HOURLY_COLUMNS = (
     "vwap",
     "ids_missing",
 )
-# Columns only trade bars fill (sql/013_trade_bars.sql); NULL in poll and kline bars.
-TRADE_COLUMNS = {
-    "volume": pl.Float64,
-    "quote_volume": pl.Float64,
-    "trades": pl.Int64,
-    "vwap": pl.Float64,
-    "ids_missing": pl.Int32,
-}
 _DSN_ERRORS = (
     "invalid connection option",
     "invalid uri",
