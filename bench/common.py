@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 
 from etl.fake_exchange import served
@@ -154,6 +155,14 @@ def postgres() -> Iterator[str]:
             yield uri
     finally:  # the server has stopped: its data (hundreds of MiB) goes too
         shutil.rmtree(base, ignore_errors=True)
+
+
+def fresh_database(admin_uri: str, name: str) -> str:
+    """An empty database ``name`` on the bench's server (dropped first if there); its URI."""
+    with pg.connect(admin_uri, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {name}")
+    return admin_uri.replace("/etl?", f"/{name}?")
 
 
 def stage_hours(

@@ -27,9 +27,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import adbc_driver_postgresql.dbapi as pg
-
-from bench.common import ROOT, child_env, percentile, postgres, spread, stage_hours
+from bench.common import (
+    ROOT,
+    child_env,
+    fresh_database,
+    percentile,
+    postgres,
+    spread,
+    stage_hours,
+)
 from etl.config import load_settings
 from etl.hours import HOUR_MS, hour_floor
 from etl.rollup_job import run_rollup
@@ -40,13 +46,6 @@ IDLE_S = 2.0  # the writer alone before the purge: its undisturbed commit times
 WARMUP = 3  # the writer's first commits (fresh connection, cold pages) are not its baseline
 TAIL_S = 0.5  # and after it, so a commit held up to the end is seen finishing
 GOAL_MS = 100
-
-
-def _fresh_database(admin_uri: str) -> str:
-    with pg.connect(admin_uri, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS bench_purge WITH (FORCE)")
-        cur.execute("CREATE DATABASE bench_purge")
-    return admin_uri.replace("/etl?", "/bench_purge?")
 
 
 def run(runs: int = 5, interval_ms: int = 1000) -> dict[str, Any]:
@@ -81,7 +80,7 @@ def _one(template: Path, path: Path, admin_uri: str, settings: Any) -> dict[str,
             # Flushed now, so that no fsync of the writer or the purge pays for the copy.
             with open(f"{path}{suffix}", "rb+") as fh:
                 os.fsync(fh.fileno())
-    keep = replace(settings, pg_dsn=_fresh_database(admin_uri))
+    keep = replace(settings, pg_dsn=fresh_database(admin_uri, "bench_purge"))
     purge = replace(keep, raw_retention_h=1.0)  # the hour ended 2 h ago: purged
     committed = run_rollup(keep)
     assert committed.hours == 1 and committed.purged == 0, committed

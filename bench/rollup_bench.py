@@ -35,6 +35,7 @@ import polars as pl
 from bench.common import (
     Worker,
     child_env,
+    fresh_database,
     postgres,
     ratio_line,
     spawn_wait,
@@ -50,13 +51,6 @@ from etl.rollup_job import run_rollup
 SYMBOLS = 3000
 BACKLOG_HOURS = 24
 OURS_TABLES = "metrics_hourly, rollup_runs, metrics_daily"
-
-
-def _database(admin_uri: str, name: str) -> str:
-    with pg.connect(admin_uri, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {name}")
-    return admin_uri.replace("/etl?", f"/{name}?")
 
 
 def _sql(uri: str, sql: str) -> None:
@@ -75,10 +69,10 @@ def run(runs: int = 5, backlog: bool = True) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="etl-bench-rollup-", dir="/tmp"))
     try:
         with postgres() as admin_uri:
-            uri = _database(admin_uri, "bench_ours")
-            duck_uri = _database(admin_uri, "bench_duckdb")
+            uri = fresh_database(admin_uri, "bench_ours")
+            duck_uri = fresh_database(admin_uri, "bench_duckdb")
             _sql(duck_uri, TARGET_DDL)
-            base_uri = _database(admin_uri, "bench_baseline").replace(
+            base_uri = fresh_database(admin_uri, "bench_baseline").replace(
                 "postgresql://postgres:@/", "postgresql://postgres@/"
             )
             hour = hour_floor(int(time.time() * 1000)) - 3 * HOUR_MS
@@ -226,7 +220,9 @@ def _backlog(work: Path, admin_uri: str, runs: int) -> dict[str, Any]:
         env = child_env(
             ETL_SQLITE_PATH=str(path),
             ETL_DATA_DIR=str(work),
-            ETL_PG_DSN=_database(admin_uri, "bench_backlog"),  # a new one each run, as first seen
+            ETL_PG_DSN=fresh_database(
+                admin_uri, "bench_backlog"
+            ),  # a new one each run, as first seen
             ETL_RAW_RETENTION_H="80000",  # nothing purged: every run reads the same file
         )
         wall, peak = spawn_wait(_etl_argv(), work, env)
