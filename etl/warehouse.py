@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -312,6 +312,24 @@ def checksum(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+_SUPERSEDES = re.compile(r"^-- supersedes: (\S+)$", re.MULTILINE)
+
+
+def _changed(files: list[Path], done: Mapping[str, str], applied: Sequence[str] = ()) -> list[str]:
+    """Files applied before (``done``: name to checksum) whose content changed since, except
+    those an applied file replaces whole (a ``-- supersedes: NAME`` line): their objects are
+    that file's now, whatever the old one held."""
+    applied_now = set(done) | set(applied)
+    replaced = {
+        name for p in files if p.name in applied_now for name in _SUPERSEDES.findall(p.read_text())
+    }
+    return [
+        p.name
+        for p in files
+        if p.name in done and p.name not in replaced and done[p.name] != checksum(p)
+    ]
+
+
 @dataclass
 class Migrations:
     """What :meth:`Warehouse.migrate` did: files applied now, files applied before, and files
@@ -429,7 +447,7 @@ class Warehouse:
                         parameters=[path.name, checksum(path)],
                     )
                 applied.append(path.name)
-        changed = [p.name for p in files if p.name in done and done[p.name] != checksum(p)]
+        changed = _changed(files, done, applied)
         return Migrations(applied, [p.name for p in files if p.name in done], changed)
 
     def ensure_partitions_ahead(self, months: int = 2) -> int:
@@ -453,10 +471,7 @@ class Warehouse:
 
     def changed_migrations(self, directory: Path = SQL_DIR) -> list[str]:
         """Applied ``sql/`` files whose content changed since (read-only)."""
-        done = self._applied()
-        return [
-            p.name for p in sql_files(directory) if p.name in done and done[p.name] != checksum(p)
-        ]
+        return _changed(sql_files(directory), self._applied())
 
     def has_schema(self) -> bool:
         return bool(self.execute("SELECT to_regclass('metrics_hourly') IS NOT NULL")[0][0])

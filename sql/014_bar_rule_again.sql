@@ -1,5 +1,9 @@
+-- supersedes: 011_bar_rule.sql
+--
 -- The bar rule of 011, as of this release: written out whole, so a warehouse on any earlier
--- form of it ends with exactly one definition of each function.
+-- form of it ends with exactly one definition of each function. (The line above tells etl that
+-- whatever 011 a warehouse once applied, its objects are now this file's: a changed 011 is
+-- not reported.)
 --
 -- What changed:
 -- - An hour without a bar saw nothing: its coverage is 0. Callers join the hours of a range to
