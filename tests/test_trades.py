@@ -298,6 +298,7 @@ def test_a_hole_rest_cannot_fill_is_recorded_reported_and_backfilled_from_klines
     with open_warehouse(cfg) as wh:
         bars = wh.bars(SYMBOLS, utc(hour), utc(hour + HOUR_MS))
     minutes = range(hour // 60_000, hour // 60_000 + 60)
+    assert sorted(bars["symbol"]) == sorted(SYMBOLS)  # a trade bar for each: the loop runs
     for bar in bars.iter_rows(named=True):
         made = sum(len(ex.trades(bar["symbol"], m)) for m in minutes)
         hole = holes.filter(pl.col("symbol") == bar["symbol"]).row(0, named=True)
