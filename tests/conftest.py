@@ -147,6 +147,12 @@ def settings(data_dir: Path, exchange: FakeExchange) -> Settings:
     )
 
 
+@pytest.fixture
+def pgs(settings: Settings, pg_dsn: str) -> Settings:
+    """:func:`settings` with a fresh PostgreSQL database as the warehouse."""
+    return replace(settings, pg_dsn=pg_dsn)
+
+
 def etl_env(settings: Settings | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
     if settings is not None:
@@ -167,3 +173,40 @@ def run_etl(
         timeout=timeout,
         cwd=cwd,
     )
+
+
+def start(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start ``argv`` in a child process, its output (both streams) line by line on ``stdout``."""
+    return subprocess.Popen(
+        argv,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+    )
+
+
+def start_etl(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start the real ``etl`` command in a child process (see :func:`start`)."""
+    return start([sys.executable, "-m", "etl", *args], env)
+
+
+def wait_for(proc: subprocess.Popen[str], needle: str, count: int = 1, timeout: float = 60) -> str:
+    """Read ``proc``'s output until ``needle`` has appeared ``count`` times; what was read."""
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while seen.count(needle) < count:
+        assert time.monotonic() < deadline, seen
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line, seen
+        seen += line
+    return seen
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    """A failed command's error: exactly one line on stderr and no traceback anywhere."""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    return lines[0]

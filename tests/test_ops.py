@@ -31,7 +31,7 @@ from etl.hours import HOUR_MS, hour_floor, iso
 from etl.pg_tools import embedded_bin_dirs, split_password
 from etl.rollup_job import run_rollup
 from etl.staging import Staging
-from tests.conftest import etl_env, run_etl
+from tests.conftest import etl_env, one_line, run_etl, start, wait_for
 from tests.pgutil import execute, query, seed_ticks, snapshot
 from tests.test_embedded_pg import gone
 
@@ -47,35 +47,6 @@ def env_of(settings: Settings, **extra: str) -> dict[str, str]:
     env = etl_env(settings, **extra)
     env.pop("ETL_SQLITE_PATH", None)
     return env
-
-
-def one_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
-    return lines[0]
-
-
-def start(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        args,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=cwd,
-    )
-
-
-def wait_for(proc: subprocess.Popen[str], needle: str, count: int = 1, timeout: float = 60) -> str:
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while seen.count(needle) < count:
-        assert time.monotonic() < deadline, seen
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        assert line, seen
-        seen += line
-    return seen
 
 
 def all_ticks(path: Path) -> pl.DataFrame:

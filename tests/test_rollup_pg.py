@@ -30,11 +30,6 @@ from tests.pgutil import query, seed_ticks, snapshot
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 
-@pytest.fixture
-def pgs(settings: Settings, pg_dsn: str) -> Settings:
-    return replace(settings, pg_dsn=pg_dsn)
-
-
 def staged_hours(path: Path) -> dict[int, int]:
     with Staging(path) as st:
         frame = st.read_window(-(2**62), 2**62)

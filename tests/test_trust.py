@@ -35,18 +35,13 @@ from etl.hours import HOUR_MS, hour_floor
 from etl.rollup_job import run_rollup
 from etl.staging import Staging
 from etl.warehouse import LEGACY_STAGING, TRADE_COLUMNS, open_warehouse
-from tests.conftest import etl_env, run_etl
+from tests.conftest import etl_env, one_line, run_etl, start_etl, wait_for
 from tests.pgutil import query, seed_ticks
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 # Columns metrics_hourly gained after the previous release (010: staging identity; 013: trades).
 ADDED_HOURLY_COLUMNS = ("staging_id", "interval_s", *TRADE_COLUMNS)
-
-
-@pytest.fixture
-def pgs(settings: Settings, pg_dsn: str) -> Settings:
-    return replace(settings, pg_dsn=pg_dsn)
 
 
 def outside_tool(
@@ -66,13 +61,6 @@ def outside_tool(
         capture_output=True,
         text=True,
     )
-
-
-def one_line(done: subprocess.CompletedProcess) -> str:
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
-    return lines[0]
 
 
 # -- 1. staging identity: many staging files, one warehouse ------------------------------------
@@ -182,13 +170,6 @@ def _restore(dsn: str, dump: Path) -> None:
     script = "\n".join(line for line in text.splitlines() if not line.startswith("\\"))
     with pg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
         cur.executescript(script)
-
-
-def _rows(dsn: str) -> dict[str, list[tuple]]:
-    return {
-        table: query(dsn, f"SELECT * FROM {table} ORDER BY 1, 2").rows()
-        for table in ("metrics_hourly", "metrics_daily", "rollup_runs")
-    }
 
 
 def test_a_warehouse_of_the_previous_release_is_migrated_once_and_no_row_changes(
@@ -342,33 +323,12 @@ def test_a_staging_file_and_warehouse_of_the_previous_release_keep_every_tick_an
 # -- 2. one collector per staging file ----------------------------------------------------------
 
 
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "etl", *args],
-        env={**env, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def wait_for(proc: subprocess.Popen[str], needle: str, timeout: float = 30) -> str:
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        assert time.monotonic() < deadline, seen
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        assert line, seen
-        seen += line
-    return seen
-
-
 def test_a_second_collector_on_one_staging_file_exits_2_naming_the_holder(
     settings: Settings,
 ) -> None:
     """Was: both ran and both wrote, two ticks per slot and wrong means."""
     env = etl_env(settings)
-    first = start(["collect", "--no-rollup"], env)
+    first = start_etl(["collect", "--no-rollup"], env)
     try:
         wait_for(first, "poll ok")
         second = run_etl(["collect", "--no-rollup", "--polls", "1"], env)
@@ -396,7 +356,7 @@ def test_the_lock_dies_with_a_killed_collector_and_rollup_runs_beside_one(
     env = etl_env(pgs)
     now_hour = hour_floor(int(time.time() * 1000))
     seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=720, interval_ms=5000)
-    first = start(["collect", "--no-rollup"], env)
+    first = start_etl(["collect", "--no-rollup"], env)
     wait_for(first, "poll ok")
     rolled = run_etl(["rollup"], env)  # beside a running collector, as before
     assert rolled.returncode == 0, rolled.stderr
@@ -408,7 +368,7 @@ def test_the_lock_dies_with_a_killed_collector_and_rollup_runs_beside_one(
 
 def test_two_demos_on_one_data_dir(open_dir: Path) -> None:
     env = etl_env(None, ETL_DATA_DIR=str(open_dir / "data"))
-    first = start(["demo"], env)
+    first = start_etl(["demo"], env)
     try:
         wait_for(first, "poll ok")
         second = run_etl(["demo", "--polls", "1"], env)
@@ -572,7 +532,7 @@ def test_a_collector_waiting_on_an_exchange_that_never_answers_stops_within_5_s(
     settings: Settings, exchange, signum: int
 ) -> None:
     slow = replace(settings, interval_s=8.0)  # a poll may take up to its slot: 8 s
-    first = start(["collect", "--no-rollup"], etl_env(slow))
+    first = start_etl(["collect", "--no-rollup"], etl_env(slow))
     wait_for(first, "symbols checked")
     exchange.inject("slow", delay=60.0, times=10)  # every poll from now on hangs
     time.sleep(9)  # into the next slot's request, or its retry
@@ -965,7 +925,7 @@ def test_a_ban_is_stored_before_the_body_arrives_so_a_crash_keeps_it(
     inside the 20 s Retry-After window."""
     exchange.inject("status", status=429, retry_after=20, code=-1003, body_delay=5.0)
     env = etl_env(settings)
-    first = start(["collect", "--no-rollup"], env)
+    first = start_etl(["collect", "--no-rollup"], env)
     deadline = time.monotonic() + 30
     while not any(r.status == 429 for r in exchange.requests):
         assert time.monotonic() < deadline
