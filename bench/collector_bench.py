@@ -18,8 +18,8 @@ from pathlib import Path
 import requests
 
 from bench.common import exchange_process, median_ms, ratio_line, spread
-from etl.binance import BinanceClient
-from etl.staging import Staging
+from etl.exchange.client import BinanceClient
+from etl.staging.store import Staging
 
 SYMBOLS = 3000
 

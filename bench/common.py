@@ -19,8 +19,8 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 
-from etl.fake_exchange import served
-from etl.staging import Staging
+from etl.exchange.fake.exchange import served
+from etl.staging.store import Staging
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: children import ``bench`` from here
 
@@ -146,7 +146,7 @@ def exchange_process(symbols: int) -> Iterator[str]:
 @contextmanager
 def postgres() -> Iterator[str]:
     """An embedded PostgreSQL in /tmp for the benchmark's lifetime."""
-    from etl.embedded_pg import embedded_server
+    from etl.warehouse.embedded import embedded_server
 
     base = Path(tempfile.mkdtemp(prefix="etl-bench-pg-", dir="/tmp"))
     base.chmod(0o755)

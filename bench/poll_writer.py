@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from etl.staging import Staging
+from etl.staging.store import Staging
 
 
 def main() -> None:

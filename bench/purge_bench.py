@@ -38,7 +38,7 @@ from bench.common import (
 )
 from etl.config import load_settings
 from etl.hours import HOUR_MS, hour_floor
-from etl.rollup_job import run_rollup
+from etl.jobs.rollup import run_rollup
 
 SYMBOLS = 3000
 WRITE_EVERY_MS = 50

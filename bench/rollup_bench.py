@@ -46,7 +46,7 @@ from bench.common import (
 from bench.duckdb_rollup import TARGET, TARGET_DDL
 from etl.config import load_settings
 from etl.hours import HOUR_MS, hour_floor
-from etl.rollup_job import run_rollup
+from etl.jobs.rollup import run_rollup
 
 SYMBOLS = 3000
 BACKLOG_HOURS = 24
@@ -147,9 +147,10 @@ def _stages(settings: Any, hour: int, runs: int) -> dict[str, Any]:
     """Our stages one at a time. Internal APIs that others are reworking: a change there costs
     this breakdown only, never the figures above."""
     try:
-        from etl.rollup import hour_ledger, hourly_bars
-        from etl.staging import Staging
-        from etl.warehouse import Warehouse, connect
+        from etl.bars import hour_ledger, hourly_bars
+        from etl.staging.store import Staging
+        from etl.warehouse.connect import connect
+        from etl.warehouse.store import Warehouse
 
         with Staging(settings.sqlite_path) as st:
             read = timed(lambda: st.read_hours([hour]), runs)

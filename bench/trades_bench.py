@@ -35,8 +35,8 @@ import psutil
 import requests
 
 from bench.common import child_env, spread
-from etl.fake_exchange import served
-from etl.staging import CURSOR_SCHEMA, Staging
+from etl.exchange.fake.exchange import served
+from etl.staging.store import CURSOR_SCHEMA, Staging
 
 SYMBOLS = 60
 # Per symbol: 60 x 500/s = 30,000 trades/s offered, so that ingest, not the offer, is measured

@@ -1,4 +1,9 @@
-"""Binance price pipeline: poll into SQLite, roll up hourly with Polars, keep years in PostgreSQL."""
+"""Binance price pipeline: poll into SQLite, roll up hourly with Polars, keep years in PostgreSQL.
+
+The stages are sub-packages: ``exchange`` (the REST client and streams, and a fake exchange),
+``staging`` (the SQLite tick store), ``collect`` (the poll loop and trade feed), ``warehouse``
+(PostgreSQL), ``jobs`` (rollup, backfill, status, backups ...) and ``cli`` (the ``etl`` command).
+"""
 
 import os
 
@@ -7,4 +12,13 @@ import os
 # (Read when Polars' allocator starts, so it must be set before the first Polars allocation.)
 os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 
-__version__ = "0.1.0"
+
+def version() -> str:
+    """The installed package's version, from its metadata (declared once, in pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("etl")
+    except PackageNotFoundError:  # imported from a checkout that was never installed
+        return "0+unknown"

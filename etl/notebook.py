@@ -25,7 +25,7 @@ import polars as pl
 
 from etl.config import Settings, load_settings
 from etl.errors import EtlError, NothingStaged
-from etl.warehouse import Warehouse, open_warehouse
+from etl.warehouse.store import Warehouse, open_warehouse
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -93,6 +93,26 @@ def on_signal(callback: Callable[[], object]) -> Iterator[bool]:
         _callbacks.remove(callback)
 
 
+@contextlib.contextmanager
+def until_signal() -> Iterator[threading.Event]:
+    """An event set when SIGINT or SIGTERM arrives, for a command whose work is waiting (``etl
+    db serve``): within the block neither signal raises, so the command ends as it chose to."""
+    stop = threading.Event()
+    quiet = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with on_signal(stop.set) as watched:
+        if quiet:
+            for sig in previous:
+                # The watcher thread sets the event; without it, the handler must.
+                signal.signal(sig, (lambda *_: None) if watched else (lambda *_: stop.set()))
+        try:
+            yield stop
+        finally:
+            if quiet:
+                for sig, old in previous.items():
+                    signal.signal(sig, old)
+
+
 def _parent_is_just() -> bool:
     try:
         return Path(f"/proc/{os.getppid()}/comm").read_text().strip() == "just"

@@ -20,7 +20,7 @@ import adbc_driver_postgresql.dbapi as pg
 import pytest
 
 from etl.config import Settings, load_settings
-from etl.fake_exchange import FakeExchange
+from etl.exchange.fake.exchange import FakeExchange
 from etl.hours import GRACE_MS, HOUR_MS
 
 # Real recorded Binance payloads, byte for byte as recorded (their sources are in SOURCES.md).
@@ -79,7 +79,7 @@ def pg_admin_dsn() -> Iterator[str]:
     if os.environ.get("TEST_PG_DSN"):
         yield os.environ["TEST_PG_DSN"]
         return
-    from etl.embedded_pg import embedded_server
+    from etl.warehouse.embedded import embedded_server
 
     # Not under pytest's 0700 temp dirs: the embedded server's user must be able to enter it.
     base = Path(tempfile.mkdtemp(prefix="etl-test-pg-", dir="/tmp"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 
-from etl.staging import Staging
+from etl.staging.store import Staging
 
 
 def query(dsn: str, sql: str, params: list | None = None) -> pl.DataFrame:

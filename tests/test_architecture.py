@@ -15,16 +15,11 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
-from etl.binance import (
-    BAN_KEY,
-    BadResponse,
-    BinanceClient,
-    ExchangeUnavailable,
-    RateLimited,
-    WeightGovernor,
-)
 from etl.config import markdown_table, setting_fields
-from etl.staging import Staging
+from etl.exchange.client import BinanceClient
+from etl.exchange.errors import BadResponse, ExchangeUnavailable, RateLimited
+from etl.exchange.governor import BAN_KEY, WeightGovernor
+from etl.staging.store import Staging
 from tests.conftest import FIXTURES
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,14 +14,14 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from etl.backfill import gap_filler, run_backfill, runs_of
-from etl.collector import Collector
+from etl.collect.loop import Collector
+from etl.collect.view import CollectorView
 from etl.config import Settings
-from etl.console import CollectorView
-from etl.fake_exchange import FakeExchange
+from etl.exchange.fake.exchange import FakeExchange
 from etl.hours import HOUR_MS, hour_floor
-from etl.rollup_job import run_rollup
-from etl.staging import Staging
+from etl.jobs.backfill import gap_filler, run_backfill, runs_of
+from etl.jobs.rollup import run_rollup
+from etl.staging.store import Staging
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import query
 

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from etl.binance import (
+from etl.exchange.client import BinanceClient
+from etl.exchange.errors import (
     ApiError,
     BadResponse,
-    BinanceClient,
     ExchangeUnavailable,
     RateLimited,
     UnknownSymbols,
     WeightBudgetExhausted,
-    WeightGovernor,
 )
-from etl.fake_exchange import FakeExchange
-from etl.staging import Staging
+from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.governor import WeightGovernor
+from etl.staging.store import Staging
 from tests.conftest import VirtualClock
 
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from etl.collector import Collector, CollectorStats, RunningMetrics
+from etl.collect.loop import Collector, CollectorStats
+from etl.collect.running import RunningMetrics
+from etl.collect.view import CollectorView
 from etl.config import Settings
-from etl.console import CollectorView
 from etl.errors import ConfigError
-from etl.fake_exchange import FakeExchange
-from etl.staging import Staging
+from etl.exchange.fake.exchange import FakeExchange
+from etl.staging.store import Staging
 from tests.conftest import VirtualClock
 
 

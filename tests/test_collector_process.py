@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from etl.config import Settings
-from etl.fake_exchange import FakeExchange
-from etl.staging import Staging
+from etl.exchange.fake.exchange import FakeExchange
+from etl.staging.store import Staging
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import seed_ticks
 

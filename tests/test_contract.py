@@ -9,13 +9,9 @@ from typing import Any
 import pytest
 import requests
 
-from etl.binance import (
-    BadResponse,
-    ExchangeInfo,
-    parse_exchange_info,
-    parse_prices,
-)
-from etl.fake_exchange import FakeExchange
+from etl.exchange.errors import BadResponse
+from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.parse import ExchangeInfo, parse_exchange_info, parse_prices
 from tests.conftest import FIXTURES
 
 

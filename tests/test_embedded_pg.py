@@ -18,9 +18,9 @@ import adbc_driver_postgresql.dbapi as pg
 import psutil
 import pytest
 
-from etl.embedded_pg import embedded_server, prune_stale_pids
 from etl.errors import ConfigError
-from etl.warehouse import RUN_LOCK
+from etl.warehouse.embedded import embedded_server, prune_stale_pids
+from etl.warehouse.store import RUN_LOCK
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import seed_ticks
 

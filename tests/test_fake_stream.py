@@ -19,8 +19,8 @@ from websockets.http11 import Response
 from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
 
-from etl.fake_exchange import FakeExchange
-from etl.fake_stream import StreamRules
+from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.stream import StreamRules
 from tests.conftest import VirtualClock
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "XRPUSDT"]

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from etl.config import DEFAULT_SYMBOLS, SYMBOL_RE
-from etl.fake_exchange import REAL_SYMBOLS, FakeExchange, served, split_symbol
+from etl.exchange.fake.exchange import REAL_SYMBOLS, FakeExchange, served, split_symbol
 from tests.conftest import FIXTURES, VirtualClock
 
 MINUTE = 60_000

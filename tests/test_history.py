@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
+from etl.bars import hourly_bars
 from etl.config import Settings
-from etl.demo_history import generate_ticks
 from etl.hours import HOUR_MS, hour_floor
-from etl.rollup import hourly_bars
-from etl.rollup_job import run_rollup
-from etl.staging import Staging
-from etl.warehouse import open_warehouse
+from etl.jobs.demo_history import generate_ticks
+from etl.jobs.rollup import run_rollup
+from etl.staging.store import Staging
+from etl.warehouse.store import open_warehouse
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import execute, query, seed_ticks
 from tests.reference import daily_reference

@@ -22,10 +22,10 @@ import psutil
 import pytest
 from rich.console import Console
 
-from etl.collector import Collector
+from etl.collect.loop import Collector
+from etl.collect.view import CollectorView
 from etl.config import Settings
-from etl.console import CollectorView
-from etl.fake_exchange import FakeExchange
+from etl.exchange.fake.exchange import FakeExchange
 from etl.hours import HOUR_MS, hour_floor
 from tests.conftest import VirtualClock, etl_env, run_etl
 from tests.pgutil import seed_ticks

@@ -22,8 +22,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from etl.config import Settings, load_settings
-from etl.demo_history import seed_demo
-from etl.rollup_job import run_rollup
+from etl.jobs.demo_history import seed_demo
+from etl.jobs.rollup import run_rollup
 from tests.conftest import etl_env
 from tests.pgutil import query
 

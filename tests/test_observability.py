@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from etl.config import Settings
 from etl.hours import HOUR_MS, hour_floor, iso
-from etl.rollup_job import run_rollup
-from etl.staging import Staging
-from etl.warehouse import open_warehouse
+from etl.jobs.rollup import run_rollup
+from etl.staging.store import Staging
+from etl.warehouse.store import open_warehouse
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import execute, seed_ticks
 
@@ -235,7 +235,7 @@ def test_the_last_rollup_success_outlives_a_restart_and_a_failure(tmp_path: Path
     collector's start."""
     from prometheus_client import generate_latest
 
-    from etl.metrics import CollectorMetrics
+    from etl.collect.metrics import CollectorMetrics
 
     def scraped(metrics: CollectorMetrics) -> float:
         text = generate_latest(metrics.registry).decode()

@@ -23,14 +23,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from etl import pg_logs
 from etl.config import Settings, load_settings, setting_fields
-from etl.embedded_pg import embedded_server
-from etl.fake_exchange import FakeExchange
+from etl.exchange.fake.exchange import FakeExchange
 from etl.hours import HOUR_MS, hour_floor, iso
-from etl.pg_tools import embedded_bin_dirs, split_password
-from etl.rollup_job import run_rollup
-from etl.staging import Staging
+from etl.jobs.rollup import run_rollup
+from etl.staging.store import Staging
+from etl.warehouse import server_logs as pg_logs
+from etl.warehouse.embedded import embedded_server
+from etl.warehouse.tools import embedded_bin_dirs, split_password
 from tests.conftest import etl_env, one_line, run_etl, start, wait_for
 from tests.pgutil import execute, query, seed_ticks, snapshot
 from tests.test_embedded_pg import gone
@@ -422,8 +422,8 @@ def test_the_hourly_rollups_log_rotates_and_stays_under_its_bound(
 
     from rich.console import Console
 
-    from etl.collector import RollupLauncher
-    from etl.console import CollectorView
+    from etl.collect.rollup_child import RollupLauncher
+    from etl.collect.view import CollectorView
 
     run_bytes = 50_001
     chatty = [sys.executable, "-c", f"print('x' * {run_bytes - 1})"]
@@ -482,7 +482,7 @@ def test_every_log_of_the_embedded_server_stays_under_its_bound(open_dir: Path) 
     names = {p.name for p in pg_logs.log_files(pgdata)}
     assert names <= {"log"} | {f"postgresql-{h:02d}.log" for h in range(24)}  # a fixed set
     assert (pgdata / "log").stat().st_size <= bound
-    from etl.status import log_sizes
+    from etl.jobs.status import log_sizes
 
     shown = log_sizes(settings)  # what `etl status` lists under logs: every one of them
     assert set(shown) == {str(p) for p in pg_logs.log_files(pgdata)}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl.rollup import hour_ledger, hourly_bars, kline_bars
+from etl.bars import hour_ledger, hourly_bars, kline_bars
 from tests.reference import HOUR_MS, hourly_reference, ms
 
 BASE = 1_780_000_000_000 // HOUR_MS * HOUR_MS  # an hour in 2026

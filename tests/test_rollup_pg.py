@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from etl.config import Settings
 from etl.hours import HOUR_MS, hour_floor
-from etl.rollup_job import run_rollup
-from etl.staging import Staging
+from etl.jobs.rollup import run_rollup
+from etl.staging.store import Staging
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import query, seed_ticks, snapshot
 
@@ -239,7 +239,7 @@ def test_far_past_and_future_ticks_never_fail_the_batch(pgs: Settings) -> None:
 
 
 def test_the_open_hour_is_never_rolled_up(pgs: Settings) -> None:
-    from etl.warehouse import open_warehouse
+    from etl.warehouse.store import open_warehouse
 
     now = int(time.time() * 1000)
     with Staging(pgs.staging_path) as st:
@@ -299,8 +299,8 @@ def test_collector_rolls_up_closed_hours_in_a_child_process(pgs: Settings) -> No
 
     from rich.console import Console
 
-    from etl.collector import Collector
-    from etl.console import CollectorView
+    from etl.collect.loop import Collector
+    from etl.collect.view import CollectorView
 
     seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
     out = Console(file=io.StringIO(), width=200)
@@ -320,8 +320,8 @@ def test_collector_rolls_up_closed_hours_in_a_child_process(pgs: Settings) -> No
 
 
 def test_no_rollup_starts_no_child(settings: Settings) -> None:
-    from etl.collector import Collector
-    from etl.console import CollectorView
+    from etl.collect.loop import Collector
+    from etl.collect.view import CollectorView
 
     stats = Collector(settings, rollup=False, view=CollectorView(live=False)).run(polls=2)
     assert stats.rollups == 0
@@ -359,8 +359,8 @@ def test_a_crash_between_purge_and_ledger_never_rolls_up_a_partial_hour(pgs: Set
 
 
 def test_a_thin_poll_bar_never_replaces_a_kline_bar(pgs: Settings) -> None:
-    from etl.rollup import kline_bars
-    from etl.warehouse import open_warehouse
+    from etl.bars import kline_bars
+    from etl.warehouse.store import open_warehouse
 
     now_hour = hour_floor(int(time.time() * 1000))
     hour = now_hour - 3 * HOUR_MS

@@ -13,17 +13,17 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from etl.binance import parse_agg_trades, parse_trade_events
+from etl.bars import edge_missing, id_gaps, one_bar_per_hour, trade_bars
+from etl.collect.trade_feed import Chain, runs
 from etl.config import Settings
-from etl.fake_exchange import FakeExchange
-from etl.fake_stream import StreamRules
+from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.stream import StreamRules
+from etl.exchange.parse import parse_agg_trades, parse_trade_events
+from etl.exchange.stream import MAX_STREAMS, TradeStream, stream_groups, stream_url
 from etl.hours import HOUR_MS, hour_floor
-from etl.rollup import edge_missing, id_gaps, one_bar_per_hour, trade_bars
-from etl.rollup_job import run_rollup
-from etl.staging import Staging
-from etl.trade_feed import Chain, runs
-from etl.trade_stream import MAX_STREAMS, TradeStream, stream_groups, stream_url
-from etl.warehouse import open_warehouse
+from etl.jobs.rollup import run_rollup
+from etl.staging.store import Staging
+from etl.warehouse.store import open_warehouse
 from tests.pgutil import query, seed_ticks
 
 H = 1_767_225_600_000  # 2026-01-01T00:00Z

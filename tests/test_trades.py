@@ -25,17 +25,17 @@ import pytest
 import requests
 from rich.console import Console
 
-from etl.collector import Collector
+from etl.collect.loop import Collector
+from etl.collect.view import CollectorView
 from etl.config import Settings, load_settings
-from etl.console import CollectorView
-from etl.fake_exchange import FakeExchange
-from etl.fake_stream import StreamRules
+from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.stream import StreamRules
+from etl.exchange.stream import DeliveryProof, StreamTimings
 from etl.hours import HOUR_MS, hour_floor, iso, utc
-from etl.reconcile import run_reconcile
-from etl.rollup_job import run_rollup
-from etl.staging import Staging
-from etl.trade_stream import DeliveryProof, StreamTimings
-from etl.warehouse import open_warehouse
+from etl.jobs.reconcile import run_reconcile
+from etl.jobs.rollup import run_rollup
+from etl.staging.store import Staging
+from etl.warehouse.store import open_warehouse
 from tests.conftest import etl_env, run_etl
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")

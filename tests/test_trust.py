@@ -32,9 +32,10 @@ import pytest
 
 from etl.config import Settings
 from etl.hours import HOUR_MS, hour_floor
-from etl.rollup_job import run_rollup
-from etl.staging import Staging
-from etl.warehouse import LEGACY_STAGING, TRADE_COLUMNS, open_warehouse
+from etl.jobs.rollup import run_rollup
+from etl.staging.store import Staging
+from etl.bars import TRADE_COLUMNS
+from etl.warehouse.store import LEGACY_STAGING, open_warehouse
 from tests.conftest import etl_env, one_line, run_etl, start_etl, wait_for
 from tests.pgutil import query, seed_ticks
 
@@ -434,8 +435,8 @@ def test_a_table_lock_held_elsewhere_ends_the_rollup_at_its_lock_timeout_with_no
     """A notebook's long query or a DBA's ALTER holding metrics_hourly: the bar write waits
     LOCK_TIMEOUT_S (shortened here), then the rollup ends as a dependency failure (exit 3);
     nothing is committed, nothing purged, and the next rollup does the hour."""
-    from etl import warehouse
     from etl.errors import EtlError
+    from etl.warehouse import store as warehouse
 
     monkeypatch.setattr(warehouse, "LOCK_TIMEOUT_S", 1.0)
     now_hour = hour_floor(int(time.time() * 1000))
@@ -464,7 +465,8 @@ def test_a_table_lock_held_elsewhere_ends_the_rollup_at_its_lock_timeout_with_no
 
 def test_a_statement_past_its_timeout_is_a_dependency_failure(pg_dsn: str) -> None:
     from etl.errors import DependencyError
-    from etl.warehouse import Warehouse, connect
+    from etl.warehouse.connect import connect
+    from etl.warehouse.store import Warehouse
 
     wh = Warehouse(connect(pg_dsn, statement_timeout_s=0.5), "test")
     try:
@@ -511,7 +513,7 @@ def test_a_signal_while_the_loop_holds_its_stop_events_lock_still_stops_it() -> 
     script = """
 import os, signal, threading, time
 from etl import shutdown
-from etl.collector import _stop_on_signals
+from etl.collect.loop import _stop_on_signals
 shutdown.install()
 stop = threading.Event()
 with _stop_on_signals(stop, lambda: False):
@@ -582,8 +584,8 @@ def test_a_hung_rollup_child_is_stopped_and_the_next_hour_rolls_up_as_usual(
 
     from rich.console import Console
 
-    from etl.collector import RollupLauncher
-    from etl.console import CollectorView
+    from etl.collect.rollup_child import RollupLauncher
+    from etl.collect.view import CollectorView
 
     hung = replace(
         settings, pg_dsn=silent_dsn(silent_port), pg_connect_timeout_s=600.0, rollup_timeout_s=1.0
@@ -801,7 +803,7 @@ def fill(disk: Path, leave: int = 0) -> None:
 
 def test_a_full_disk_while_polling_is_named_as_such(settings: Settings, tiny_disk: Path) -> None:
     """Was: logged as "exchange unreachable ... database or disk is full"."""
-    from etl.fake_exchange import FakeExchange
+    from etl.exchange.fake.exchange import FakeExchange
 
     with FakeExchange(2000, ws=False) as ex:
         polling = replace(
@@ -893,8 +895,8 @@ def test_identical_hourly_bars_give_bit_identical_daily_bars_whatever_their_orde
     make_db: Callable[[], str], settings: Settings
 ) -> None:
     """Was: two clean rollups of identical copies differed in metrics_daily.mean (2.6e-16)."""
-    from etl.demo_history import generate_ticks
-    from etl.rollup import hourly_bars
+    from etl.bars import hourly_bars
+    from etl.jobs.demo_history import generate_ticks
 
     start = hour_floor(int(time.time() * 1000)) - 24 * 20 * HOUR_MS
     ticks = pl.concat(

@@ -15,18 +15,14 @@ from contextlib import ExitStack
 
 import polars as pl
 
-from etl.binance import (
-    BinanceClient,
-    ExchangeUnavailable,
-    RateLimited,
-    open_exchange,
-    parse_klines,
-)
 from etl.config import Settings
 from etl.errors import DependencyError
+from etl.exchange.client import BinanceClient, open_exchange
+from etl.exchange.errors import ExchangeUnavailable, RateLimited
+from etl.exchange.parse import parse_klines
 from etl.hours import HOUR_MS, closed_range, utc
-from etl.staging import open_staging
-from etl.warehouse import Warehouse, open_warehouse
+from etl.staging.store import open_staging
+from etl.warehouse.store import Warehouse, open_warehouse
 
 
 def deviations(poll: pl.DataFrame, klines: pl.DataFrame) -> pl.DataFrame:

@@ -20,13 +20,13 @@ from prometheus_client.registry import Collector
 
 from etl.errors import ConfigError
 from etl.hours import parse_time
-from etl.staging import LAST_ROLLUP_KEY
+from etl.staging.store import LAST_ROLLUP_KEY
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from etl.binance import WeightGovernor
-    from etl.staging import Staging
+    from etl.exchange.governor import WeightGovernor
+    from etl.staging.store import Staging
 
 # Poll latency buckets: a poll is one request and one SQLite commit, tens of milliseconds.
 _POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

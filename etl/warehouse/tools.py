@@ -18,14 +18,12 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
-from etl.config import Settings, mask_dsn
-from etl.errors import DependencyError, NothingStaged
+from etl.config import mask_dsn
+from etl.errors import DependencyError
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
@@ -140,28 +138,6 @@ def path_tool(name: str, min_major: int | None = None, *, why: str = "") -> Path
                 f"{path} is PostgreSQL {text}, older than {min_major}{why}: {install}"
             )
     return path
-
-
-@contextmanager
-def warehouse_dsn(settings: Settings, *, create: bool = False) -> Iterator[tuple[str, str, bool]]:
-    """``(dsn, label, embedded)`` of the configured warehouse; the label has the password masked.
-
-    For the embedded server, it runs until the block ends (and stops then if nobody else uses
-    it). ``create=False`` refuses to create an embedded server that does not exist yet.
-    """
-    if settings.pg_dsn:
-        yield settings.pg_dsn, mask_dsn(settings.pg_dsn), False
-        return
-    from etl.embedded_pg import embedded_server
-
-    pgdata = settings.embedded_pgdata
-    if not create and not (pgdata / "PG_VERSION").exists():
-        raise NothingStaged(
-            f"no warehouse yet in {pgdata}: the first `etl rollup` (or an hour of `etl collect`) "
-            "creates it"
-        )
-    with embedded_server(pgdata) as uri:
-        yield uri, f"embedded ({pgdata})", True
 
 
 def server_version(conn: Any) -> tuple[int, str]:

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from etl import pg_logs
 from etl.errors import ConfigError, DependencyError
+from etl.warehouse import server_logs as pg_logs
 
 DATABASE = "etl"
 _PIDS_FILE = ".handle_pids.json"
@@ -48,6 +48,20 @@ def prune_stale_pids(pgdata: Path) -> list[int]:
     if alive != pids:
         path.write_text(json.dumps(alive))
     return [p for p in pids if p not in alive]
+
+
+def running_uri(pgdata: Path) -> str | None:
+    """The URI of the embedded server's ``etl`` database while a server runs in ``pgdata``
+    (``None`` if none does), read from its ``postmaster.pid``: nothing is started or registered.
+    """
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        pid, port, socket_dir, status = int(lines[0]), int(lines[3]), lines[4], lines[7]
+    except (OSError, ValueError, IndexError):
+        return None
+    if status.strip() != "ready" or not _pid_alive(pid):
+        return None
+    return f"postgresql://postgres:@/{DATABASE}?host={socket_dir}&port={port}"
 
 
 def _check_reachable(pgdata: Path) -> None:

@@ -19,10 +19,10 @@ import polars as pl
 
 from etl.config import Settings
 from etl.errors import ConfigError
-from etl.fake_exchange import reference_price
+from etl.exchange.fake.exchange import reference_price
 from etl.hours import HOUR_MS, hour_floor, utc
-from etl.staging import Staging
-from etl.warehouse import open_warehouse
+from etl.staging.store import Staging
+from etl.warehouse.store import open_warehouse
 
 Result = TypeVar("Result")
 
@@ -77,7 +77,7 @@ def seed_demo(
     force: bool = False,
 ) -> Result:
     """Generate ``days`` of history for the configured symbols into a staging file of its own
-    and hand it to ``rollup`` (the real one: ``etl.rollup_job.run_rollup``), which rolls it up
+    and hand it to ``rollup`` (the real one: ``etl.jobs.rollup.run_rollup``), which rolls it up
     into the warehouse ``settings`` point at (the CLI points them at the demo data dir).
 
     >>> seed_demo(settings, run_rollup, days=14)                  # doctest: +SKIP

@@ -25,23 +25,17 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from etl.binance import (
-    ApiError,
-    BinanceClient,
-    ExchangeUnavailable,
-    RateLimited,
-    UnknownSymbols,
-    WeightGovernor,
-    open_exchange,
-    parse_klines,
-)
+from etl.bars import kline_bars
 from etl.config import Settings
 from etl.errors import ConfigError, DependencyError
+from etl.exchange.client import BinanceClient, open_exchange
+from etl.exchange.errors import ApiError, ExchangeUnavailable, RateLimited, UnknownSymbols
+from etl.exchange.governor import WeightGovernor
+from etl.exchange.parse import parse_klines
 from etl.hours import HOUR_MS, MINUTE_MS, closed_before, hour_ceil, hour_floor, iso, utc
 from etl.report import NoProgress, Progress, counted, labelled
-from etl.rollup import kline_bars
-from etl.staging import Staging, open_staging
-from etl.warehouse import Warehouse, open_warehouse
+from etl.staging.store import Staging, open_staging
+from etl.warehouse.store import Warehouse, open_warehouse
 
 log = logging.getLogger("etl.backfill")
 

@@ -21,9 +21,9 @@ from etl.report import labelled
 if TYPE_CHECKING:  # only the types: a command loads the jobs it runs, not every job
     import polars as pl
 
-    from etl.backfill import BackfillResult
-    from etl.rollup_job import RollupResult
-    from etl.status import Status
+    from etl.jobs.backfill import BackfillResult
+    from etl.jobs.rollup import RollupResult
+    from etl.jobs.status import Status
 
 
 def warning(message: str) -> Text:

@@ -1,6 +1,6 @@
 """WebSocket market streams of the fake exchange: ``<symbol>@aggTrade``, raw and combined.
 
-Served by :class:`StreamServer`, which :class:`etl.fake_exchange.FakeExchange` owns: the same
+Served by :class:`StreamServer`, which :class:`etl.exchange.fake.exchange.FakeExchange` owns: the same
 symbols and the same trades as its REST API. The documented behaviour of Binance's spot streams
 (developers.binance.com, "WebSocket Streams"):
 
@@ -51,7 +51,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 if TYPE_CHECKING:
-    from etl.fake_exchange import FakeExchange
+    from etl.exchange.fake.exchange import FakeExchange
 
 WS_FAULT_KINDS = ("drop", "silence", "duplicate", "reorder", "shutdown", "rotate")
 _COUNTED = {Opcode.PING, Opcode.PONG, Opcode.TEXT, Opcode.BINARY}

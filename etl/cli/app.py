@@ -31,7 +31,6 @@ from etl.hours import parse_range
 
 app = typer.Typer(
     add_completion=False,
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -151,6 +150,12 @@ def _root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks (passwords still masked).")
     ] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="The package's version, and the warehouse's schema version."
+        ),
+    ] = False,
     **settings: Any,
 ) -> None:
     ctx.obj = {
@@ -158,6 +163,19 @@ def _root(
         "debug": debug,
         "overrides": {k: v for k, v in settings.items() if v is not None},
     }
+    if show_version:
+        from etl.jobs.versions import versions
+
+        found = versions(settings_of(ctx))
+        print(f"etl {found.package}")
+        schema = found.schema or found.note
+        if found.schema and found.applied_by:
+            schema += f" (applied by etl {found.applied_by})"
+        print(f"warehouse schema: {schema} [{found.warehouse}]")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit(0)
 
 
 _root_signature = _resolved(_root)
@@ -168,7 +186,7 @@ _root.__signature__ = _root_signature.replace(  # type: ignore[attr-defined]
     ]
 )
 _root.__annotations__ = {p.name: p.annotation for p in _root.__signature__.parameters.values()}  # type: ignore[attr-defined]
-app.callback()(_root)
+app.callback(invoke_without_command=True)(_root)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -229,8 +247,8 @@ def collect(
 
     Example: etl collect --source trades --symbols BTCUSDT
     """
-    from etl.backfill import gap_filler
-    from etl.collector import Collector
+    from etl.collect.loop import Collector
+    from etl.jobs.backfill import gap_filler
 
     settings = settings_of(ctx)
     filler = gap_filler(settings) if backfill else None
@@ -260,8 +278,8 @@ def demo(
 
     Example: etl demo --duration 60
     """
-    from etl.collector import Collector
-    from etl.fake_exchange import FakeExchange
+    from etl.collect.loop import Collector
+    from etl.exchange.fake.exchange import FakeExchange
 
     overrides = ctx.find_root().obj["overrides"]
     # The fake lists real symbols, not whatever is configured: a typo is caught here too.
@@ -291,9 +309,9 @@ def rollup(
 
     Example: etl rollup --since 2026-01-05T00:00Z --until 2026-01-06T00:00Z
     """
-    from etl import render
+    from etl.cli import render
     from etl.console import BarProgress
-    from etl.rollup_job import run_rollup
+    from etl.jobs.rollup import run_rollup
 
     lo, hi = parse_range(since, until)
     result = run_rollup(
@@ -310,8 +328,8 @@ def status(ctx: typer.Context, json_output: Json = False) -> None:
 
     Example: etl status --json
     """
-    from etl import render
-    from etl.status import gather
+    from etl.cli import render
+    from etl.jobs.status import gather
 
     report = gather(settings_of(ctx))
     if json_output:
@@ -327,9 +345,9 @@ def backfill(ctx: typer.Context, since: Since = None, until: Until = None) -> No
 
     Example: etl backfill --since 2026-01-05 --symbols BTCUSDT
     """
-    from etl import render
-    from etl.backfill import run_backfill
+    from etl.cli import render
     from etl.console import BarProgress
+    from etl.jobs.backfill import run_backfill
 
     lo, hi = parse_range(since, until)
     result = run_backfill(settings_of(ctx), since_ms=lo, until_ms=hi, progress=BarProgress())
@@ -350,8 +368,8 @@ def reconcile(
 
     Example: etl reconcile --hours 48
     """
-    from etl import render
-    from etl.reconcile import run_reconcile, summarize
+    from etl.cli import render
+    from etl.jobs.reconcile import run_reconcile, summarize
 
     lo, hi = parse_range(since, until)
     result = run_reconcile(settings_of(ctx), hours=hours, since_ms=lo, until_ms=hi)
@@ -376,8 +394,8 @@ def retention(
     """
     import polars as pl
 
-    from etl import render
-    from etl.warehouse import open_warehouse
+    from etl.cli import render
+    from etl.warehouse.store import open_warehouse
 
     settings = settings_of(ctx)
     with open_warehouse(settings, create=False) as wh:  # nothing to drop in a store not made yet
@@ -403,9 +421,9 @@ def seed_demo(
 
     Example: etl seed-demo --days 14
     """
-    from etl import render
-    from etl.demo_history import seed_demo as seed
-    from etl.rollup_job import run_rollup
+    from etl.cli import render
+    from etl.jobs.demo_history import seed_demo as seed
+    from etl.jobs.rollup import run_rollup
 
     settings = settings_of(ctx).for_demo(keep_pg_dsn=use_pg_dsn)
     result = seed(settings, run_rollup, days=days, force=force)
@@ -422,7 +440,7 @@ def db_init(ctx: typer.Context) -> None:
 
     Example: etl db init
     """
-    from etl.warehouse import open_warehouse
+    from etl.warehouse.store import open_warehouse
 
     settings = settings_of(ctx)
     with open_warehouse(settings) as wh:
@@ -453,7 +471,7 @@ def db_shell(
 
     Example: etl db shell -- -c 'SELECT * FROM latest_price'
     """
-    from etl.db_access import run_shell
+    from etl.jobs.db_access import run_shell
 
     code = run_shell(settings_of(ctx), psql_args or [])
     raise typer.Exit(code)
@@ -468,17 +486,29 @@ def db_url(
 ) -> None:
     """Print the warehouse's connection URI (its password masked unless --show-password).
 
+    The embedded server's URI works while it runs: keep it up with `etl db serve`.
+
     Example: psql "$(etl db url --show-password)"
     """
-    from etl.db_access import warehouse_url
+    from etl.jobs.db_access import warehouse_url
 
-    url, embedded = warehouse_url(settings_of(ctx), show_password=show_password)
-    print(url)
-    if embedded:
-        sys.stderr.write(
-            "note: the embedded server runs only while an etl command uses it; "
-            "`etl db shell` keeps it up for a session\n"
-        )
+    print(warehouse_url(settings_of(ctx), show_password=show_password))
+
+
+@command(group=db_app, name="serve")
+def db_serve(ctx: typer.Context) -> None:
+    """Keep the embedded PostgreSQL up until Ctrl-C (or SIGTERM), for psql and other clients.
+
+    Example: etl db serve   (then, in another terminal: psql "$(etl db url)")
+    """
+    from etl.jobs.db_access import serve
+
+    def ready(uri: str) -> None:
+        _print(f"the embedded PostgreSQL is up at {uri}: Ctrl-C stops it")
+
+    with shutdown.until_signal() as stop:
+        serve(settings_of(ctx), ready, stop)
+    _print("stopped serving the embedded PostgreSQL")
 
 
 @command()
@@ -497,7 +527,7 @@ def backup(
 
     Example: etl backup /backups/etl-$(date +%F)
     """
-    from etl.backup import run_backup
+    from etl.jobs.backup import run_backup
 
     def waiting() -> None:  # on stderr: --json output stays one document
         sys.stderr.write("a rollup is running; the backup starts when it is done\n")
@@ -519,7 +549,7 @@ def restore(
 
     Example: etl restore /backups/etl-2026-01-05 --data-dir /srv/etl/data
     """
-    from etl.backup import run_restore
+    from etl.jobs.backup import run_restore
 
     result = run_restore(settings_of(ctx), src)
     _print(*result.lines())
@@ -532,29 +562,22 @@ def notebook(
         bool, typer.Option("--demo", help="Open the demo data (<data_dir>/demo).")
     ] = False,
 ) -> None:
-    """JupyterLab on notebooks/, reading this configuration's warehouse (or the demo's).
+    """JupyterLab on the notebooks, reading this configuration's warehouse (or the demo's).
 
-    Options it does not know go to JupyterLab (`--port 8899 --no-browser`).
+    The notebooks that ship with etl are copied to <data_dir>/notebooks on first use (your
+    edits there are kept). Options it does not know go to JupyterLab (`--port 8899
+    --no-browser`).
 
     Example: etl notebook --demo --no-browser
     """
     import os
-    import shutil
-    from pathlib import Path
 
-    settings = settings_of(ctx)
-    if demo_data:
-        settings = settings.for_demo()
-    jupyter = shutil.which("jupyter")
-    if jupyter is None:
-        raise EtlError("jupyter is not installed: pip install -e '.[notebooks]' (or '.[dev]')")
-    folder = Path(__file__).resolve().parent.parent / "notebooks"
-    args = [jupyter, "lab", str(folder), *ctx.args]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        args.append("--allow-root")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env.update(settings.env())  # absolute paths: the kernels run in notebooks/
-    os.execve(jupyter, args, env)
+    from etl.jobs.jupyter import lab_command
+
+    lab = lab_command(settings_of(ctx), demo=demo_data, extra=list(ctx.args))
+    if lab.copied:
+        _print(f"copied {', '.join(lab.copied)} to {lab.folder} (yours to edit)")
+    os.execve(lab.argv[0], lab.argv, lab.env)
 
 
 def _scrub(text: str, argv: list[str]) -> str:

@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from etl.binance import BAN_KEY, WEIGHT_KEY
 from etl.config import Settings
 from etl.errors import DependencyError, NothingStaged
+from etl.exchange.governor import BAN_KEY, WEIGHT_KEY
 from etl.hours import HOUR_MS, closed_before, iso, iso_or_none, to_ms, utc
-from etl.staging import LAST_ROLLUP_KEY, Staging, open_staging
-from etl.warehouse import Warehouse, open_warehouse
+from etl.staging.store import LAST_ROLLUP_KEY, Staging, open_staging
+from etl.warehouse.store import Warehouse, open_warehouse
 
 LOOKBACK_HOURS = 24
 # A closed hour not rolled up this long after it ended is overdue (the collector starts its

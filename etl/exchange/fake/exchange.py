@@ -6,7 +6,7 @@ all), ``klines`` and ``aggTrades``; request weights counted per minute and repor
 ``X-MBX-USED-WEIGHT-1M``; 429 past the limit and 418 for a client that ignores ``Retry-After``;
 ``{"code", "msg"}`` error bodies. Faults can be injected: any status with ``Retry-After``, slow
 responses, dropped connections, non-JSON bodies, bad elements, a wrong shape. The same object
-serves ``<symbol>@aggTrade`` market streams over WebSocket (:mod:`etl.fake_stream`, ``ws_url``).
+serves ``<symbol>@aggTrade`` market streams over WebSocket (:mod:`etl.exchange.fake.stream`, ``ws_url``).
 
 Symbols are real spot pairs first (``DEFAULT_SYMBOLS``, then about a hundred well-known ones),
 then generated ``<BASE><QUOTE>`` names. Each has a tick size and a lot size fitting its price.
@@ -27,7 +27,7 @@ The market model, all in integer ticks and lots so that every sum is exact:
 ...     requests.get(ex.url + "/api/v3/ticker/price?symbol=BTCUSDT").json()
 {'symbol': 'BTCUSDT', 'price': '60262.05000000'}
 
-Run it alone with ``python -m etl.fake_exchange --port 8765 --symbols 3000``.
+Run it alone with ``python -m etl.exchange.fake.exchange --port 8765 --symbols 3000``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from etl.config import DEFAULT_SYMBOLS, SYMBOL_RE
-from etl.fake_stream import StreamRules, StreamServer, WsFault
+from etl.exchange.fake.stream import StreamRules, StreamServer, WsFault
 from etl.hours import HOUR_MS, MINUTE_MS
 
 KLINE_INTERVALS_MS = {
@@ -447,7 +447,7 @@ class FakeExchange:
 
     ``trades_per_minute`` is the mean number of aggregate trades per symbol and minute (at least
     4); ``history_days`` how far back before the start trades and klines exist (the listing).
-    ``ws`` shapes the WebSocket side (:class:`etl.fake_stream.StreamRules`: Binance's figures by
+    ``ws`` shapes the WebSocket side (:class:`etl.exchange.fake.stream.StreamRules`: Binance's figures by
     default, compressible for tests; ``False`` serves REST only). WebSocket timers run on the real
     monotonic clock; trades follow ``clock``.
     """
@@ -538,7 +538,7 @@ class FakeExchange:
         return fault
 
     def inject_ws(self, kind: str, **kwargs: Any) -> WsFault:
-        """A WebSocket fault (see :class:`etl.fake_stream.WsFault`): ``drop``, ``silence``,
+        """A WebSocket fault (see :class:`etl.exchange.fake.stream.WsFault`): ``drop``, ``silence``,
         ``duplicate``, ``reorder``, ``shutdown`` or ``rotate``."""
         if self.stream is None:
             raise RuntimeError("this FakeExchange was made with ws=False")
@@ -1225,7 +1225,7 @@ def served(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str,
     import sys
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "etl.fake_exchange", "--port", "0", *args],
+        [sys.executable, "-m", "etl.exchange.fake.exchange", "--port", "0", *args],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

@@ -23,7 +23,7 @@ an hour's last trade really was its last. A pong that does not come within ``pon
 means a dead or silent connection: it is closed and replaced.
 
 Messages are not parsed here: an ``aggTrade`` line is kept as it came and parsed in bulk by
-:func:`etl.binance.parse_trade_events`; anything else is looked at as JSON.
+:func:`etl.exchange.parse.parse_trade_events`; anything else is looked at as JSON.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from websockets.frames import Frame, Opcode
 
 log = logging.getLogger("etl.collector")
 # The library logs every connection opened and closed at INFO; the feed says what matters.
-_ws_log = logging.getLogger("etl.trade_stream.websockets")
+_ws_log = logging.getLogger("etl.exchange.stream.websockets")
 _ws_log.setLevel(logging.WARNING)
 
 MAX_STREAMS = 1024

@@ -20,12 +20,12 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from etl.bars import hour_ledger, hourly_bars, one_bar_per_hour, trade_bars
 from etl.config import Settings
 from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, utc
 from etl.report import NoProgress, Progress, counted
-from etl.rollup import hour_ledger, hourly_bars, one_bar_per_hour, trade_bars
-from etl.staging import Staging, open_staging
-from etl.warehouse import Warehouse, open_warehouse
+from etl.staging.store import Staging, open_staging
+from etl.warehouse.store import Warehouse, open_warehouse
 
 log = logging.getLogger("etl.rollup")
 

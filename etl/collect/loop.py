@@ -1,5 +1,5 @@
 """The collector: the poll loop (one ticker request per slot, one SQLite transaction per poll), or
-with ``source = "trades"`` every aggregate trade (:mod:`etl.trade_feed`, a transaction per batch).
+with ``source = "trades"`` every aggregate trade (:mod:`etl.collect.trade_feed`, a transaction per batch).
 
 Slots are multiples of the interval on the wall clock, so a slow poll never shifts the ones after
 it. A poll that cannot be completed before the next slot is counted as missed, never retried into
@@ -16,101 +16,39 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
-
-from etl.binance import (
-    ERR_INVALID_SYMBOL,
-    WEIGHT_KEY,
+from etl.collect.metrics import CollectorMetrics
+from etl.collect.rollup_child import RollupLauncher
+from etl.collect.running import RunningMetrics
+from etl.collect.trade_feed import FLUSH_S, TradeFeed
+from etl.collect.view import CollectorView
+from etl.config import Settings
+from etl.console import age
+from etl.errors import ConfigError, DiskFull, StagingCorrupt
+from etl.exchange.client import BinanceClient, open_exchange
+from etl.exchange.endpoints import ERR_INVALID_SYMBOL
+from etl.exchange.errors import (
     ApiError,
-    BinanceClient,
     BinanceError,
     ExchangeUnavailable,
     RateLimited,
     UnknownSymbols,
     WeightBudgetExhausted,
-    open_exchange,
 )
-from etl.config import Settings
-from etl.console import CollectorView, age
-from etl.errors import ConfigError, DiskFull, StagingCorrupt
-from etl.hours import closed_before, hour_floor, hour_label, iso, stamp
-from etl.logs import rotate
-from etl.metrics import CollectorMetrics
+from etl.exchange.governor import WEIGHT_KEY
+from etl.hours import hour_floor, hour_label, iso, stamp
 from etl.shutdown import Interrupted, on_signal
-from etl.staging import Staging, open_staging
-from etl.trade_feed import FLUSH_S, TradeFeed
+from etl.staging.store import Staging, open_staging
 
-ROLLUP_RETRY_S = 300.0
 # Fills the gap since the last tick in the background: (client, since_ms, stop, report).
 GapFiller = Callable[[BinanceClient, int, threading.Event, Callable[[str], None]], None]
-# How long a stopped rollup child gets to exit on SIGTERM before it is killed.
-ROLLUP_KILL_AFTER_S = 5.0
-
-
-class RunningMetrics:
-    """Open, high, low, last, mean and samples per symbol for the current hour, in memory.
-
-    >>> m = RunningMetrics()
-    >>> m.update(["BTCUSDT"], [10.0], 0); m.update(["BTCUSDT"], [12.0], 5000)
-    >>> m.frame().row(0)
-    ('BTCUSDT', 10.0, 12.0, 10.0, 12.0, 11.0, 2)
-    """
-
-    _EMPTY = pl.DataFrame(
-        schema={
-            "symbol": pl.String,
-            "open": pl.Float64,
-            "high": pl.Float64,
-            "low": pl.Float64,
-            "last": pl.Float64,
-            "total": pl.Float64,
-            "samples": pl.Int64,
-        }
-    )
-
-    def __init__(self) -> None:
-        self.hour: int | None = None
-        self._state = self._EMPTY
-
-    def update(self, symbols: Sequence[str], prices: Sequence[float], ts_ms: int) -> None:
-        hour = hour_floor(ts_ms)
-        if hour != self.hour:
-            self.hour, self._state = hour, self._EMPTY
-        new = pl.DataFrame(
-            {"symbol": symbols, "price": prices}, schema={"symbol": pl.String, "price": pl.Float64}
-        )
-        price = pl.col("price")
-        self._state = self._state.join(new, on="symbol", how="full", coalesce=True).select(
-            "symbol",
-            open=pl.coalesce("open", price),
-            high=pl.max_horizontal("high", price),
-            low=pl.min_horizontal("low", price),
-            last=pl.coalesce(price, "last"),
-            total=pl.sum_horizontal("total", price),
-            samples=pl.col("samples").fill_null(0) + price.is_not_null().cast(pl.Int64),
-        )
-
-    def frame(self) -> pl.DataFrame:
-        return self._state.sort("symbol").select(
-            "symbol",
-            "open",
-            "high",
-            "low",
-            "last",
-            mean=pl.col("total") / pl.col("samples"),
-            samples="samples",
-        )
 
 
 @dataclass
@@ -134,117 +72,6 @@ class CollectorStats:
     @property
     def polls(self) -> int:
         return self.polls_ok + self.polls_missed
-
-
-class RollupLauncher:
-    """Starts ``etl rollup`` in a child process once each hour has closed, and watches it.
-
-    A child that runs longer than ``rollup_timeout_s`` is stopped (SIGTERM, then SIGKILL) and
-    reported; the next hour's rollup starts as usual. Its output goes to ``rollup.log`` in the
-    data dir, rotated before a launch once it holds ``LOG_MAX_BYTES``: a file ends at most one
-    run's output past it, and a run is never split between two files.
-    """
-
-    LOG_MAX_BYTES = 1 << 20
-    LOG_KEEP = 3
-
-    def __init__(
-        self,
-        settings: Settings,
-        view: CollectorView,
-        clock: Callable[[], float],
-        command: Sequence[str] | None = None,
-        metrics: CollectorMetrics | None = None,
-        staging: Staging | None = None,
-    ) -> None:
-        self.settings, self.view, self.clock = settings, view, clock
-        self.metrics, self.staging = metrics, staging  # both optional: counters and state
-        self.command = list(command or [sys.executable, "-m", "etl", "rollup"])
-        self.log_path = settings.data_dir / "rollup.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0  # monotonic: the child runs in real time, whatever our clock
-        self.done_boundary: int | None = None
-        self.not_before = 0.0
-        self.launched = 0
-        self.failed = 0
-        self.stopped = 0
-
-    def tick(self) -> None:
-        now = self.clock()
-        if self.proc is not None and not self._reap(now):
-            return
-        boundary = closed_before(int(now * 1000))
-        if now < self.not_before or boundary == self.done_boundary:
-            return
-        self.done_boundary = boundary
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        rotate(self.log_path, self.LOG_MAX_BYTES, self.LOG_KEEP)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                env={**os.environ, **self.settings.env(), "ETL_LOG_FORMAT": "plain"},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C of the collector must not cut a rollup short
-            )
-        self.started_at = time.monotonic()
-        self.launched += 1
-        self.view.event(f"rollup started for hours before {iso(boundary)}")
-
-    def _reap(self, now: float) -> bool:
-        """True once the child is gone (and counted); stops one that has run too long."""
-        assert self.proc is not None
-        code = self.proc.poll()
-        ran = time.monotonic() - self.started_at
-        if code is None:
-            if ran <= self.settings.rollup_timeout_s:
-                return False
-            self.stop()
-            self.stopped += 1
-            self._done("stopped", ran, now)
-            self.view.event(
-                f"rollup ran {ran:.0f} s, past ETL_ROLLUP_TIMEOUT_S "
-                f"({self.settings.rollup_timeout_s:g} s): stopped it; the next hour's rollup "
-                f"starts as usual (details in {self.log_path})",
-                logging.WARNING,
-            )
-            return True
-        self.proc = None
-        if code == 0:
-            self._done("ok", ran, now)
-            self.view.event(f"rollup finished (log: {self.log_path})")
-            return True
-        self.failed += 1
-        self._done("failed", ran, now)
-        self.view.event(
-            f"rollup failed with exit {code}; retrying in {ROLLUP_RETRY_S:.0f} s "
-            f"(details in {self.log_path})",
-            logging.WARNING,
-        )
-        self.done_boundary = None
-        self.not_before = now + ROLLUP_RETRY_S
-        return False
-
-    def _done(self, result: str, seconds: float, now: float) -> None:
-        if self.metrics is not None:
-            self.metrics.rollup_done(result, seconds, now)
-        if result == "stopped" and self.staging is not None:  # the child could not say so
-            self.staging.remember_rollup(
-                int(now * 1000), f"stopped after {seconds:.0f} s (ETL_ROLLUP_TIMEOUT_S)", seconds
-            )
-
-    def stop(self) -> None:
-        """Stop a running child: SIGTERM, then SIGKILL if it does not exit in time."""
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(ROLLUP_KILL_AFTER_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
 
 
 @contextmanager
@@ -282,7 +109,7 @@ class Collector:
     """Polls the exchange into the staging store until stopped.
 
     ``staging`` and ``client`` may be handed in (built once by the caller); by default
-    :meth:`run` opens the configured ones. ``gap_filler`` (e.g. :func:`etl.backfill.gap_filler`)
+    :meth:`run` opens the configured ones. ``gap_filler`` (e.g. :func:`etl.jobs.backfill.gap_filler`)
     fills the gap since the last staged tick in a thread sharing the client.
 
     >>> Collector(load_settings()).run(polls=3)        # doctest: +SKIP
@@ -304,7 +131,7 @@ class Collector:
         trade_options: dict[str, Any] | None = None,
     ) -> None:
         """``clock`` and ``wait`` (sleep up to N s, True if stopped) can be virtual in tests;
-        ``trade_options`` go to :class:`etl.trade_feed.TradeFeed` (compressed timings)."""
+        ``trade_options`` go to :class:`etl.collect.trade_feed.TradeFeed` (compressed timings)."""
         self.settings = settings
         self.symbols = list(settings.symbols)
         self.staging = staging

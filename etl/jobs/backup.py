@@ -40,21 +40,22 @@ from typing import Any
 
 import adbc_driver_sqlite.dbapi as adbc_sqlite
 
-from etl import __version__
+from etl import version
 from etl.config import Settings
 from etl.console import size
 from etl.errors import ConfigError, DependencyError, DiskFull, NothingStaged
 from etl.hours import iso
-from etl.pg_tools import (
+from etl.staging.store import Staging
+from etl.warehouse.connect import connect, with_timeouts
+from etl.warehouse.server import resolve, running
+from etl.warehouse.store import Warehouse
+from etl.warehouse.tools import (
     embedded_tool,
     path_tool,
     run_tool,
     server_version,
     tool_version,
-    warehouse_dsn,
 )
-from etl.staging import Staging
-from etl.warehouse import Warehouse, connect, with_timeouts
 
 log = logging.getLogger("etl.backup")
 
@@ -176,18 +177,16 @@ def run_backup(
     try:
         manifest: dict[str, Any] = {
             "format": FORMAT,
-            "etl_version": __version__,
+            "etl_version": version(),
             "created_at": iso(now() * 1000),
         }
         rows: dict[str, int | None] = dict.fromkeys(("ticks", "ticks_rejected", *WAREHOUSE_TABLES))
         with ExitStack() as stack:
-            try:
-                dsn, label, embedded = stack.enter_context(warehouse_dsn(settings))
-            except NothingStaged:  # no rollup has created the embedded server yet
-                dsn = label = None
-                embedded = True
+            server = resolve(settings)
             manifest["postgresql"] = None
-            if dsn is not None and label is not None:
+            if server.exists:  # else no rollup has created the embedded server yet
+                dsn = stack.enter_context(running(server, create=False))
+                label, embedded = server.label, server.embedded
                 wh = Warehouse(connect(dsn, connect_timeout_s=settings.pg_connect_timeout_s), label)
                 stack.callback(wh.close)
                 stack.enter_context(
@@ -407,7 +406,9 @@ def run_restore(settings: Settings, src: Path) -> RestoreResult:
 
 def _restore_warehouse(settings: Settings, dump: Path, manifest: dict[str, Any]) -> str:
     dumped_by = int(str(manifest["postgresql"]["pg_dump"]).split(".")[0])
-    with warehouse_dsn(settings, create=True) as (dsn, label, embedded):
+    server = resolve(settings)
+    label, embedded = server.label, server.embedded
+    with running(server) as dsn:
         conn = connect(dsn, connect_timeout_s=settings.pg_connect_timeout_s)
         try:
             major, version = server_version(conn)

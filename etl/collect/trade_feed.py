@@ -1,6 +1,6 @@
 """Every aggregate trade into staging, with no hole in the id sequence: the trade collector's core.
 
-Trades come from the WebSocket streams (:mod:`etl.trade_stream`) and, for what the streams
+Trades come from the WebSocket streams (:mod:`etl.exchange.stream`) and, for what the streams
 missed, from REST ``/api/v3/aggTrades?fromId=`` (a catch-up worker thread, under the client's
 weight governor). Both go through :meth:`TradeFeed.flush`: one SQLite transaction per batch
 (every ``flush_s``), which also moves each symbol's cursor. A trade seen twice is stored once.
@@ -33,17 +33,13 @@ from typing import Any
 
 import polars as pl
 
-from etl.binance import (
-    AGG_TRADES_LIMIT,
-    TRADE_FRAME_SCHEMA,
-    BinanceClient,
-    BinanceError,
-    RateLimited,
-    parse_trade_events,
-)
+from etl.exchange.client import BinanceClient
+from etl.exchange.endpoints import AGG_TRADES_LIMIT
+from etl.exchange.errors import BinanceError, RateLimited
+from etl.exchange.parse import TRADE_FRAME_SCHEMA, parse_trade_events
+from etl.exchange.stream import Drained, StreamTimings, TradeStream
 from etl.hours import hour_floor
-from etl.staging import CURSOR_SCHEMA, Staging
-from etl.trade_stream import Drained, StreamTimings, TradeStream
+from etl.staging.store import CURSOR_SCHEMA, Staging
 
 log = logging.getLogger("etl.collector")
 

@@ -14,19 +14,21 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from etl.config import Settings, mask_dsn
-from etl.pg_tools import (
+from etl.errors import ConfigError, DependencyError
+from etl.warehouse.connect import connect, with_timeouts
+from etl.warehouse.server import resolve, running, uri_if_running
+from etl.warehouse.tools import (
     child_env,
     embedded_tool,
     path_tool,
     server_version,
     split_password,
-    warehouse_dsn,
 )
-from etl.warehouse import connect, with_timeouts
 
 
 def _ignore(signum: int, frame: Any) -> None:
@@ -62,7 +64,8 @@ def _psql_owns_ctrl_c() -> Iterator[None]:
 def run_shell(settings: Settings, psql_args: Sequence[str] = ()) -> int:
     """psql on the configured warehouse, standard input and output passed through; psql's exit
     code. An unreachable server is a :class:`DependencyError` before psql starts."""
-    with warehouse_dsn(settings) as (dsn, _label, embedded):
+    server = resolve(settings)
+    with running(server, create=False) as dsn:
         # Connect first: an unreachable server is one line and exit 3, as everywhere in etl.
         conn = connect(dsn, connect_timeout_s=settings.pg_connect_timeout_s)
         try:
@@ -72,7 +75,7 @@ def run_shell(settings: Settings, psql_args: Sequence[str] = ()) -> int:
         dsn = with_timeouts(dsn, settings.pg_connect_timeout_s)
         psql = (
             embedded_tool("psql", major)
-            if embedded
+            if server.embedded
             else path_tool("psql", why=" (etl db shell runs it)")
         )
         bare, password = split_password(dsn)
@@ -95,12 +98,33 @@ def has_password(dsn: str) -> bool:
     return split_password(dsn)[1] is not None
 
 
-def warehouse_url(settings: Settings, *, show_password: bool = False) -> tuple[str, bool]:
-    """The warehouse's connection URI (password masked unless ``show_password``) and whether it
-    is the embedded server. An external DSN is printed as configured, without connecting; the
-    embedded server is started (or joined) to learn where its socket is."""
-    if settings.pg_dsn:
-        dsn = settings.pg_dsn
-        return (dsn if show_password or not has_password(dsn) else mask_dsn(dsn)), False
-    with warehouse_dsn(settings) as (dsn, _label, _embedded):
-        return dsn, True
+def warehouse_url(settings: Settings, *, show_password: bool = False) -> str:
+    """The warehouse's connection URI, its password masked unless ``show_password``. Nothing is
+    started: an external DSN is given as configured, the embedded server's only while it runs
+    (a :class:`DependencyError` says how to keep it up otherwise)."""
+    server = resolve(settings)
+    if not server.exists:
+        raise server.missing()
+    dsn = uri_if_running(server)
+    if dsn is None:
+        raise DependencyError(
+            f"the embedded PostgreSQL in {server.pgdata} is not running: `etl db serve` keeps it "
+            "up until Ctrl-C (run it in another terminal), or `etl db shell` opens psql on it"
+        )
+    return dsn if show_password or not has_password(dsn) else mask_dsn(dsn)
+
+
+def serve(settings: Settings, ready: Callable[[str], None], stop: threading.Event) -> None:
+    """Keep the embedded server up (starting it if needed) until ``stop`` is set; ``ready`` is
+    handed its URI once it runs. An external server is not ours to serve (:class:`ConfigError`).
+    """
+    server = resolve(settings)
+    if not server.embedded:
+        raise ConfigError(
+            f"ETL_PG_DSN names an external server ({server.label}): it runs on its own; "
+            "`etl db serve` keeps up the embedded one only"
+        )
+    with running(server, create=False) as dsn:
+        ready(dsn)
+        while not stop.wait(0.5):
+            pass

@@ -16,26 +16,37 @@ Which of two bars for one (symbol, hour) is kept is decided by one SQL function,
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 
-from etl.config import Settings, mask_dsn
-from etl.errors import ConfigError, DependencyError, NothingStaged
+from etl.bars import TRADE_COLUMNS
+from etl.config import Settings
+from etl.errors import ConfigError, DependencyError
 from etl.hours import utc
-from etl.rollup import TRADE_COLUMNS
+from etl.warehouse import migrate
+from etl.warehouse.connect import _is_lost, _reason, connect
+from etl.warehouse.migrate import Migrations
+from etl.warehouse.queries import (
+    _BACKFILL_TARGETS_SQL,
+    _CONTESTS,
+    _COVERAGE_GRID_SQL,
+    _COVERAGE_SQL,
+    _ENSURE_STAGED_PARTITIONS,
+    _MISSING_SQL,
+    _REFRESH_STAGED_DAYS,
+    _UPSERT_RUNS,
+    HOURLY_COLUMNS,
+    _upsert_hourly,
+)
+from etl.warehouse.server import resolve, running
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 WRITE_LOCK = 0x45544C01  # pg_advisory_xact_lock key for bar writes
 RUN_LOCK = 0x45544C02  # pg_advisory_lock key held by a whole rollup / backfill run
 # A bar write or a partition drop waits this long for a table lock another session holds (a
@@ -44,159 +55,6 @@ LOCK_TIMEOUT_S = 60.0
 SCHEMA_LOCK = 0x45544C03  # pg_advisory_lock key held while sql/ is applied
 # Ledger rows from before staging files had an identity (sql/010_staging_identity.sql).
 LEGACY_STAGING = "00000000-0000-0000-0000-000000000000"
-HOURLY_COLUMNS = (
-    "symbol",
-    "bucket",
-    "open",
-    "high",
-    "low",
-    "close",
-    "mean",
-    "samples",
-    "first_at",
-    "last_at",
-    "max_gap_s",
-    "source",
-    "staging_id",
-    "interval_s",
-    "volume",
-    "quote_volume",
-    "trades",
-    "vwap",
-    "ids_missing",
-)
-_DSN_ERRORS = (
-    "invalid connection option",
-    "invalid uri",
-    "invalid integer value",
-    'missing "="',
-    "invalid sslmode value",
-    "invalid value for parameter",
-    "invalid percent-encoded token",
-    "unexpected spaces",
-    "invalid ipv6",
-    "end of string reached",
-)
-_TIMEOUT_ERRORS = ("timeout expired", "canceling statement due to statement timeout")
-
-
-def _rule(new: str, old: str, params: str = "$1, $2") -> str:
-    """``etl_bar_replaces`` of bar ``new`` over bar ``old`` (table aliases); ``params`` are the
-    configured interval and the full-coverage fraction (placeholders, or literals where a
-    statement must report its row count: ADBC does not for bound statements)."""
-    cols = ("source", "staging_id", "samples", "interval_s")
-    args = ", ".join([*(f"{new}.{c}" for c in cols), *(f"{old}.{c}" for c in cols)])
-    return f"etl_bar_replaces({args}, {params}, {new}.ids_missing, {old}.ids_missing)"
-
-
-_STAGED = (
-    "SELECT symbol, bucket, open, high, low, close, mean, samples, first_at, last_at, "
-    "max_gap_s, source, staging_id::uuid AS staging_id, interval_s, volume, quote_volume, "
-    "trades, vwap, ids_missing FROM etl_stage_hourly"
-)
-
-
-def _upsert_hourly(rule: Sequence[float]) -> str:
-    cols = ", ".join(HOURLY_COLUMNS)
-    literals = ", ".join(f"{float(v)!r}::float8" for v in rule)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in HOURLY_COLUMNS[2:])
-    values = ", ".join(f"m.{c}" for c in HOURLY_COLUMNS[2:])
-    new = ", ".join(f"excluded.{c}" for c in HOURLY_COLUMNS[2:])
-    # Only a changed bar that wins is touched, so a rerun leaves the table (updated_at included)
-    # as it was, and a losing bar never overwrites a better one.
-    return (
-        f"INSERT INTO metrics_hourly AS m ({cols}) {_STAGED} "
-        f"ON CONFLICT (symbol, bucket) DO UPDATE SET {updates}, updated_at = now() "
-        f"WHERE ({values}) IS DISTINCT FROM ({new}) AND {_rule('excluded', 'm', literals)}"
-    )
-
-
-# Per existing bar of another producer the new one meets and differs from: does it lose, or
-# does it displace another staging file's? (Two producers that agree lose nothing.)
-_CONTESTS = f"""
-SELECT s.bucket, m.staging_id AS old_staging, m.source AS old_source,
-       NOT {_rule("s", "m")} AS lost
-FROM ({_STAGED}) s JOIN metrics_hourly m USING (symbol, bucket)
-WHERE NOT (s.source = m.source AND s.staging_id IS NOT DISTINCT FROM m.staging_id)
-  AND (s.open, s.high, s.low, s.close, s.mean, s.samples, s.first_at, s.last_at)
-      IS DISTINCT FROM (m.open, m.high, m.low, m.close, m.mean, m.samples, m.first_at, m.last_at)
-"""
-_UPSERT_RUNS = (
-    "INSERT INTO rollup_runs AS r (staging_id, staging_name, hour, symbols, rows, ticks_read, "
-    "max_seq, bars_lost, started_at, finished_at) "
-    "SELECT staging_id::uuid, staging_name, hour, symbols, rows, ticks_read, max_seq, bars_lost, "
-    "started_at, now() FROM etl_stage_runs "
-    "ON CONFLICT (staging_id, hour) DO UPDATE SET staging_name = excluded.staging_name, "
-    "symbols = excluded.symbols, rows = excluded.rows, ticks_read = excluded.ticks_read, "
-    "max_seq = excluded.max_seq, bars_lost = excluded.bars_lost, "
-    "started_at = excluded.started_at, finished_at = excluded.finished_at, purged_at = NULL"
-)
-_ENSURE_STAGED_PARTITIONS = (
-    "SELECT count(etl_ensure_hourly_partitions(month, month)) FROM "
-    "(SELECT DISTINCT date_trunc('month', bucket, 'UTC') AS month FROM etl_stage_hourly) months"
-)
-_REFRESH_STAGED_DAYS = (
-    "SELECT coalesce(sum(etl_refresh_daily(day, day + 1)), 0) FROM "
-    "(SELECT DISTINCT (bucket AT TIME ZONE 'UTC')::date AS day FROM etl_stage_hourly) days"
-)
-# Hours without a bar, per symbol, from the first hour any of the symbols has a bar in the range
-# (so a new store has no gaps, and a symbol with no bar at all has every hour missing).
-_MISSING_SQL = """
-WITH syms AS (SELECT unnest(string_to_array($1, ',')) AS symbol),
-start AS (
-    SELECT min(bucket) AS first_bucket FROM metrics_hourly
-    WHERE bucket >= $2 AND bucket < $3 AND symbol = ANY(string_to_array($1, ','))
-),
-hours AS (
-    SELECT generate_series(first_bucket, $3 - interval '1 hour', interval '1 hour') AS bucket
-    FROM start WHERE first_bucket IS NOT NULL
-)
-SELECT s.symbol,
-       count(h.bucket) FILTER (WHERE m.bucket IS NULL) AS missing_hours,
-       min(h.bucket) FILTER (WHERE m.bucket IS NULL) AS first_missing
-FROM syms s
-CROSS JOIN hours h
-LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket = h.bucket
-GROUP BY s.symbol
-UNION ALL
-SELECT s.symbol, 0, NULL FROM syms s WHERE NOT EXISTS (SELECT 1 FROM hours)
-ORDER BY 1
-"""
-# Coverage over a range: an hour without a bar counts as 0.
-_COVERAGE_SQL = """
-WITH syms AS (SELECT unnest(string_to_array($4, ',')) AS symbol)
-SELECT s.symbol, count(m.bucket) AS bars,
-       coalesce(sum(etl_bar_coverage(m.source, m.samples, m.interval_s, $1, m.ids_missing)), 0)
-           / greatest(1, extract(epoch FROM $3::timestamptz - $2::timestamptz) / 3600) AS coverage,
-       count(m.bucket) FILTER (WHERE m.source = 'kline') AS kline_bars
-FROM syms s
-LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket >= $2 AND m.bucket < $3
-GROUP BY s.symbol ORDER BY s.symbol
-"""
-_COVERAGE_GRID_SQL = """
-WITH syms AS (SELECT unnest(string_to_array($4, ',')) AS symbol),
-hours AS (SELECT generate_series(date_trunc('hour', $2::timestamptz),
-                                 $3::timestamptz - interval '1 hour', interval '1 hour') AS bucket)
-SELECT s.symbol, h.bucket, m.source,
-       coalesce(etl_bar_coverage(m.source, m.samples, m.interval_s, $1, m.ids_missing), 0.0)
-           AS coverage
-FROM syms s CROSS JOIN hours h
-LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket = h.bucket
-ORDER BY 1, 2
-"""
-_BACKFILL_TARGETS_SQL = """
-WITH syms AS (SELECT unnest(string_to_array($3, ',')) AS symbol),
-hours AS (SELECT generate_series($4::timestamptz, $5::timestamptz - interval '1 hour', interval '1 hour') AS hour)
-SELECT s.symbol, (extract(epoch FROM h.hour) * 1000)::bigint AS hour_ms
-FROM syms s CROSS JOIN hours h
-LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket = h.hour
-LEFT JOIN backfill_log b ON b.symbol = s.symbol AND b.hour = h.hour
-WHERE b.hour IS NULL
-  AND (m.bucket IS NULL OR etl_bar_replaces('kline', NULL, 60, 60.0,
-                                            m.source, m.staging_id, m.samples, m.interval_s, $1, $2,
-                                            NULL, m.ids_missing))
-ORDER BY 1, 2
-"""
 
 
 @dataclass
@@ -220,124 +78,9 @@ class Written:
         return sum(self.lost.values())
 
 
-def with_timeouts(dsn: str, connect_timeout_s: float) -> str:
-    """The DSN with libpq's connect timeout and TCP keepalives, unless it sets them itself.
-
-    ``connect_timeout`` bounds the whole start-up, so a server that accepts and never answers
-    is given up on; keepalives notice a peer that vanished mid-query.
-    """
-    extra = {
-        "connect_timeout": str(max(2, round(connect_timeout_s))),
-        "keepalives": "1",
-        "keepalives_idle": "30",
-        "keepalives_interval": "10",
-        "keepalives_count": "3",
-    }
-    if "://" in dsn:
-        query = dsn.partition("?")[2]
-        present = {k for k, _ in parse_qsl(query)}
-        add = "&".join(f"{k}={v}" for k, v in extra.items() if k not in present)
-        if not add:
-            return dsn
-        return f"{dsn}{'&' if query else '?'}{add}" if "?" in dsn else f"{dsn}?{add}"
-    present = set(re.findall(r"(\w+)\s*=", dsn))
-    return " ".join([dsn, *(f"{k}={v}" for k, v in extra.items() if k not in present)])
-
-
-def _reason(exc: BaseException, *dsns: str) -> str:
-    text = str(exc).strip()
-    reason = text.splitlines()[0] if text else type(exc).__name__
-    for dsn in dsns:
-        reason = reason.replace(dsn, mask_dsn(dsn))
-    return reason
-
-
-def connect(
-    dsn: str, *, connect_timeout_s: float = 10.0, statement_timeout_s: float | None = None
-) -> pg.Connection:
-    """Open an ADBC connection in UTC with bounded waits.
-
-    A bad DSN is a :class:`ConfigError`; an unreachable or silent server a
-    :class:`DependencyError`: one line each, with the password masked.
-    """
-    full = with_timeouts(dsn, connect_timeout_s)
-    try:
-        conn = pg.connect(full)
-        with conn.cursor() as cur:  # every date and hour is UTC, whatever the server's zone
-            cur.execute("SET TIME ZONE 'UTC'")
-            if statement_timeout_s:
-                cur.execute(f"SET statement_timeout = '{int(statement_timeout_s * 1000)}ms'")
-            # A client that dies mid-transaction must not hold its locks for ever.
-            cur.execute("SET idle_in_transaction_session_timeout = '10min'")
-        conn.commit()
-        return conn
-    except pg.Error as exc:
-        reason = _reason(exc, full, dsn)
-        lowered = reason.lower()
-        if any(marker in lowered for marker in _DSN_ERRORS):
-            raise ConfigError(f"bad PostgreSQL DSN {mask_dsn(dsn)}: {reason}") from None
-        if any(marker in lowered for marker in _TIMEOUT_ERRORS):
-            raise DependencyError(
-                f"PostgreSQL at {mask_dsn(dsn)} did not answer within {connect_timeout_s:g} s: "
-                "check that it is up and reachable (or raise ETL_PG_CONNECT_TIMEOUT_S)"
-            ) from None
-        raise DependencyError(
-            f"PostgreSQL unreachable at {mask_dsn(dsn)} ({reason}): start it or fix ETL_PG_DSN"
-        ) from None
-
-
 def _bound_lock_waits(cur: pg.Cursor) -> None:
     """In this transaction, give up on a table lock after ``LOCK_TIMEOUT_S``."""
     cur.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT_S * 1000)}ms'")
-
-
-def _is_lost(exc: Exception) -> bool:
-    """The server went away or gave up on the statement (a timeout, a cancel): a dependency
-    failure, exit 3, not a bug. ADBC reports a cancel found while preparing as a
-    ProgrammingError, and Polars wraps a read's error in its own: the message decides."""
-    text = str(exc).lower()
-    markers = (
-        "canceling statement due to",
-        "server closed the connection",
-        "terminating connection",
-    )
-    return isinstance(exc, pg.OperationalError) or any(m in text for m in markers)
-
-
-def sql_files(directory: Path = SQL_DIR) -> list[Path]:
-    return sorted(p for p in directory.glob("*.sql") if re.match(r"\d{3}_", p.name))
-
-
-def checksum(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-_SUPERSEDES = re.compile(r"^-- supersedes: (\S+)$", re.MULTILINE)
-
-
-def _changed(files: list[Path], done: Mapping[str, str], applied: Sequence[str] = ()) -> list[str]:
-    """Files applied before (``done``: name to checksum) whose content changed since, except
-    those an applied file replaces whole (a ``-- supersedes: NAME`` line): their objects are
-    that file's now, whatever the old one held."""
-    applied_now = set(done) | set(applied)
-    replaced = {
-        name for p in files if p.name in applied_now for name in _SUPERSEDES.findall(p.read_text())
-    }
-    return [
-        p.name
-        for p in files
-        if p.name in done and p.name not in replaced and done[p.name] != checksum(p)
-    ]
-
-
-@dataclass
-class Migrations:
-    """What :meth:`Warehouse.migrate` did: files applied now, files applied before, and files
-    whose content changed after they were applied (they are not applied again)."""
-
-    applied: list[str]
-    present: list[str]
-    changed: list[str]
 
 
 class Warehouse:
@@ -422,33 +165,56 @@ class Warehouse:
 
     # -- schema --------------------------------------------------------------------------------
 
-    def migrate(self, directory: Path = SQL_DIR) -> Migrations:
-        """Apply each ``sql/NNN_*.sql`` not applied yet, in order, once, recording its checksum
-        in ``etl_migrations``. Each file and its ledger row commit together.
+    def migrate(self) -> Migrations:
+        """Apply each shipped ``sql/NNN_*.sql`` not applied yet, in order, once, recording its
+        checksum and the etl version that applied it in ``etl_migrations``. Each file and its
+        ledger row commit together.
 
         A warehouse from before the ledger has its tables and no ledger: its files were written
-        to be idempotent, so applying them all once records them without changing a row.
+        to be idempotent, so applying them all once records them without changing a row. A
+        warehouse a newer etl migrated is refused before anything is written (:class:`ConfigError`).
         """
-        files = sql_files(directory)
+        from etl import version
+
+        migrations = migrate.shipped()
         with self._session_lock(SCHEMA_LOCK):
+            self.refuse_downgrade()
             self.execute(
                 "CREATE TABLE IF NOT EXISTS etl_migrations (name text PRIMARY KEY, "
                 "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = dict(self.execute("SELECT name, checksum FROM etl_migrations"))
+            self.execute("ALTER TABLE etl_migrations ADD COLUMN IF NOT EXISTS etl_version text")
+            done = self._applied()
             applied = []
-            for path in files:
-                if path.name in done:
+            for migration in migrations:
+                if migration.name in done:
                     continue
                 with self.transaction() as cur:
-                    cur.executescript(path.read_text())
+                    cur.executescript(migration.text)
                     cur.execute(
-                        "INSERT INTO etl_migrations (name, checksum) VALUES ($1, $2)",
-                        parameters=[path.name, checksum(path)],
+                        "INSERT INTO etl_migrations (name, checksum, etl_version) "
+                        "VALUES ($1, $2, $3)",
+                        parameters=[migration.name, migration.checksum, version()],
                     )
-                applied.append(path.name)
-        changed = _changed(files, done, applied)
-        return Migrations(applied, [p.name for p in files if p.name in done], changed)
+                applied.append(migration.name)
+        present = [m.name for m in migrations if m.name in done]
+        return Migrations(applied, present, migrate.changed(migrations, done, applied))
+
+    def refuse_downgrade(self) -> None:
+        """A warehouse migrated by a newer etl than this one: :class:`ConfigError` (exit 2),
+        naming both versions."""
+        from etl import version
+
+        newer = migrate.unknown(self._applied(), migrate.shipped())
+        if not newer:
+            return
+        by = self.schema_version()[1]
+        raise ConfigError(
+            f"the warehouse {self.label} has schema {newer[-1]}"
+            + (f" (from etl {by})" if by else "")
+            + f", newer than this etl {version()} knows (up to {migrate.newest()}): install "
+            "that etl or a newer one, or restore the backup taken before the upgrade"
+        )
 
     def ensure_partitions_ahead(self, months: int = 2) -> int:
         """Partitions for this month and the next ``months`` (new ones counted)."""
@@ -464,14 +230,29 @@ class Warehouse:
             return {}
         return dict(self.execute("SELECT name, checksum FROM etl_migrations"))
 
-    def pending_migrations(self, directory: Path = SQL_DIR) -> list[str]:
-        """``sql/`` files not applied yet (read-only)."""
-        done = self._applied()
-        return [p.name for p in sql_files(directory) if p.name not in done]
+    def schema_version(self) -> tuple[str | None, str | None]:
+        """The newest applied migration (``None``: none yet) and the etl version that applied it
+        (``None`` if unknown: applied before versions were recorded)."""
+        if not self.execute("SELECT to_regclass('etl_migrations') IS NOT NULL")[0][0]:
+            return None, None
+        rows = self.execute(
+            "SELECT name, to_jsonb(m) ->> 'etl_version' FROM etl_migrations m "
+            "ORDER BY name DESC LIMIT 1"
+        )
+        return (str(rows[0][0]), rows[0][1]) if rows else (None, None)
 
-    def changed_migrations(self, directory: Path = SQL_DIR) -> list[str]:
+    def pending_migrations(self) -> list[str]:
+        """Shipped ``sql/`` files not applied yet (read-only)."""
+        done = self._applied()
+        return [m.name for m in migrate.shipped() if m.name not in done]
+
+    def changed_migrations(self) -> list[str]:
         """Applied ``sql/`` files whose content changed since (read-only)."""
-        return _changed(sql_files(directory), self._applied())
+        return migrate.changed(migrate.shipped(), self._applied())
+
+    def newer_migrations(self) -> list[str]:
+        """Applied files newer than this etl ships (a downgrade; read-only)."""
+        return migrate.unknown(self._applied(), migrate.shipped())
 
     def has_schema(self) -> bool:
         return bool(self.execute("SELECT to_regclass('metrics_hourly') IS NOT NULL")[0][0])
@@ -730,41 +511,24 @@ class Warehouse:
 def open_warehouse(
     settings: Settings, *, create: bool = True, statement_timeout_s: float | None = 600.0
 ) -> Iterator[Warehouse]:
-    """The configured warehouse: ``pg_dsn`` if set, else the embedded server in ``<data_dir>/pg``.
+    """The configured warehouse (:func:`etl.warehouse.server.resolve`), connected.
 
     ``create=False`` (commands that only look) refuses to create an embedded server that does not
     exist yet (:class:`NothingStaged`). ``statement_timeout_s`` bounds any single statement.
     """
-    rule = {
-        "default_interval_s": settings.interval_s,
-        "full_coverage": settings.backfill_min_coverage,
-    }
-    if settings.pg_dsn:
+    server = resolve(settings)
+    with running(server, create=create) as dsn:
         conn = connect(
-            settings.pg_dsn,
+            dsn,
             connect_timeout_s=settings.pg_connect_timeout_s,
             statement_timeout_s=statement_timeout_s,
         )
-        wh = Warehouse(conn, mask_dsn(settings.pg_dsn), **rule)
-        try:
-            yield wh
-        finally:
-            wh.close()
-        return
-    from etl.embedded_pg import embedded_server
-
-    if not create and not (settings.embedded_pgdata / "PG_VERSION").exists():
-        raise NothingStaged(
-            f"no warehouse yet in {settings.embedded_pgdata}: the first `etl rollup` (or an hour "
-            "of `etl collect`) creates it"
+        wh = Warehouse(
+            conn,
+            server.label,
+            default_interval_s=settings.interval_s,
+            full_coverage=settings.backfill_min_coverage,
         )
-    with embedded_server(settings.embedded_pgdata) as uri:
-        conn = connect(
-            uri,
-            connect_timeout_s=settings.pg_connect_timeout_s,
-            statement_timeout_s=statement_timeout_s,
-        )
-        wh = Warehouse(conn, f"embedded ({settings.embedded_pgdata})", **rule)
         try:
             yield wh
         finally:

@@ -1,0 +1,60 @@
+"""``etl --version``: the installed package's version, and the warehouse's schema version (its
+newest applied migration) when the warehouse can be reached without starting anything.
+
+>>> versions(load_settings())                                  # doctest: +SKIP
+Versions(package='0.4.0', schema='014_bar_rule_again.sql', ...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from etl import version
+from etl.config import Settings
+from etl.errors import EtlError
+from etl.warehouse.connect import probe
+from etl.warehouse.server import resolve, uri_if_running
+
+# A version query must answer at once: a server that does not is reported, not waited for.
+TIMEOUT_S = 2.0
+# The newest applied migration and the etl that applied it (a ledger from before versions were
+# recorded has no such column: to_jsonb reads it as NULL).
+_LEDGER = "SELECT to_regclass('etl_migrations') IS NOT NULL"
+_SCHEMA = (
+    "SELECT m.name, to_jsonb(m) ->> 'etl_version' FROM etl_migrations m "
+    "ORDER BY m.name DESC LIMIT 1"
+)
+
+
+@dataclass
+class Versions:
+    """The package's version; the warehouse's schema (``None`` with ``note`` saying why)."""
+
+    package: str
+    warehouse: str
+    schema: str | None = None
+    applied_by: str | None = None
+    note: str = ""
+
+
+def versions(settings: Settings) -> Versions:
+    server = resolve(settings)
+    out = Versions(package=version(), warehouse=server.label)
+    if not server.exists:
+        out.note = "none: no warehouse yet"
+        return out
+    dsn = uri_if_running(server)
+    if dsn is None:
+        out.note = "unknown: the embedded server is not running (`etl db serve` starts it)"
+        return out
+    try:
+        has_ledger = probe(dsn, _LEDGER, timeout_s=TIMEOUT_S)[0][0]
+        rows = probe(dsn, _SCHEMA, timeout_s=TIMEOUT_S) if has_ledger else []
+    except EtlError as exc:
+        out.note = f"unknown: {exc}"
+        return out
+    if rows:
+        out.schema, out.applied_by = rows[0]
+    else:
+        out.note = "none: no migration applied yet (`etl db init` applies them)"
+    return out
