@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from etl.config import Settings, load_settings, setting_fields
+from etl.config import Settings, load_settings
 from etl.exchange.fake.exchange import FakeExchange
 from etl.hours import HOUR_MS, hour_floor, iso
 from etl.jobs.rollup import run_rollup
@@ -31,13 +31,11 @@ from etl.staging.store import Staging
 from etl.warehouse import server_logs as pg_logs
 from etl.warehouse.embedded import embedded_server
 from etl.warehouse.tools import embedded_bin_dirs, split_password
-from tests.conftest import etl_env, one_line, run_etl, start, wait_for
+from tests.conftest import etl_env, one_line, run_etl, start, start_etl, wait_for
 from tests.pgutil import execute, query, seed_ticks, snapshot
 from tests.test_embedded_pg import gone
 
 ROOT = Path(__file__).resolve().parent.parent
-UNIT = ROOT / "deploy" / "etl-collect.service"
-ENV_EXAMPLE = ROOT / "deploy" / "etl.env.example"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
 PASSWORD = "S3cretPw42"
 
@@ -370,12 +368,29 @@ def test_db_shell_and_url_on_an_external_warehouse(
     assert PASSWORD not in everything + keyvalue.stdout
 
 
-def test_db_url_of_the_embedded_warehouse(warehouse_dir: Settings) -> None:
-    done = run_etl(["db", "url"], env_of(warehouse_dir))
-    assert done.returncode == 0, done.stderr
-    url = done.stdout.strip()
-    assert url.startswith("postgresql://postgres") and "/etl?host=" in url
-    assert "runs only while an etl command uses it" in done.stderr
+def test_db_url_of_the_embedded_warehouse_works_while_db_serve_keeps_it_up(
+    warehouse_dir: Settings,
+) -> None:
+    env = env_of(warehouse_dir)
+    down = run_etl(["db", "url"], env)
+    assert down.returncode == 3 and "`etl db serve`" in one_line(down)
+    assert down.stdout == ""  # nothing a script could take for a URI
+
+    serving = start_etl(["db", "serve"], env)
+    try:
+        wait_for(serving, "is up at", timeout=60)
+        done = run_etl(["db", "url"], env)
+        assert done.returncode == 0, done.stderr
+        url = done.stdout.strip()
+        assert url.startswith("postgresql://postgres") and "/etl?host=" in url
+        assert query(url, "SELECT count(*) AS n FROM metrics_hourly")["n"][0] == 2 * 3
+    finally:
+        serving.send_signal(signal.SIGTERM)
+        out, _ = serving.communicate(timeout=30)
+    assert serving.returncode == 0 and "stopped serving" in out, out
+    gone_down = run_etl(["db", "url"], env)
+    assert gone_down.returncode == 3, gone_down.stdout  # the server stopped with db serve
+
     nowhere = run_etl(
         ["db", "url"],
         env_of(replace(warehouse_dir, data_dir=warehouse_dir.data_dir.parent / "none")),
@@ -490,62 +505,6 @@ def test_every_log_of_the_embedded_server_stays_under_its_bound(open_dir: Path) 
 
 
 # -- 4. the systemd unit -----------------------------------------------------------------------
-
-
-def unit_directives(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";", "[")):
-            continue
-        key, _, value = line.partition("=")
-        out.setdefault(key.strip(), []).append(value.strip())
-    return out
-
-
-def environment_file(text: str) -> dict[str, str]:
-    """systemd's EnvironmentFile= syntax: KEY=value lines, # and ; comments, optional quotes."""
-    env = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        key, _, value = line.partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        env[key.strip()] = value
-    return env
-
-
-def test_the_unit_starts_the_collector_as_shipped_and_sigterm_stops_it_cleanly(
-    exchange: FakeExchange, open_dir: Path
-) -> None:
-    unit = unit_directives(UNIT.read_text())
-    assert unit["Restart"] == ["on-failure"] and unit["KillSignal"] == ["SIGTERM"]
-    assert unit["EnvironmentFile"] and unit["WorkingDirectory"]
-    example = environment_file(ENV_EXAMPLE.read_text())
-    known = {spec.metadata["env"] for spec in setting_fields()}
-    assert set(example) <= known, set(example) - known
-    load_settings(env=example)  # every value in the example is valid
-
-    (exec_start,) = unit["ExecStart"]
-    argv = shlex.split(exec_start)
-    assert Path(argv[0]).name == "etl"
-    argv[0] = str(Path(sys.executable).with_name("etl"))  # this venv's, for the install path
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env.update(example)
-    env.update(ETL_BINANCE_URL=exchange.url, ETL_DATA_DIR=str(open_dir / "data"))
-    proc = start(argv, env, cwd=open_dir)
-    try:
-        wait_for(proc, "poll ok", 1, timeout=30)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
-    assert "stopped after" in out and "Traceback" not in out
-    with Staging(open_dir / "data" / "ticks.sqlite3", create=False) as st:
-        assert st.count() >= len(example["ETL_SYMBOLS"].split(","))
 
 
 # -- 5. disk stays bounded ---------------------------------------------------------------------

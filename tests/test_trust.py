@@ -30,11 +30,11 @@ import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 import pytest
 
+from etl.bars import TRADE_COLUMNS
 from etl.config import Settings
 from etl.hours import HOUR_MS, hour_floor
 from etl.jobs.rollup import run_rollup
 from etl.staging.store import Staging
-from etl.bars import TRADE_COLUMNS
 from etl.warehouse.store import LEGACY_STAGING, open_warehouse
 from tests.conftest import etl_env, one_line, run_etl, start_etl, wait_for
 from tests.pgutil import query, seed_ticks

