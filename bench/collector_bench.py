@@ -49,7 +49,7 @@ def run(polls: int = 60, appends: int = 300) -> dict[str, list[float]]:
         def ours_poll() -> float:
             started = time.perf_counter()
             poll = client.prices(symbols)
-            staging.append(poll.symbols, poll.prices, poll.received_ms)
+            staging.ticks.append(poll.symbols, poll.prices, poll.received_ms)
             return time.perf_counter() - started
 
         def baseline_poll() -> float:
@@ -77,7 +77,7 @@ def run(polls: int = 60, appends: int = 300) -> dict[str, list[float]]:
         for k in range(appends):
             ts = t0 + k * 5000
             started = time.perf_counter()
-            staging.append(symbols, prices, ts)
+            staging.ticks.append(symbols, prices, ts)
             ours.append(time.perf_counter() - started)
             rows = list(zip(symbols, [ts] * SYMBOLS, prices, strict=True))
             started = time.perf_counter()

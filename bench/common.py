@@ -183,5 +183,5 @@ def stage_hours(
                     + 37,
                 }
             ).with_columns(price=100.0 + (pl.col("ts").hash(h) % 10_000).cast(pl.Float64) / 100.0)
-            total += st.append_frame(frame)
+            total += st.ticks.append_frame(frame)
     return total

@@ -37,7 +37,7 @@ def main() -> None:
         while not stop.is_set():
             started = time.monotonic()
             try:
-                staging.append(symbols, prices, int(time.time() * 1000))
+                staging.ticks.append(symbols, prices, int(time.time() * 1000))
                 ok = True
             except Exception:  # "database is locked" past busy_timeout: counted, not fatal
                 ok = False

@@ -36,7 +36,8 @@ import requests
 
 from bench.common import child_env, spread
 from etl.exchange.fake.exchange import served
-from etl.staging.store import CURSOR_SCHEMA, Staging
+from etl.staging.store import Staging
+from etl.staging.trades import CURSOR_SCHEMA
 
 SYMBOLS = 60
 # Per symbol: 60 x 500/s = 30,000 trades/s offered, so that ingest, not the offer, is measured
@@ -79,8 +80,8 @@ def one_run(rest: str, ws: str, symbols: list[str], warmup: float, window: float
     ids = latest_ids(rest, symbols)
     started = time.time()
     with Staging(path) as st:
-        syms = st.symbol_ids(symbols)
-        st.append_trades(
+        syms = st.ticks.symbol_ids(symbols)
+        st.trades.append(
             pl.DataFrame(
                 schema=dict.fromkeys(["sym", "ts", "agg_id", "trades"], pl.Int64)
             ).with_columns(price=pl.lit(0.0), qty=pl.lit(0.0)),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from etl.datadir import DataDir
 from etl.errors import ConfigError
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
@@ -362,24 +363,20 @@ class Settings:
     config_file: Path | None = None
 
     @property
+    def paths(self) -> DataDir:
+        """Everything under the data dir (:mod:`etl.datadir`)."""
+        return DataDir(self.data_dir, self.sqlite_path)
+
+    @property
     def staging_path(self) -> Path:
-        return self.sqlite_path if self.sqlite_path is not None else self.data_dir / "ticks.sqlite3"
-
-    @property
-    def embedded_pgdata(self) -> Path:
-        return self.data_dir / "pg"
-
-    @property
-    def demo_dir(self) -> Path:
-        """Where ``etl demo`` and ``etl seed-demo`` keep their data: never the real store."""
-        return self.data_dir / "demo"
+        return self.paths.staging
 
     def for_demo(self, *, keep_pg_dsn: bool = False) -> Settings:
         """These settings moved to the demo data dir, with its own embedded server (unless
         ``keep_pg_dsn``): generated or fake prices never land in the real warehouse."""
         return replace(
             self,
-            data_dir=self.demo_dir,
+            data_dir=self.paths.demo.root,
             sqlite_path=None,
             pg_dsn=self.pg_dsn if keep_pg_dsn else None,
             staging_name=None,
@@ -391,7 +388,7 @@ class Settings:
 
     @property
     def masked_dsn(self) -> str:
-        return mask_dsn(self.pg_dsn) if self.pg_dsn else f"embedded ({self.embedded_pgdata})"
+        return mask_dsn(self.pg_dsn) if self.pg_dsn else f"embedded ({self.paths.pg})"
 
     def env(self) -> dict[str, str]:
         """These settings as ``ETL_*`` variables, to hand to a child process.

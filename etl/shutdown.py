@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from etl.errors import ExitCode
+
 GRACE_S = 4.0
 _installed = False
 _callbacks: list[Callable[[], object]] = []
@@ -56,13 +58,13 @@ def _watch(read_fd: int, grace_s: float) -> None:
             f"error: {name} received, but a call into a database or the network did not return "
             f"within {grace_s:g} s; leaving without waiting for it (nothing committed is lost)\n".encode(),
         )
-    os._exit(128 + signum)
+    os._exit(ExitCode.of_signal(signum))
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
     # SIGTERM ends a command the way Ctrl-C does: finally blocks run, the embedded server's
     # handle is released.
-    sys.exit(128 + signum)
+    sys.exit(ExitCode.of_signal(signum))
 
 
 def install(grace_s: float = GRACE_S) -> None:

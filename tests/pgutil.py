@@ -55,5 +55,5 @@ def seed_ticks(
         .select("symbol", "ts", "price")
     )
     with Staging(path) as st:
-        st.append_frame(frame)
+        st.ticks.append_frame(frame)
     return frame

@@ -147,7 +147,7 @@ def test_the_client_parses_recorded_payloads_through_a_swapped_transport() -> No
 def test_a_ban_reaches_the_store_and_nothing_more_is_sent(tmp_path: Path) -> None:
     now = [1_795_000_000.0]
     with Staging(tmp_path / "t.sqlite3") as store:
-        governor = WeightGovernor(store=store, clock=lambda: now[0])
+        governor = WeightGovernor(store=store.state, clock=lambda: now[0])
         client, adapter = client_with(
             {
                 "/api/v3/ticker/price": (
@@ -161,7 +161,7 @@ def test_a_ban_reaches_the_store_and_nothing_more_is_sent(tmp_path: Path) -> Non
         )
         with pytest.raises(RateLimited):
             client.prices(["BTCUSDT"])
-        assert store.get_state(BAN_KEY) == {"until": now[0] + 30, "status": 429}
+        assert store.state.get(BAN_KEY) == {"until": now[0] + 30, "status": 429}
         with pytest.raises(RateLimited):
             client.prices(["BTCUSDT"])
         assert adapter.sent == ["/api/v3/ticker/price"]

@@ -43,7 +43,7 @@ def stage_from_exchange(
         orient="row",
     )
     with Staging(path) as st:
-        st.append_frame(frame)
+        st.ticks.append_frame(frame)
 
 
 @pytest.fixture

@@ -130,7 +130,7 @@ def test_ban_survives_a_restart(vclock: VirtualClock, tmp_path: Path) -> None:
     with FakeExchange(clock=vclock) as ex:
         with (
             Staging(tmp_path / "t.sqlite3") as store,
-            client_for(ex, vclock, store=store) as client,
+            client_for(ex, vclock, store=store.state) as client,
         ):
             ex.inject("status", status=418, retry_after=120, code=-1003)
             with pytest.raises(RateLimited):
@@ -139,7 +139,7 @@ def test_ban_survives_a_restart(vclock: VirtualClock, tmp_path: Path) -> None:
         vclock.sleep(60)
         with (
             Staging(tmp_path / "t.sqlite3") as store,
-            client_for(ex, vclock, store=store) as client,
+            client_for(ex, vclock, store=store.state) as client,
         ):
             with pytest.raises(RateLimited) as err:
                 client.prices(["BTCUSDT"])

@@ -51,7 +51,7 @@ def collect(
 
 def stored(settings: Settings) -> list[tuple[str, int, float]]:
     with Staging(settings.staging_path) as st:
-        frame = st.read_window(0, 2**62)
+        frame = st.ticks.read_window(0, 2**62)
     return list(frame.select("symbol", "ts", "price").iter_rows())
 
 
@@ -237,7 +237,7 @@ def test_gap_since_last_tick_is_reported_with_the_command(
 ) -> None:
     settings = with_url(vsettings, vexchange)
     with Staging(settings.staging_path) as st:
-        st.append(["BTCUSDT"], [1.0], int((vclock.now - 30 * 3600) * 1000))
+        st.ticks.append(["BTCUSDT"], [1.0], int((vclock.now - 30 * 3600) * 1000))
     _, view = collect(settings, vclock, polls=1)
     assert "no ticks staged since" in view.text and "etl backfill --since" in view.text  # type: ignore[union-attr]
 
@@ -246,7 +246,7 @@ def test_staging_file_is_wal_on_disk(settings: Settings) -> None:
     Collector(settings, rollup=False, view=Recorder()).run(polls=1)
     path = Path(settings.staging_path)
     assert path.exists() and path.stat().st_size > 0
-    with Staging(path) as st, st._cursor() as cur:
+    with Staging(path) as st, st.db.cursor() as cur:
         cur.execute("PRAGMA journal_mode")
         assert cur.fetchone()[0] == "wal"
     time.sleep(0)

@@ -55,8 +55,8 @@ def test_kill_9_leaves_a_sound_file_with_every_committed_poll(settings: Settings
     proc.wait(10)
     confirmed = sum("poll ok" in line for line in lines)
     with Staging(settings.staging_path) as st:
-        assert st.integrity_check() == "ok"
-        ticks = st.read_window(0, 2**62)
+        assert st.db.integrity_check() == "ok"
+        ticks = st.ticks.read_window(0, 2**62)
     per_poll = ticks.group_by("ts").len()
     assert per_poll.height >= confirmed  # every poll reported before the kill is on disk
     assert set(per_poll["len"].to_list()) == {3}  # and no poll is half-written
@@ -70,8 +70,8 @@ def test_sigterm_finishes_the_write_and_exits_0_with_a_summary(settings: Setting
     assert proc.returncode == 0, out
     assert "stopped after" in out and "polls ok" in out
     with Staging(settings.staging_path) as st:
-        assert st.integrity_check() == "ok"
-        assert st.count() % 3 == 0 and st.count() >= 9
+        assert st.db.integrity_check() == "ok"
+        assert st.ticks.count() % 3 == 0 and st.ticks.count() >= 9
 
 
 def test_sigint_exits_0_too(settings: Settings) -> None:
@@ -176,4 +176,4 @@ def test_demo_collects_offline(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("poll ok") == 3
     with Staging(tmp_path / "data" / "demo" / "ticks.sqlite3") as st:
-        assert st.count() == 3 * 5
+        assert st.ticks.count() == 3 * 5

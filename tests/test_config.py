@@ -49,7 +49,7 @@ def test_etl_toml_in_the_working_directory_is_read(
 def test_sqlite_path_defaults_under_data_dir() -> None:
     s = load_settings(env={"ETL_DATA_DIR": "/srv/etl"})
     assert s.staging_path == Path("/srv/etl/ticks.sqlite3")
-    assert s.embedded_pgdata == Path("/srv/etl/pg")
+    assert s.paths.pg == Path("/srv/etl/pg")
 
 
 def test_duplicate_symbols_are_collapsed() -> None:

@@ -35,7 +35,7 @@ def test_daily_bars_match_a_reference_computed_from_the_hourly(pgs: Settings) ->
     start = now_hour - 80 * HOUR_MS
     with Staging(pgs.staging_path) as st:
         for symbol in SYMBOLS:
-            st.append_frame(generate_ticks(symbol, start, now_hour - HOUR_MS, 60_000))
+            st.ticks.append_frame(generate_ticks(symbol, start, now_hour - HOUR_MS, 60_000))
     run_rollup(pgs)
     hourly = query(pgs.pg_dsn, "SELECT * FROM metrics_hourly")  # type: ignore[arg-type]
     today = datetime.now(UTC).date()
@@ -111,7 +111,7 @@ def test_rollup_applies_retention(pgs: Settings) -> None:
     old = (this_month - timedelta(days=40)).replace(day=5)  # wholly in a month before the last
     start = int(old.timestamp() * 1000)
     with Staging(pgs.staging_path) as st:
-        st.append_frame(generate_ticks("BTCUSDT", start, start + 3 * HOUR_MS, 60_000))
+        st.ticks.append_frame(generate_ticks("BTCUSDT", start, start + 3 * HOUR_MS, 60_000))
     summary = run_rollup(replace(pgs, hourly_retention_d=2.0))
     assert summary.dropped == [f"metrics_hourly_{old:%Y%m}"]
     daily = query(pgs.pg_dsn, "SELECT count(*) AS n FROM metrics_daily")  # type: ignore[arg-type]
@@ -127,7 +127,7 @@ def test_status_json_reports_every_part(pgs: Settings) -> None:
         f"DELETE FROM metrics_hourly WHERE symbol = 'ETHUSDT' AND bucket = to_timestamp({(now_hour - 4 * HOUR_MS) / 1000})",
     )  # type: ignore[arg-type]
     with Staging(pgs.staging_path) as st:
-        st.append(SYMBOLS, [1.0, 2.0, 3.0], int(time.time() * 1000) - 2000)
+        st.ticks.append(SYMBOLS, [1.0, 2.0, 3.0], int(time.time() * 1000) - 2000)
     done = run_etl(["status", "--json"], etl_env(pgs))
     assert done.returncode == 1, done.stderr  # degraded: a bar is missing
     report = json.loads(done.stdout)

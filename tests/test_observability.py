@@ -53,8 +53,8 @@ def healthy_store(s: Settings) -> None:
     seed_ticks(s.staging_path, list(SYMBOLS), last_closed - 2 * HOUR_MS, polls=3 * 720)
     run_rollup(s)
     with Staging(s.staging_path) as st:
-        st.record_interval(5.0, last_closed - 2 * HOUR_MS)
-        st.append(list(SYMBOLS), [1.0, 2.0, 3.0], now_ms - 1000)
+        st.state.record_interval(5.0, last_closed - 2 * HOUR_MS)
+        st.ticks.append(list(SYMBOLS), [1.0, 2.0, 3.0], now_ms - 1000)
 
 
 def test_status_is_a_health_check_0_1_3(pgs: Settings) -> None:
@@ -64,7 +64,7 @@ def test_status_is_a_health_check_0_1_3(pgs: Settings) -> None:
 
     execute(pgs.pg_dsn, "DELETE FROM metrics_hourly WHERE symbol = 'ETHUSDT'")  # type: ignore[arg-type]
     with Staging(pgs.staging_path) as st:  # and a ban
-        st.set_state("binance.ban", {"until": time.time() + 600, "status": 418}, 0)
+        st.state.set("binance.ban", {"until": time.time() + 600, "status": 418}, 0)
     code, report = status(pgs)
     assert code == 1 and report["health"] == "degraded"
     problems = " | ".join(report["problems"])
@@ -84,9 +84,9 @@ def test_status_names_a_silent_symbol_an_overdue_hour_and_a_failed_rollup(
     seed_ticks(pgs.staging_path, list(SYMBOLS), first, polls=4 * 720)  # 4 closed hours
     run_rollup(pgs, until_ms=first + 3 * HOUR_MS)  # the 4th, closed over an hour ago, waits
     with Staging(pgs.staging_path) as st:
-        st.record_interval(5.0, first)
-        st.append(["BTCUSDT", "ETHUSDT"], [1.0, 2.0], now_ms - 1000)  # SOLUSDT falls silent
-        st.remember_rollup(now_ms - 60_000, "connection to server lost", 2.0)
+        st.state.record_interval(5.0, first)
+        st.ticks.append(["BTCUSDT", "ETHUSDT"], [1.0, 2.0], now_ms - 1000)  # SOLUSDT falls silent
+        st.state.remember_rollup(now_ms - 60_000, "connection to server lost", 2.0)
     (pgs.data_dir / "rollup.log").write_text("a rollup's lines\n")
     code, report = status(pgs)
     assert code == 1 and report["health"] == "degraded"
@@ -128,7 +128,7 @@ def test_status_on_an_empty_store_creates_nothing_and_reads_like_words(open_dir:
 def test_weight_time_is_iso_8601(pgs: Settings) -> None:
     healthy_store(pgs)
     with Staging(pgs.staging_path) as st:
-        st.set_state(
+        st.state.set(
             "binance.weight",
             {"used": 24, "limit": 6000, "budget": 3000, "at": 1_790_000_000_000},
             0,
@@ -146,12 +146,12 @@ def test_coverage_counts_missing_hours_as_zero_and_uses_the_recorded_interval(
     first = last_closed - 23 * HOUR_MS
     seed_ticks(pgs.staging_path, ["BTCUSDT", "ETHUSDT"], first, polls=24 * 720)
     with Staging(pgs.staging_path) as st:
-        st.record_interval(5.0, first)
+        st.state.record_interval(5.0, first)
     run_rollup(pgs)
     fast = replace(pgs, data_dir=tmp_path / "fast", sqlite_path=None)  # a demo at 1 s
     seed_ticks(fast.staging_path, ["SOLUSDT"], last_closed, polls=3600, interval_ms=1000)
     with Staging(fast.staging_path) as st:
-        st.record_interval(1.0, last_closed)
+        st.state.record_interval(1.0, last_closed)
     run_rollup(fast)
     for k in range(4):
         execute(
@@ -210,7 +210,7 @@ def test_prometheus_metrics_scraped_while_collecting(settings: Settings) -> None
         for s in family.samples
     }
     with Staging(settings.staging_path) as st:
-        ticks = st.read_window(0, 2**62)
+        ticks = st.ticks.read_window(0, 2**62)
         stored_polls = ticks["ts"].n_unique()
     ok = samples[("etl_polls_total", (("result", "ok"),))]
     assert stored_polls - 1 <= ok <= stored_polls  # a poll may land between scrape and stop
@@ -252,10 +252,10 @@ def test_the_last_rollup_success_outlives_a_restart_and_a_failure(tmp_path: Path
         metrics = CollectorMetrics()
         metrics.watch(st, lambda: None, lambda: started)
         assert scraped(metrics) == started  # nothing rolled up yet: counts from the start
-        st.remember_rollup(int((started + 10) * 1000), None, 1.0)  # `etl rollup` from cron
-        st.remember_rollup(int((started + 20) * 1000), "server gone", 1.0)  # then a failure
+        st.state.remember_rollup(int((started + 10) * 1000), None, 1.0)  # `etl rollup` from cron
+        st.state.remember_rollup(int((started + 20) * 1000), "server gone", 1.0)  # then a failure
         assert scraped(metrics) == started + 10
-        assert st.get_state("rollup.last")["ok"] is False  # etl status still says it failed
+        assert st.state.get("rollup.last")["ok"] is False  # etl status still says it failed
         restarted = CollectorMetrics()
         restarted.watch(st, lambda: None, lambda: started + 3600)
         assert scraped(restarted) == started + 10  # a restart keeps it

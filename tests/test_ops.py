@@ -49,7 +49,7 @@ def env_of(settings: Settings, **extra: str) -> dict[str, str]:
 
 def all_ticks(path: Path) -> pl.DataFrame:
     with Staging(path, create=False) as st:
-        return st.read_window(0, 2**62).sort("seq")
+        return st.ticks.read_window(0, 2**62).sort("seq")
 
 
 def tables(dsn: str) -> dict[str, list[tuple]]:
@@ -133,12 +133,12 @@ def test_a_backup_taken_while_collecting_restores_the_snapshot_and_the_rollup_go
     assert copy_ticks.height == manifest["rows"]["ticks"]
     assert copy_ticks["ts"].max() >= now_hour  # polls of the running collector are in it
     with Staging(src.staging_path) as a, Staging(dst.staging_path) as b:
-        assert (a.id, a.name, a.rejected_count()) == (b.id, b.name, b.rejected_count())
+        assert (a.id, a.name, a.rejected_count()) == (b.id, b.name, b.quarantine.count())
         assert b.id == manifest["staging"]["id"]
     # The warehouse: every row of bars, daily bars and ledger, to the last timestamp.
     with (
-        embedded_server(src.embedded_pgdata) as a_dsn,
-        embedded_server(dst.embedded_pgdata) as b_dsn,
+        embedded_server(src.paths.pg) as a_dsn,
+        embedded_server(dst.paths.pg) as b_dsn,
     ):
         before = tables(a_dsn)
         assert tables(b_dsn) == before
@@ -152,8 +152,8 @@ def test_a_backup_taken_while_collecting_restores_the_snapshot_and_the_rollup_go
         done = run_etl(until, env_of(settings))
         assert done.returncode == 0, done.stderr
     with (
-        embedded_server(src.embedded_pgdata) as a_dsn,
-        embedded_server(dst.embedded_pgdata) as b_dsn,
+        embedded_server(src.paths.pg) as a_dsn,
+        embedded_server(dst.paths.pg) as b_dsn,
     ):
         after, copy = snapshot(a_dsn), snapshot(b_dsn)
         assert (copy["hourly"], copy["daily"]) == (after["hourly"], after["daily"])
@@ -183,7 +183,7 @@ def test_a_backup_before_the_first_rollup_holds_the_staging_file_and_refusals_ar
     manifest = json.loads(done.stdout)
     assert manifest["postgresql"] is None and manifest["rows"]["ticks"] == 9
     assert sorted(os.listdir(tmp_path / "bk")) == ["manifest.json", "ticks.sqlite3"]
-    assert not settings.embedded_pgdata.exists()  # a backup never creates a warehouse
+    assert not settings.paths.pg.exists()  # a backup never creates a warehouse
 
     again = run_etl(["backup", str(tmp_path / "bk")], env)
     assert again.returncode == 2 and "not an empty directory" in one_line(again)
@@ -280,7 +280,7 @@ def test_db_shell_runs_psql_on_the_embedded_warehouse_and_stops_it_after(
     )
     assert done.returncode == 0, done.stderr
     assert " 42\n(1 row)" in done.stdout and "bars" in done.stdout and " 6\n" in done.stdout
-    assert gone(warehouse_dir.embedded_pgdata)  # started for the session, stopped after
+    assert gone(warehouse_dir.paths.pg)  # started for the session, stopped after
     args = run_etl(["db", "shell", "--", "-At", "-c", "SELECT 6 * 7"], env_of(warehouse_dir))
     assert args.returncode == 0 and args.stdout.strip() == "42"
     failed = run_etl(["db", "shell", "--", "-c", "SELECT nonsense"], env_of(warehouse_dir))
@@ -328,7 +328,7 @@ def test_ctrl_c_in_db_shell_cancels_the_query_and_the_session_goes_on(
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
         os.close(fd)
-    assert gone(warehouse_dir.embedded_pgdata)
+    assert gone(warehouse_dir.paths.pg)
 
 
 def test_db_shell_and_url_on_an_external_warehouse(
@@ -464,7 +464,7 @@ def test_every_log_of_the_embedded_server_stays_under_its_bound(open_dir: Path) 
     bound = pg_logs.LOG_MAX_BYTES
     start_hour = hour_floor(int(time.time() * 1000)) - 26 * HOUR_MS
     settings = replace(load_settings(env={}), data_dir=open_dir / "data", symbols=tuple(SYMBOLS))
-    pgdata = settings.embedded_pgdata
+    pgdata = settings.paths.pg
     seed_ticks(settings.staging_path, SYMBOLS, start_hour, 25 * 60, interval_ms=60_000)
     run_rollup(settings, until_ms=start_hour + HOUR_MS)
     with (pgdata / "log").open("ab") as fh:  # as years of unbounded starts left it
@@ -528,7 +528,7 @@ def test_the_staging_file_levels_off_at_one_retention_window(
     sizes: list[tuple[int, int]] = []  # (hour index, bytes of file + WAL)
 
     def on_disk() -> int:
-        return sum(v for k, v in st.file_sizes().items() if not k.endswith("-shm"))
+        return sum(v for k, v in st.db.file_sizes().items() if not k.endswith("-shm"))
 
     window = 0
     with Staging(pgs.staging_path, synchronous=pgs.sqlite_synchronous) as st:
@@ -536,7 +536,7 @@ def test_the_staging_file_levels_off_at_one_retention_window(
             hour_ms = start_ms + hour * HOUR_MS
             for poll in range(3600 // interval_s):
                 wiggle = 1.0 + 0.001 * math.sin(hour * 31 + poll)
-                st.append(
+                st.ticks.append(
                     many_symbols, [p * wiggle for p in base], hour_ms + poll * interval_s * 1000
                 )
             if hour == 23:
@@ -545,7 +545,7 @@ def test_the_staging_file_levels_off_at_one_retention_window(
             result = run_rollup(pgs, now=lambda e=end_s: e + 11, apply_retention=False)
             assert result.hours == 1
             sizes.append((hour, on_disk()))
-        staged_hours = len(st.hour_sizes())
+        staged_hours = len(st.ticks.hour_sizes())
     steady = max(size for hour, size in sizes if hour >= 48)
     day2 = max(size for hour, size in sizes if 24 <= hour < 48)
     ticks_per_window = 24 * (3600 // interval_s) * len(many_symbols)

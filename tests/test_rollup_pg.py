@@ -32,7 +32,7 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 def staged_hours(path: Path) -> dict[int, int]:
     with Staging(path) as st:
-        frame = st.read_window(-(2**62), 2**62)
+        frame = st.ticks.read_window(-(2**62), 2**62)
     counts = frame.group_by(hour=pl.col("ts") // HOUR_MS * HOUR_MS).len()
     return dict(counts.iter_rows())
 
@@ -97,8 +97,8 @@ def test_committed_bars_match_a_sql_aggregate(
         [(s, base + o, p) for s, o, p in ticks], schema=["symbol", "ts", "price"], orient="row"
     )
     with Staging(settings.staging_path) as staging:
-        staging.append_frame(frame)
-        staged = staging.read_window(-(2**62), 2**62)
+        staging.ticks.append_frame(frame)
+        staged = staging.ticks.read_window(-(2**62), 2**62)
     run_rollup(settings)
     with pg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
         cur.adbc_ingest("ref_ticks", staged.to_arrow(), mode="create")
@@ -223,8 +223,8 @@ def test_far_past_and_future_ticks_never_fail_the_batch(pgs: Settings) -> None:
     y2001 = int(datetime(2001, 3, 4, 5, 6, tzinfo=UTC).timestamp() * 1000)
     y2100 = int(datetime(2100, 1, 1, 0, 30, tzinfo=UTC).timestamp() * 1000)
     with Staging(pgs.staging_path) as st:
-        st.append(["BTCUSDT"], [42.0], y2001)
-        st.append(["BTCUSDT"], [43.0], y2100)
+        st.ticks.append(["BTCUSDT"], [42.0], y2001)
+        st.ticks.append(["BTCUSDT"], [43.0], y2100)
     keep = replace(pgs, hourly_retention_d=100_000.0)  # keep 2001's partition to look at it
     summary = run_rollup(keep)
     assert summary.future_ticks == 1
@@ -235,7 +235,7 @@ def test_far_past_and_future_ticks_never_fail_the_batch(pgs: Settings) -> None:
     assert bars.rows() == [("metrics_hourly_200103", datetime(2001, 3, 4, 5, tzinfo=UTC), 42.0)]
     assert len(snapshot(keep.pg_dsn)["hourly"]) == 3 + 1  # type: ignore[arg-type]
     with Staging(pgs.staging_path) as st:
-        assert st.count_between(y2100, None) == 1  # set aside, still staged
+        assert st.ticks.count_between(y2100, None) == 1  # set aside, still staged
 
 
 def test_the_open_hour_is_never_rolled_up(pgs: Settings) -> None:
@@ -243,7 +243,7 @@ def test_the_open_hour_is_never_rolled_up(pgs: Settings) -> None:
 
     now = int(time.time() * 1000)
     with Staging(pgs.staging_path) as st:
-        st.append(["BTCUSDT"], [1.0], now - 1000)
+        st.ticks.append(["BTCUSDT"], [1.0], now - 1000)
     with open_warehouse(pgs) as wh:  # the rollup finds nothing closed and leaves it untouched
         wh.migrate()
     summary = run_rollup(pgs)
@@ -264,8 +264,8 @@ def test_purge_follows_the_ledger_not_the_clock(pgs: Settings) -> None:
     ]
     # a late tick for a purged hour stays staged, and one for an unpurged hour is rolled up
     with Staging(pgs.staging_path) as st:
-        st.append(["BTCUSDT"], [1.0], now_hour - 6 * HOUR_MS + 1)
-        st.append(["BTCUSDT"], [1e9], now_hour - 2 * HOUR_MS + 1)
+        st.ticks.append(["BTCUSDT"], [1.0], now_hour - 6 * HOUR_MS + 1)
+        st.ticks.append(["BTCUSDT"], [1e9], now_hour - 2 * HOUR_MS + 1)
     summary = run_rollup(pgs)
     assert summary.hours == 1 and summary.skipped_hours == [now_hour - 6 * HOUR_MS]
     high = query(
@@ -275,7 +275,7 @@ def test_purge_follows_the_ledger_not_the_clock(pgs: Settings) -> None:
     )  # type: ignore[arg-type]
     assert high["high"][0] == 1e9
     with Staging(pgs.staging_path) as st:
-        assert st.count_between(now_hour - 6 * HOUR_MS, now_hour - 5 * HOUR_MS) == 1
+        assert st.ticks.count_between(now_hour - 6 * HOUR_MS, now_hour - 5 * HOUR_MS) == 1
 
 
 def test_latest_price_view_gives_the_newest_close(pgs: Settings) -> None:
@@ -283,7 +283,7 @@ def test_latest_price_view_gives_the_newest_close(pgs: Settings) -> None:
     seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
     run_rollup(pgs)
     with Staging(pgs.staging_path) as st:
-        last = st.read_window(now_hour - 2 * HOUR_MS, now_hour - HOUR_MS).sort("ts", "seq")
+        last = st.ticks.read_window(now_hour - 2 * HOUR_MS, now_hour - HOUR_MS).sort("ts", "seq")
     expected = (
         last.group_by("symbol").agg(pl.col("price").last(), pl.col("ts").last()).sort("symbol")
     )
@@ -313,7 +313,7 @@ def test_collector_rolls_up_closed_hours_in_a_child_process(pgs: Settings) -> No
         assert time.monotonic() < deadline, (pgs.data_dir / "rollup.log").read_text()
         time.sleep(0.5)
     with Staging(pgs.staging_path) as st:
-        polled = st.read_window(now_hour, 2**62)
+        polled = st.ticks.read_window(now_hour, 2**62)
     stamps = sorted(set(polled["ts"].to_list()))
     assert len(stamps) == 10
     assert max(ts % 200 for ts in stamps) < 150  # the rollup child did not delay the polls
@@ -335,7 +335,9 @@ def test_rerun_keeps_bars_of_purged_hours(pgs: Settings) -> None:
     run_rollup(pgs)  # hours -6 .. -4 purged (but for the newest row), -3 .. -2 still staged
     before = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
     with Staging(pgs.staging_path) as st:
-        st.append(["BTCUSDT"], [1e9], now_hour - 5 * HOUR_MS + 7)  # a late tick in a purged hour
+        st.ticks.append(
+            ["BTCUSDT"], [1e9], now_hour - 5 * HOUR_MS + 7
+        )  # a late tick in a purged hour
     summary = run_rollup(pgs, rerun=True)
     assert now_hour - 5 * HOUR_MS in summary.skipped_hours
     assert summary.hours == 2  # only the hours whose ticks are all still staged
@@ -351,7 +353,7 @@ def test_a_crash_between_purge_and_ledger_never_rolls_up_a_partial_hour(pgs: Set
     assert crashed.returncode == -9
     hourly = snapshot(pgs.pg_dsn)["hourly"]  # type: ignore[arg-type]
     with Staging(pgs.staging_path) as st:  # ticks purged, ledger not told: then a late tick
-        st.append(["BTCUSDT"], [1e9], now_hour - 5 * HOUR_MS + 7)
+        st.ticks.append(["BTCUSDT"], [1e9], now_hour - 5 * HOUR_MS + 7)
     summary = run_rollup(pgs)
     assert summary.hours == 0 and now_hour - 5 * HOUR_MS in summary.skipped_hours
     assert snapshot(pgs.pg_dsn)["hourly"] == hourly  # type: ignore[arg-type]

@@ -209,8 +209,8 @@ def stage_trades(path: Path, hour: int, *, hole: bool) -> None:
     hour, the cursor past it; ``hole`` leaves ids out of the hour."""
     ids = [i for i in range(721) if not (hole and 300 <= i < 310)]
     with Staging(path) as st:
-        (sym,) = st.symbol_ids(["BTCUSDT"])
-        st.append_trades(
+        (sym,) = st.ticks.symbol_ids(["BTCUSDT"])
+        st.trades.append(
             pl.DataFrame(
                 {
                     "sym": [sym] * len(ids),
@@ -256,7 +256,7 @@ def test_a_complete_trade_bar_beats_a_poll_bar_and_one_with_a_hole_does_not(
         lost = query(pg_dsn, "SELECT sum(bars_lost) AS n FROM rollup_runs")["n"][0]
         assert lost == 1
         with Staging(trades.staging_path) as st:
-            assert st.trade_cursors().height == 1
+            assert st.trades.cursors().height == 1
     else:
         assert (row["source"], row["samples"], row["trades"], row["volume"]) == (
             "trade",

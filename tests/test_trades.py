@@ -225,7 +225,7 @@ def test_kill_9_of_the_collector_mid_stream_then_a_restart_gives_the_same_bars(
     os.kill(first.pid, signal.SIGKILL)  # mid-stream, mid-batch perhaps
     first.wait(10)
     with Staging(cfg.staging_path) as st:
-        killed_at = st.trade_cursors()
+        killed_at = st.trades.cursors()
     assert killed_at.height == len(SYMBOLS)
     wait_until(clock, hour + 35 * 60_000)  # fifteen minutes of trades happen meanwhile
     second = start()
@@ -246,14 +246,14 @@ def test_a_staging_file_of_the_release_before_trades_upgrades_in_place_keeping_e
     with Staging(path) as st:
         assert st.upgraded_from == 2
         assert st.meta()["schema_version"] == "3"
-        rows = st.read_window(0, 2**62)
+        rows = st.ticks.read_window(0, 2**62)
         assert rows.height == 270 and rows["seq"].to_list() == list(range(1, 271))
-        assert st.get_state("binance.ban") == {"until": 0, "status": 429}
-        assert st.intervals() == [(1_767_225_600_000, 60.0)]
-        assert not st.has_trades()
-        st.append(["BTCUSDT"], [1.0], 1_767_231_000_000)  # poll ticks go on as before
+        assert st.state.get("binance.ban") == {"until": 0, "status": 429}
+        assert st.state.intervals() == [(1_767_225_600_000, 60.0)]
+        assert not st.trades.exist()
+        st.ticks.append(["BTCUSDT"], [1.0], 1_767_231_000_000)  # poll ticks go on as before
     with Staging(path) as st:
-        assert st.upgraded_from is None and st.count() == 271
+        assert st.upgraded_from is None and st.ticks.count() == 271
 
 
 def test_settings_source_and_ws_url(tmp_path: Path) -> None:
@@ -291,7 +291,7 @@ def test_a_hole_rest_cannot_fill_is_recorded_reported_and_backfilled_from_klines
     collector.stop.set()
     done.join(30)
     with Staging(cfg.staging_path) as st:
-        holes = st.trade_holes()
+        holes = st.trades.holes()
     assert sorted(holes["symbol"]) == sorted(SYMBOLS)
     assert (holes["from_ms"] >= hour).all() and (holes["to_ms"] < hour + HOUR_MS).all()
     run_rollup(cfg)

@@ -78,7 +78,7 @@ def test_two_staging_files_on_one_warehouse_each_roll_up_and_purge_only_their_ow
     seed_ticks(b.staging_path, ["SOLUSDT", "XRPUSDT"], now_hour - 3 * HOUR_MS, polls=2 * 720)
     first = run_rollup(a)
     with Staging(b.staging_path) as st:
-        assert st.count() == 2 * 720 * 2  # A's ledger and purge never touch B's file
+        assert st.ticks.count() == 2 * 720 * 2  # A's ledger and purge never touch B's file
     second = run_rollup(b)
     assert (first.hours, second.hours) == (2, 2)
     assert second.ticks == 2 * 720 * 2 and second.bars == 4
@@ -142,7 +142,7 @@ def test_the_losers_ticks_are_purged_only_against_its_own_ledger_row(
     seed_ticks(thin.staging_path, ["BTCUSDT"], hour, polls=100)
     run_rollup(replace(full, raw_retention_h=1.0))  # full's hour is committed and purged
     with Staging(thin.staging_path) as st:
-        assert st.count() == 100  # nothing of thin's went with full's purge
+        assert st.ticks.count() == 100  # nothing of thin's went with full's purge
     result = run_rollup(replace(thin, raw_retention_h=1.0))
     assert result.hours == 1 and result.lost_to_other_files == 1
     assert result.purged == 99  # now thin has its own ledger row (the newest row always stays)
@@ -289,8 +289,8 @@ def test_a_staging_file_and_warehouse_of_the_previous_release_keep_every_tick_an
     assert result.lost_to_other_files == 0 and result.displaced == 0  # the same bars again
     with Staging(path) as st:
         assert st.upgraded_from == 1 or st.meta().get("upgraded_from") == "1"
-        kept = st.read_window(0, 2**62).sort("seq")
-        rejected = st.rejected()
+        kept = st.ticks.read_window(0, 2**62).sort("seq")
+        rejected = st.quarantine.reasons()
     good = [
         t
         for t in legacy_ticks
@@ -317,7 +317,7 @@ def test_a_staging_file_and_warehouse_of_the_previous_release_keep_every_tick_an
     assert legacy_runs["n"][0] == 5  # the old ledger stays, and no file purges against it
     purged = run_rollup(replace(upgraded, raw_retention_h=1.0))
     with Staging(path) as st:
-        assert st.rejected_count() == 5  # the purge never deletes quarantined rows
+        assert st.quarantine.count() == 5  # the purge never deletes quarantined rows
     assert purged.purged > 0
 
 
@@ -347,7 +347,7 @@ def test_a_second_collector_on_one_staging_file_exits_2_naming_the_holder(
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=20)
     with Staging(settings.staging_path) as st:
-        per_slot = st.read_window(0, 2**62).group_by("symbol", "ts").len()
+        per_slot = st.ticks.read_window(0, 2**62).group_by("symbol", "ts").len()
     assert per_slot["len"].max() == 1  # one writer: one tick per symbol and slot
 
 
@@ -458,7 +458,7 @@ def test_a_table_lock_held_elsewhere_ends_the_rollup_at_its_lock_timeout_with_no
     assert took < 10
     assert query(pgs.pg_dsn, "SELECT count(*) AS n FROM metrics_hourly")["n"][0] == 0  # type: ignore[arg-type]
     with Staging(pgs.staging_path) as st:
-        assert st.count() == 720 * len(SYMBOLS)  # nothing purged
+        assert st.ticks.count() == 720 * len(SYMBOLS)  # nothing purged
     again = run_rollup(replace(pgs, raw_retention_h=0.0))
     assert again.hours == 1
 
@@ -574,7 +574,7 @@ def test_a_signal_ends_a_rollup_blocked_on_a_lock_within_5_s(pgs: Settings) -> N
         assert time.monotonic() - sent < 5 and proc.returncode == 143, err
         conn.rollback()
     with Staging(pgs.staging_path) as st:
-        assert st.count() == 10 * len(SYMBOLS)  # nothing lost
+        assert st.ticks.count() == 10 * len(SYMBOLS)  # nothing lost
 
 
 def test_a_hung_rollup_child_is_stopped_and_the_next_hour_rolls_up_as_usual(
@@ -636,7 +636,7 @@ def test_a_staging_file_refuses_rows_that_cannot_be_ticks(tmp_path: Path) -> Non
     good = outside_tool(path, "INSERT INTO ticks VALUES ('BTCUSDT', 1790000000000, 60000.5)")
     assert good.returncode == 0, good.stderr  # outside tools still write ticks(symbol, ts, price)
     with Staging(path) as st:
-        assert st.read_window(0, 2**62).select("symbol", "ts", "price").rows() == [
+        assert st.ticks.read_window(0, 2**62).select("symbol", "ts", "price").rows() == [
             ("BTCUSDT", 1790000000000, 60000.5)
         ]
 
@@ -663,8 +663,8 @@ def test_rows_past_the_constraints_are_quarantined_counted_and_never_purged(
     assert all(0 < low <= high < math.inf for _, low, high, _ in bars.rows())
     assert bars["samples"].to_list() == [100, 100, 100]  # none of them is a sample
     with Staging(pgs.staging_path) as st:
-        assert st.rejected_count() == 4  # the purge ran and kept every one
-        reasons = set(st.rejected()["reason"])
+        assert st.quarantine.count() == 4  # the purge ran and kept every one
+        reasons = set(st.quarantine.reasons()["reason"])
     assert reasons == {"price is not greater than 0", "price is not finite", "unknown symbol id"}
     status = run_etl(["status", "--json"], etl_env(pgs))
     report = json.loads(status.stdout)
@@ -693,7 +693,7 @@ def test_a_pre_identity_file_with_bad_rows_rolls_up_and_quarantines_them(
     bar = query(pgs.pg_dsn, "SELECT symbol, samples, low, high FROM metrics_hourly")  # type: ignore[arg-type]
     assert bar.rows() == [("BTCUSDT", 50, 100.0, 149.0)]
     with Staging(pgs.staging_path) as st:
-        assert st.rejected_count() == len(BAD_ROWS)
+        assert st.quarantine.count() == len(BAD_ROWS)
 
 
 # -- 5. a corrupt staging file -----------------------------------------------------------------
@@ -713,7 +713,7 @@ def test_a_corrupt_staging_file_is_refused_with_a_recovery_recipe(pgs: Settings)
     now_hour = hour_floor(int(time.time() * 1000))
     seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
     with Staging(pgs.staging_path) as st:
-        st.checkpoint()
+        st.db.checkpoint()
     corrupt(pgs.staging_path)
     env = etl_env(pgs)
     for args in (["collect", "--no-rollup", "--polls", "1"], ["rollup"], ["status"]):
@@ -820,7 +820,7 @@ def test_a_full_disk_while_polling_is_named_as_such(settings: Settings, tiny_dis
     assert done.returncode == 0  # it kept running, and stored what fitted
     (tiny_disk / "filler").unlink()
     with Staging(polling.staging_path) as st:
-        assert st.count() > 0 and st.integrity_check() == "ok"
+        assert st.ticks.count() > 0 and st.db.integrity_check() == "ok"
 
 
 def test_a_full_disk_at_start_or_in_the_purge_is_exit_3(
@@ -831,18 +831,18 @@ def test_a_full_disk_at_start_or_in_the_purge_is_exit_3(
     purging = replace(pgs, sqlite_path=tiny_disk / "ticks.sqlite3", raw_retention_h=1.0)
     seed_ticks(purging.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
     with Staging(purging.staging_path) as st:
-        before = st.count()
+        before = st.ticks.count()
     fill(tiny_disk)
     for args in (["rollup"], ["collect", "--no-rollup", "--polls", "1"]):
         done = run_etl(args, etl_env(purging))
         assert done.returncode == 3 and "disk full: " in one_line(done), (args, done.stderr)
     (tiny_disk / "filler").unlink()
     with Staging(purging.staging_path) as st:
-        assert st.integrity_check() == "ok" and 1 <= st.count() <= before
+        assert st.db.integrity_check() == "ok" and 1 <= st.ticks.count() <= before
     again = run_etl(["rollup"], etl_env(purging))  # with room again, it converges
     assert again.returncode == 0, again.stderr
     with Staging(purging.staging_path) as st:
-        assert st.count() == 1  # every committed hour purged but the newest row
+        assert st.ticks.count() == 1  # every committed hour purged but the newest row
 
 
 # -- 7. values that must be refused -------------------------------------------------------------

@@ -26,7 +26,7 @@ import typer
 
 from etl import logs, shutdown
 from etl.config import Settings, load_settings, mask_dsn, setting_fields, shown_default
-from etl.errors import DependencyError, EtlError
+from etl.errors import DependencyError, EtlError, ExitCode
 from etl.hours import parse_range
 
 app = typer.Typer(
@@ -640,10 +640,13 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        fail("interrupted", 130)
+        fail("interrupted", ExitCode.INTERRUPTED)
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        fail(f"{message} (see `etl --help`)", getattr(exc, "exit_code", 2) or 2)
+        fail(f"{message} (see `etl --help`)", getattr(exc, "exit_code", 0) or ExitCode.CONFIG)
     except Exception as exc:  # the last line of defence: one line, no traceback unless asked
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        fail(f"unexpected {type(exc).__name__}: {first} (run with --debug for the traceback)", 1)
+        fail(
+            f"unexpected {type(exc).__name__}: {first} (run with --debug for the traceback)",
+            ExitCode.UNEXPECTED,
+        )

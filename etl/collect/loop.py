@@ -159,12 +159,12 @@ class Collector:
             if self.staging is None:
                 self.staging = stack.enter_context(open_staging(self.settings))
             staging = self.staging
-            staging.hold_writer_lock()
-            stack.callback(staging.release_writer_lock)
+            staging.lock.hold()
+            stack.callback(staging.lock.release)
             self._check(staging)
             if self.client is None:
                 self.client = stack.enter_context(
-                    open_exchange(self.settings, staging, clock=self.clock, sleep=self.wait)
+                    open_exchange(self.settings, staging.state, clock=self.clock, sleep=self.wait)
                 )
             stack.enter_context(
                 _stop_on_signals(
@@ -199,7 +199,7 @@ class Collector:
     ) -> None:
         """Poll every ``interval_s`` until stopped, ``end`` or ``polls`` polls."""
         interval = self.settings.interval_s
-        staging.record_interval(interval, int(self.clock() * 1000))
+        staging.state.record_interval(interval, int(self.clock() * 1000))
         self.view.event(
             f"collecting {len(self.symbols)} symbol(s) every {interval:g} s from "
             f"{self.settings.binance_url} into {staging.path}"
@@ -336,7 +336,7 @@ class Collector:
     def _check(self, staging: Staging) -> None:
         """Refuse a malformed staging file before writing to it."""
         started = time.perf_counter()
-        verdict = staging.quick_check()
+        verdict = staging.db.quick_check()
         if verdict != "ok":
             raise StagingCorrupt(
                 f"the staging file {staging.path} is malformed ({verdict}): recover it with "
@@ -350,7 +350,7 @@ class Collector:
 
     def _report_gap(self, staging: Staging) -> int | None:
         """Say how long the collector was away, and how to fill the hole; the gap's first hour."""
-        last = staging.last_tick()
+        last = staging.ticks.last_tick()
         if last is None:
             return None
         gap_s = self.clock() - last / 1000
@@ -390,7 +390,7 @@ class Collector:
         try:
             info = self.client.validate_symbols(self.symbols, deadline=deadline)
         except UnknownSymbols as exc:
-            raise ConfigError(f"{exc}: fix the configured symbols") from None
+            raise exc.advise("fix the configured symbols") from None
         except BinanceError as exc:
             self._missed(exc, began)
             return False
@@ -414,7 +414,7 @@ class Collector:
             return
         state = {WEIGHT_KEY: {**self.client.governor.snapshot(), "at": poll.received_ms}}
         try:
-            self.staging.append(poll.symbols, poll.prices, poll.received_ms, state=state)
+            self.staging.ticks.append(poll.symbols, poll.prices, poll.received_ms, state=state)
         except DiskFull as exc:  # the disk may free up: a missed poll, named as what it is
             self._missed(exc, began)
             return

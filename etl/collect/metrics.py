@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from etl.errors import ConfigError
 from etl.hours import parse_time
-from etl.staging.store import LAST_ROLLUP_KEY
+from etl.staging.state import LAST_ROLLUP_KEY
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -181,21 +181,22 @@ class _State(Collector):
         yield _gauge(
             "etl_staging_bytes",
             "Size of the staging file with its WAL.",
-            sum(self.staging.file_sizes().values()),
+            sum(self.staging.db.file_sizes().values()),
         )
 
     def _reader(self) -> Any:
         """A read connection of our own: a scrape never waits for, or holds up, a poll."""
         if self._conn is None:
-            self._conn = self.staging.reader()
+            self._conn = self.staging.db.reader()
         return self._conn
 
     def _counts(self) -> tuple[int, int]:
-        return self.staging.counts(self._reader())
+        reader = self._reader()
+        return self.staging.ticks.count(reader), self.staging.quarantine.count(reader)
 
     def _last_rollup_ok(self) -> float | None:
         """The last success any rollup recorded in the staging file (it outlives a restart)."""
-        state = self.staging.get_state(LAST_ROLLUP_KEY, self._reader()) or {}
+        state = self.staging.state.get(LAST_ROLLUP_KEY, self._reader()) or {}
         at = state.get("last_ok_at") or (state.get("at") if state.get("ok") else None)
         if not isinstance(at, str):
             return None

@@ -45,7 +45,7 @@ class RollupLauncher:
         self.settings, self.view, self.clock = settings, view, clock
         self.metrics, self.staging = metrics, staging  # both optional: counters and state
         self.command = list(command or [sys.executable, "-m", "etl", "rollup"])
-        self.log_path = settings.data_dir / "rollup.log"
+        self.log_path = settings.paths.rollup_log
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0  # monotonic: the child runs in real time, whatever our clock
         self.done_boundary: int | None = None
@@ -115,7 +115,7 @@ class RollupLauncher:
         if self.metrics is not None:
             self.metrics.rollup_done(result, seconds, now)
         if result == "stopped" and self.staging is not None:  # the child could not say so
-            self.staging.remember_rollup(
+            self.staging.state.remember_rollup(
                 int(now * 1000), f"stopped after {seconds:.0f} s (ETL_ROLLUP_TIMEOUT_S)", seconds
             )
 

@@ -39,7 +39,8 @@ from etl.exchange.errors import BinanceError, RateLimited
 from etl.exchange.parse import TRADE_FRAME_SCHEMA, parse_trade_events
 from etl.exchange.stream import Drained, StreamTimings, TradeStream
 from etl.hours import hour_floor
-from etl.staging.store import CURSOR_SCHEMA, Staging
+from etl.staging.store import Staging
+from etl.staging.trades import CURSOR_SCHEMA
 
 log = logging.getLogger("etl.collector")
 
@@ -359,13 +360,13 @@ class TradeFeed:
         self.offset_ms = 0
         self.stats = FeedStats()
         self.activity = SymbolActivity()
-        ids = staging.symbol_ids(self.symbols)
+        ids = staging.ticks.symbol_ids(self.symbols)
         self.sym_of = pl.DataFrame(
             {"symbol": self.symbols, "sym": ids}, schema={"symbol": pl.String, "sym": pl.Int64}
         )
         self.chains = {sym: Chain(sym, s) for s, sym in zip(self.symbols, ids, strict=True)}
         self.sym_by_symbol = dict(zip(self.symbols, ids, strict=True))
-        for row in staging.trade_cursors().iter_rows(named=True):
+        for row in staging.trades.cursors().iter_rows(named=True):
             chain = self.chains.get(row["sym"])
             if chain is not None:  # a restart: go on from the stored cursor
                 chain.last_id, chain.last_ts = row["last_id"], row["last_ts"]
@@ -436,7 +437,7 @@ class TradeFeed:
             self._advance(batch, stream, results, drained, holes, changed, now)
             cursors, with_live = self._cursors(changed, now)
             hole_frame = pl.DataFrame(holes) if holes else None
-            inserted = self.staging.append_trades(
+            inserted = self.staging.trades.append(
                 batch.select("sym", *[c for c in TRADE_FRAME_SCHEMA if c != "symbol"]),
                 cursors,
                 hole_frame,

@@ -1,17 +1,18 @@
-"""The exchange client's errors: what went wrong talking to the exchange, as a caller can catch it."""
+"""The exchange client's errors: what went wrong talking to the exchange, as a caller can catch
+it. They belong to the program's one error tree (:mod:`etl.errors`): most are a dependency
+unavailable (exit 3); symbols the exchange does not list are a configuration error (exit 2).
+"""
 
 from __future__ import annotations
 
 import difflib
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
+from etl.errors import ConfigError, DependencyError
 
 
-class BinanceError(Exception):
+class BinanceError(DependencyError):
     """Base class of the client's errors."""
 
 
@@ -62,7 +63,7 @@ class ApiError(BinanceError):
         super().__init__(f"HTTP {status} code {code}: {msg}")
 
 
-class UnknownSymbols(BinanceError):
+class UnknownSymbols(ConfigError, BinanceError):
     """Symbols that are unknown to the exchange or not trading, with the reason for each.
 
     The message names the first few (with a close listed name, if any) and counts the rest.

@@ -21,9 +21,9 @@ WEIGHT_KEY = "binance.weight"
 class StateStore(Protocol):
     """Where the governor keeps the ban across restarts (the staging database)."""
 
-    def get_state(self, key: str) -> Any: ...
+    def get(self, key: str) -> Any: ...
 
-    def set_state(self, key: str, value: Any, now_ms: int) -> None: ...
+    def set(self, key: str, value: Any, now_ms: int) -> None: ...
 
 
 class WeightGovernor:
@@ -54,7 +54,7 @@ class WeightGovernor:
         self._lock = threading.Lock()
         self.banned_until = 0.0
         self.ban_status = 0
-        saved = store.get_state(BAN_KEY) if store else None
+        saved = store.get(BAN_KEY) if store else None
         if isinstance(saved, dict) and saved.get("until", 0) > clock():
             self.banned_until = float(saved["until"])
             self.ban_status = int(saved.get("status", 429))
@@ -121,9 +121,7 @@ class WeightGovernor:
             self.banned_until = max(self.banned_until, now + retry_after)
             self.ban_status = status
         if self.store is not None:
-            self.store.set_state(
-                BAN_KEY, {"until": self.banned_until, "status": status}, int(now * 1000)
-            )
+            self.store.set(BAN_KEY, {"until": self.banned_until, "status": status}, int(now * 1000))
         return RateLimited(self.banned_until, status)
 
     def snapshot(self) -> dict[str, Any]:

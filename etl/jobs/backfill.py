@@ -27,9 +27,12 @@ import polars as pl
 
 from etl.bars import kline_bars
 from etl.config import Settings
-from etl.errors import ConfigError, DependencyError
 from etl.exchange.client import BinanceClient, open_exchange
-from etl.exchange.errors import ApiError, ExchangeUnavailable, RateLimited, UnknownSymbols
+from etl.exchange.errors import (
+    BinanceError,
+    RateLimited,
+    UnknownSymbols,
+)
 from etl.exchange.governor import WeightGovernor
 from etl.exchange.parse import parse_klines
 from etl.hours import HOUR_MS, MINUTE_MS, closed_before, hour_ceil, hour_floor, iso, utc
@@ -103,7 +106,7 @@ class Backfill:
         self.summary.looked_for = f"{iso(lo_ms)} .. {iso(hi_ms)}"
         self.summary.symbols = list(symbols)
         committed = set(wh.ledger(staging.id)["hour_ms"].to_list())
-        pending = set(staging.hour_sizes(lo_ms, hi_ms)) - committed
+        pending = set(staging.ticks.hour_sizes(lo_ms, hi_ms)) - committed
         targets = wh.backfill_targets(symbols, utc(lo_ms), utc(hi_ms))
         # Hours with staged ticks not rolled up yet belong to the rollup, not to the klines.
         targets = {s: [h for h in hours if h not in pending] for s, hours in targets.items()}
@@ -200,8 +203,8 @@ def run_backfill(
 ) -> BackfillResult:
     """Backfill ``symbols`` (default: the configured ones) over ``[since, until)`` (default: the
     last 7 days up to the last closed hour), with the configured staging file, exchange and
-    warehouse. Exchange trouble is :class:`DependencyError`; a symbol the exchange does not list
-    is :class:`ConfigError`."""
+    warehouse. Exchange trouble is a :class:`BinanceError` (exit 3); a symbol the exchange does
+    not list is :class:`UnknownSymbols` (exit 2)."""
     lo, hi = default_range(since_ms, until_ms, now())
     chosen = list(symbols or settings.symbols)
     stop = stop or threading.Event()
@@ -212,7 +215,7 @@ def run_backfill(
         client = stack.enter_context(
             open_exchange(
                 settings,
-                staging,
+                staging.state,
                 governor=governor,
                 reserve=backfill_reserve(settings),
                 sleep=stop.wait,
@@ -224,22 +227,17 @@ def run_backfill(
                 client.validate_symbols(chosen)
                 break
             except UnknownSymbols as exc:
-                raise ConfigError(f"{exc}: backfill only symbols the exchange lists") from None
+                raise exc.advise("backfill only symbols the exchange lists") from None
             except RateLimited as exc:
                 if not job.pause(exc, lo):
                     return job.summary
-            except (ExchangeUnavailable, ApiError) as exc:
-                raise DependencyError(
-                    f"exchange unreachable at {settings.binance_url} ({exc}): try again later"
-                ) from None
+            except BinanceError as exc:
+                raise exc.advise(f"at {settings.binance_url}; try again later") from None
         wh = stack.enter_context(open_warehouse(settings))
         try:
             summary = job.run(wh, staging, chosen, lo, hi)
-        except ExchangeUnavailable as exc:
-            raise DependencyError(
-                f"exchange unreachable during the backfill ({exc}): the hours written so far "
-                "are kept; run it again to resume"
-            ) from None
+        except BinanceError as exc:
+            raise exc.advise("the hours written so far are kept; run it again to resume") from None
     if report is not None:
         report("backfill done: " + ", ".join(f"{k} {v}" for k, v in labelled(summary)))
     return summary

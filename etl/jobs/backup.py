@@ -43,6 +43,7 @@ import adbc_driver_sqlite.dbapi as adbc_sqlite
 from etl import version
 from etl.config import Settings
 from etl.console import size
+from etl.datadir import STAGING_FILE
 from etl.errors import ConfigError, DependencyError, DiskFull, NothingStaged
 from etl.hours import iso
 from etl.staging.store import Staging
@@ -61,7 +62,6 @@ log = logging.getLogger("etl.backup")
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-STAGING_FILE = "ticks.sqlite3"
 WAREHOUSE_FILE = "warehouse.dump"
 WAREHOUSE_TABLES = ("metrics_hourly", "metrics_daily", "rollup_runs")
 
@@ -483,7 +483,7 @@ def _restore_staging(
             return  # a file from 0.1.0: opening it just upgraded it, and moved bad rows aside
         if st.id != want["id"]:
             raise ConfigError(f"the restored staging file has id {st.id}, not {want['id']}")
-        if st.count() != manifest["rows"]["ticks"]:
+        if st.ticks.count() != manifest["rows"]["ticks"]:
             raise DependencyError(
-                f"restored {st.count():,} ticks, but the backup holds {manifest['rows']['ticks']:,}"
+                f"restored {st.ticks.count():,} ticks, but the backup holds {manifest['rows']['ticks']:,}"
             )

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from etl.config import Settings, mask_dsn
-from etl.errors import ConfigError, DependencyError
+from etl.errors import ConfigError, DependencyError, ExitCode
 from etl.warehouse.connect import connect, with_timeouts
 from etl.warehouse.server import resolve, running, uri_if_running
 from etl.warehouse.tools import (
@@ -37,7 +37,9 @@ def _ignore(signum: int, frame: Any) -> None:
 
 
 def _hang_up(signum: int, frame: Any) -> None:
-    sys.exit(128 + signum)  # finally blocks run: psql is stopped, the server handle released
+    sys.exit(
+        ExitCode.of_signal(signum)
+    )  # finally blocks run: psql is stopped, the server handle released
 
 
 @contextlib.contextmanager

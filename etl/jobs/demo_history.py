@@ -94,14 +94,14 @@ def seed_demo(
             f"the warehouse {wh.label} already holds {existing} bars for these symbols in the "
             f"last {days} days: pass --force to add generated history to it anyway"
         )
-    work = settings.data_dir / "seed-demo"
+    staging_path = settings.paths.seed_staging
+    work = staging_path.parent
     shutil.rmtree(work, ignore_errors=True)
-    staging_path = work / "ticks.sqlite3"
     with Staging(staging_path, name="seed-demo") as st:
-        st.record_interval(settings.interval_s, start)
+        st.state.record_interval(settings.interval_s, start)
         for symbol in settings.symbols:
             ticks = generate_ticks(symbol, start, end, interval_ms)
-            st.append_frame(ticks)
+            st.ticks.append_frame(ticks)
             log.info("generated %s ticks for %s", f"{ticks.height:,}", symbol)
     seeded = replace(settings, sqlite_path=staging_path, raw_retention_h=1.0)
     try:

@@ -30,7 +30,7 @@ def shipped() -> dict[str, bytes]:
 
 def notebooks_folder(settings: Settings) -> Path:
     """Where the user's copies live: ``<data_dir>/notebooks``."""
-    return (settings.data_dir / "notebooks").absolute()
+    return settings.paths.notebooks.absolute()
 
 
 def user_copies(folder: Path) -> list[str]:

@@ -16,9 +16,8 @@ from contextlib import ExitStack
 import polars as pl
 
 from etl.config import Settings
-from etl.errors import DependencyError
 from etl.exchange.client import BinanceClient, open_exchange
-from etl.exchange.errors import ExchangeUnavailable, RateLimited
+from etl.exchange.errors import BinanceError
 from etl.exchange.parse import parse_klines
 from etl.hours import HOUR_MS, closed_range, utc
 from etl.staging.store import open_staging
@@ -87,7 +86,9 @@ def run_reconcile(
             if settings.staging_path.exists()
             else None
         )
-        client = stack.enter_context(open_exchange(settings, staging))
+        client = stack.enter_context(
+            open_exchange(settings, staging.state if staging is not None else None)
+        )
         if not wh.has_schema():
             return pl.DataFrame()
         wh.migrate()
@@ -111,10 +112,8 @@ def reconcile(
         for symbol in poll["symbol"].unique(maintain_order=True).to_list():
             rows = client.klines(symbol, "1h", lo, hi - 1, limit=1000)
             candles.append(parse_klines(rows).with_columns(symbol=pl.lit(symbol)))
-    except (ExchangeUnavailable, RateLimited) as exc:
-        raise DependencyError(
-            f"exchange unavailable for reconcile ({exc}): try again later"
-        ) from None
+    except BinanceError as exc:  # unreachable, banned, refused, or an answer of the wrong shape
+        raise exc.advise("reconcile compares nothing until it answers; try again later") from None
     if not candles:
         return pl.DataFrame()
     klines = pl.concat(candles).select(

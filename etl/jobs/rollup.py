@@ -87,7 +87,9 @@ def pending_hours(
 
     def intact(hour: int) -> bool:
         max_seq, ticks_read, purged = committed[hour]
-        return not purged and staging.count_between(hour, hour + HOUR_MS, max_seq) == ticks_read
+        return (
+            not purged and staging.ticks.count_between(hour, hour + HOUR_MS, max_seq) == ticks_read
+        )
 
     if rerun:
         again = [h for h in staged if h in committed]
@@ -96,7 +98,7 @@ def pending_hours(
         ]
     pending = {h for h in staged if h not in committed}
     high_water = int(ledger["max_seq"].max() or 0) if ledger.height else 0
-    late = staging.hours_with_ticks_after(high_water, hi_ms) if high_water else set()
+    late = staging.ticks.hours_with_ticks_after(high_water, hi_ms) if high_water else set()
     late = {h for h in late if h in committed and (lo_ms is None or h >= lo_ms)}
     ok = {h for h in late if intact(h)}
     return sorted(pending | ok), sorted(late - ok)
@@ -169,20 +171,20 @@ class Rollup:
         wh.migrate()
         wh.ensure_partitions_ahead()
         with wh.run_lock(lambda: log.info("another rollup is running; waiting for it")):
-            staging.sweep_out_of_range()
-            sizes = staging.hour_sizes(lo_ms, hi_ms)
+            staging.quarantine.sweep_out_of_range()
+            sizes = staging.ticks.hour_sizes(lo_ms, hi_ms)
             result.staged_hours = len(sizes)
             hours, result.skipped_hours = pending_hours(
                 staging, wh, list(sizes), lo_ms, hi_ms, rerun
             )
-            result.future_ticks = staging.count_between(hi_ms + HOUR_MS, NO_UPPER)
+            result.future_ticks = staging.ticks.count_between(hi_ms + HOUR_MS, NO_UPPER)
             groups = chunked(hours, sizes, settings.rollup_chunk_hours, CHUNK_TICKS)
             self._roll(groups, result)
             purge_before = utc(now_ms - int(settings.raw_retention_h * HOUR_MS))
             candidates = wh.purge_candidates(staging.id, purge_before)
             crash_point("before_purge")
             if candidates:
-                result.purged = staging.purge(candidates)
+                result.purged = staging.ticks.purge(candidates)
                 crash_point("after_purge")
                 wh.mark_purged(staging.id, [hour for hour, _ in candidates])
             if apply_retention:
@@ -217,7 +219,7 @@ class Rollup:
         window = self.staging.read_hours(group)
         result.rejected += window.rejected
         crash_point("after_read")
-        intervals = self.staging.hour_intervals(group)
+        intervals = self.staging.state.hour_intervals(group)
         ticks = window.ticks
         trades = None
         if "agg_id" in ticks.columns:  # trades are rolled up apart: rows with an id
@@ -235,8 +237,8 @@ class Rollup:
             made = trade_bars(
                 trades,
                 window.symbols,
-                cursors=self.staging.trade_cursors(),
-                holes=self.staging.trade_holes(min(group), max(group) + HOUR_MS),
+                cursors=self.staging.trades.cursors(),
+                holes=self.staging.trades.holes(min(group), max(group) + HOUR_MS),
             )
             bars = pl.concat([bars, made], how="diagonal_relaxed")
         bars = bars.with_columns(staging_id=pl.lit(self.staging.id))
@@ -281,7 +283,7 @@ def run_rollup(
     with ExitStack() as stack:
         staging = stack.enter_context(open_staging(settings, create=False))
         lo_ms, hi_ms = closed_range(int(now() * 1000), since_ms, until_ms)
-        if not staging.hour_sizes(lo_ms, hi_ms):
+        if not staging.ticks.hour_sizes(lo_ms, hi_ms):
             return RollupResult(
                 staging=staging.name,
                 looked_for=_range_text(lo_ms, hi_ms),
@@ -309,12 +311,12 @@ def _remember(
     """Keep the outcome in the staging file, for `etl status` (best effort: a full disk or a
     broken file must not hide the rollup's own error)."""
     with contextlib.suppress(Exception):
-        staging.remember_rollup(int(now() * 1000), error, time.perf_counter() - started)
+        staging.state.remember_rollup(int(now() * 1000), error, time.perf_counter() - started)
 
 
 def _hint(staging: Staging) -> str:
-    last = staging.last_tick()
+    last = staging.ticks.last_tick()
     if last is None:
         return ": the file holds no ticks yet (`etl collect` fills it)"
-    hours = staging.hour_sizes()
+    hours = staging.ticks.hour_sizes()
     return f"; its ticks span {iso(min(hours))} .. {iso(last)}"

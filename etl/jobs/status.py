@@ -16,17 +16,22 @@ from datetime import datetime
 from typing import Any
 
 from etl.config import Settings
-from etl.errors import DependencyError, NothingStaged
+from etl.errors import DependencyError, ExitCode, NothingStaged
 from etl.exchange.governor import BAN_KEY, WEIGHT_KEY
 from etl.hours import HOUR_MS, closed_before, iso, iso_or_none, to_ms, utc
-from etl.staging.store import LAST_ROLLUP_KEY, Staging, open_staging
+from etl.staging.state import LAST_ROLLUP_KEY
+from etl.staging.store import Staging, open_staging
 from etl.warehouse.store import Warehouse, open_warehouse
 
 LOOKBACK_HOURS = 24
+HEALTH = {
+    ExitCode.OK: "healthy",
+    ExitCode.DEGRADED: "degraded",
+    ExitCode.UNAVAILABLE: "unreachable",
+}
 # A closed hour not rolled up this long after it ended is overdue (the collector starts its
 # rollup 10 s after the hour; a cron rollup may come later).
 ROLLUP_OVERDUE_MS = 15 * 60_000
-HEALTHY, DEGRADED, UNREACHABLE = 0, 1, 3
 HOLES_REPORTED_MS = 7 * 24 * HOUR_MS
 # With source trades a symbol is quiet while nobody trades it: stale only after this long.
 TRADES_STALE_S = 300.0
@@ -94,20 +99,20 @@ class Status:
 
 
 def staging_status(staging: Staging, settings: Settings, now_ms: int) -> StagingStatus:
-    sizes = staging.hour_sizes()
+    sizes = staging.ticks.hour_sizes()
     hours = sorted(sizes)
-    last = staging.last_ticks(now_ms - LOOKBACK_HOURS * HOUR_MS, now_ms)
-    weight = staging.get_state(WEIGHT_KEY) or {}
-    ban = staging.get_state(BAN_KEY) or {}
-    intervals = staging.intervals()
+    last = staging.ticks.last_ticks(now_ms - LOOKBACK_HOURS * HOUR_MS, now_ms)
+    weight = staging.state.get(WEIGHT_KEY) or {}
+    ban = staging.state.get(BAN_KEY) or {}
+    intervals = staging.state.intervals()
     meta = staging.meta()
-    holes = staging.trade_holes(now_ms - HOLES_REPORTED_MS, now_ms)
+    holes = staging.trades.holes(now_ms - HOLES_REPORTED_MS, now_ms)
     return StagingStatus(
         path=str(staging.path),
         exists=True,
         name=staging.name,
         id=meta.get("staging_id"),
-        rows=staging.count(),
+        rows=staging.ticks.count(),
         hours=len(hours),
         oldest_hour=iso_or_none(hours[0]) if hours else None,
         newest_hour=iso_or_none(hours[-1]) if hours else None,
@@ -128,7 +133,7 @@ def staging_status(staging: Staging, settings: Settings, now_ms: int) -> Staging
             "until": iso_or_none(ban["until"] * 1000) if ban.get("until") else None,
             "status": ban.get("status"),
         },
-        rejected=staging.rejected_count(),
+        rejected=staging.quarantine.count(),
         rejected_reasons=[
             {
                 "reason": r["reason"],
@@ -136,10 +141,10 @@ def staging_status(staging: Staging, settings: Settings, now_ms: int) -> Staging
                 "first_moved": iso_or_none(r["first_moved_ms"]),
                 "last_moved": iso_or_none(r["last_moved_ms"]),
             }
-            for r in staging.rejected().iter_rows(named=True)
+            for r in staging.quarantine.reasons().iter_rows(named=True)
         ],
-        last_rollup=staging.get_state(LAST_ROLLUP_KEY),
-        bytes=staging.file_sizes(),
+        last_rollup=staging.state.get(LAST_ROLLUP_KEY),
+        bytes=staging.db.file_sizes(),
         trade_holes_7d=[
             {
                 "symbol": h["symbol"],
@@ -157,7 +162,9 @@ def _pending(
     out: WarehouseStatus, staging: Staging, now_ms: int, committed: Collection[int] = ()
 ) -> None:
     """The closed hours ``staging`` holds that are not ``committed``, and those overdue."""
-    staged = [h for h in staging.hour_sizes(None, closed_before(now_ms)) if h not in committed]
+    staged = [
+        h for h in staging.ticks.hour_sizes(None, closed_before(now_ms)) if h not in committed
+    ]
     out.pending_hours = [iso(h) for h in staged]
     out.overdue_hours = [iso(h) for h in staged if h + HOUR_MS + ROLLUP_OVERDUE_MS < now_ms]
 
@@ -224,12 +231,7 @@ def _missing(
 
 def log_sizes(settings: Settings) -> dict[str, int]:
     """Bytes of every log the pipeline writes under the data dir."""
-    out = {}
-    for pattern in ("rollup.log*", "pg/log*", "pg/pg_log/*.log*"):
-        for path in sorted(settings.data_dir.glob(pattern)):
-            if path.is_file():
-                out[str(path)] = path.stat().st_size
-    return out
+    return {str(path): path.stat().st_size for path in settings.paths.logs()}
 
 
 def problems_of(st: StagingStatus, wh: WarehouseStatus, settings: Settings) -> list[str]:
@@ -336,10 +338,10 @@ def gather(settings: Settings, now: float | None = None) -> Status:
     problems = problems_of(st, whs, settings)
     if unreachable and whs.problem:
         problems.insert(0, whs.problem)
-    code = UNREACHABLE if unreachable else DEGRADED if problems else HEALTHY
+    code = ExitCode.UNAVAILABLE if unreachable else ExitCode.DEGRADED if problems else ExitCode.OK
     return Status(
         checked_at=iso(now_ms),
-        health={HEALTHY: "healthy", DEGRADED: "degraded", UNREACHABLE: "unreachable"}[code],
+        health=HEALTH[code],
         exit_code=code,
         problems=problems,
         staging=st,

@@ -55,7 +55,7 @@ def resolve(settings: Settings) -> Server:
     """The configured warehouse's server."""
     if settings.pg_dsn:
         return Server(dsn=settings.pg_dsn)
-    return Server(pgdata=settings.embedded_pgdata)
+    return Server(pgdata=settings.paths.pg)
 
 
 @contextmanager

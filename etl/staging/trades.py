@@ -1,0 +1,159 @@
+"""Trades as ticks (``etl collect --source trades``): rows with the exchange's aggregate trade id,
+quantity and trade count (NULL in poll ticks); per symbol the cursor up to which the id sequence is
+known to have no holes (it survives restarts and purges), and the ranges of ids given up on.
+A partial unique index on ``(sym, agg_id)`` drops a trade seen twice."""
+
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+
+from etl.hours import NO_LOWER, NO_UPPER
+from etl.staging.db import StagingDb
+from etl.staging.schema import ensure_trade_tables
+
+TRADE_SCHEMA = pa.schema(
+    [
+        ("sym", pa.int64()),
+        ("ts", pa.int64()),
+        ("price", pa.float64()),
+        ("agg_id", pa.int64()),
+        ("qty", pa.float64()),
+        ("trades", pa.int64()),
+    ]
+)
+
+CURSOR_SCHEMA = {
+    "sym": pl.Int64,
+    "last_id": pl.Int64,
+    "last_ts": pl.Int64,
+    "since_ms": pl.Int64,
+    "live_ms": pl.Int64,
+}
+
+HOLE_SCHEMA = {
+    "symbol": pl.String,
+    "sym": pl.Int64,
+    "after_id": pl.Int64,
+    "before_id": pl.Int64,
+    "from_ms": pl.Int64,
+    "to_ms": pl.Int64,
+    "reason": pl.String,
+    "found_ms": pl.Int64,
+}
+
+
+class Trades:
+    """The trade rows, cursors and holes of one staging file."""
+
+    def __init__(self, db: StagingDb) -> None:
+        self.db = db
+        self._has_trade_tables = False
+
+    def append(
+        self,
+        trades: pl.DataFrame,
+        cursors: pl.DataFrame | None = None,
+        holes: pl.DataFrame | None = None,
+    ) -> int:
+        """Store a batch of trades (``sym, ts, price, agg_id, qty, trades``), the symbols'
+        cursors (``CURSOR_SCHEMA``) and holes given up on (``sym, after_id, before_id, from_ms,
+        to_ms, reason, found_ms``), in one transaction; the trades newly stored.
+
+        A trade already staged (same symbol and id) is skipped. ADBC's ingest cannot skip a
+        conflicting row, so the batch goes to a temporary table and on from there.
+        """
+        inserted = 0
+        with self.db.transaction() as cur:
+            if not self._trade_tables:
+                ensure_trade_tables(cur)
+            if trades.height:
+                table = trades.select(TRADE_SCHEMA.names).to_arrow().cast(TRADE_SCHEMA)
+                cur.adbc_ingest("trade_batch", table, mode="replace", temporary=True)
+                cur.execute(
+                    "INSERT INTO tick_rows (sym, ts, price, agg_id, qty, trades) "
+                    "SELECT sym, ts, price, agg_id, qty, trades FROM temp.trade_batch "
+                    "WHERE true ORDER BY sym, agg_id "
+                    "ON CONFLICT (sym, agg_id) WHERE agg_id IS NOT NULL DO NOTHING"
+                )
+                cur.execute("SELECT changes()")
+                inserted = int(cur.fetchone()[0])
+            if cursors is not None and cursors.height:
+                cur.adbc_ingest(
+                    "cursor_batch",
+                    cursors.select(list(CURSOR_SCHEMA)).cast(CURSOR_SCHEMA).to_arrow(),  # type: ignore[arg-type]
+                    mode="replace",
+                    temporary=True,
+                )
+                cur.execute(
+                    "INSERT INTO trade_cursor (sym, last_id, last_ts, since_ms, live_ms) "
+                    "SELECT sym, last_id, last_ts, since_ms, live_ms FROM temp.cursor_batch "
+                    "WHERE true ON CONFLICT (sym) DO UPDATE SET last_id = excluded.last_id, "
+                    "last_ts = excluded.last_ts, since_ms = excluded.since_ms, "
+                    "live_ms = excluded.live_ms"
+                )
+            for row in () if holes is None else holes.iter_rows(named=True):
+                cur.execute(
+                    "INSERT OR REPLACE INTO trade_holes (sym, after_id, before_id, from_ms, "
+                    "to_ms, reason, found_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row["sym"],
+                        row["after_id"],
+                        row["before_id"],
+                        row["from_ms"],
+                        row["to_ms"],
+                        row["reason"],
+                        row["found_ms"],
+                    ),
+                )
+        self._has_trade_tables = True
+        return inserted
+
+    @property
+    def _trade_tables(self) -> bool:
+        """Whether the trade tables exist: made with the first trades stored, so a file that
+        only ever held polls stays as small as before."""
+        if not self._has_trade_tables:
+            self._has_trade_tables = (
+                self.db.scalar("SELECT count(*) FROM sqlite_master WHERE name = 'trade_cursor'")
+                == 1
+            )
+        return self._has_trade_tables
+
+    def cursors(self) -> pl.DataFrame:
+        """Every symbol's trade cursor: ``symbol`` and ``CURSOR_SCHEMA``."""
+        if not self._trade_tables:
+            return pl.DataFrame(schema={"symbol": pl.String, **CURSOR_SCHEMA})
+        with self.db.cursor() as cur:
+            cur.execute(
+                "SELECT s.symbol, c.sym, c.last_id, c.last_ts, c.since_ms, c.live_ms "
+                "FROM trade_cursor c JOIN symbols s ON s.id = c.sym ORDER BY c.sym"
+            )
+            rows = cur.fetchall()
+        return pl.DataFrame(rows, schema={"symbol": pl.String, **CURSOR_SCHEMA}, orient="row")
+
+    def holes(self, lo_ms: int | None = None, hi_ms: int | None = None) -> pl.DataFrame:
+        """Holes given up on that overlap ``[lo_ms, hi_ms)`` (``HOLE_SCHEMA``), oldest first."""
+        if not self._trade_tables:
+            return pl.DataFrame(schema=HOLE_SCHEMA)
+        with self.db.cursor() as cur:
+            cur.execute(
+                "SELECT s.symbol, h.sym, h.after_id, h.before_id, h.from_ms, h.to_ms, h.reason, "
+                "h.found_ms FROM trade_holes h JOIN symbols s ON s.id = h.sym "
+                "WHERE h.to_ms >= ? AND h.from_ms < ? ORDER BY h.from_ms, h.sym",
+                (NO_LOWER if lo_ms is None else lo_ms, NO_UPPER if hi_ms is None else hi_ms),
+            )
+            rows = cur.fetchall()
+        return pl.DataFrame(rows, schema=HOLE_SCHEMA, orient="row")
+
+    def exist(self) -> bool:
+        """Whether any staged row is a trade (one seek in the trade index, which exists once a
+        trade was stored)."""
+        if not self._trade_tables:
+            return False
+        return (
+            self.db.scalar(
+                "SELECT 1 FROM tick_rows INDEXED BY tick_rows_trade WHERE agg_id IS NOT NULL LIMIT 1"
+            )
+            is not None
+        )
