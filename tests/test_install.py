@@ -126,14 +126,16 @@ def installed(built: Built) -> Iterator[Installed]:
     """``python -m venv`` and ``pip install <wheel>``: what the service unit's comments say."""
     python, unprivileged = _interpreter()
     venv = _shared_dir("etl-venv-") / "venv"
-    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300, env=clean_env())
     done = subprocess.run(
         [str(venv / "bin" / "pip"), "install", "--quiet", str(built.wheel)],
         capture_output=True,
         text=True,
         timeout=900,
+        env=clean_env(),
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (venv / "bin" / "etl").exists(), done.stdout + done.stderr
     yield Installed(venv, unprivileged)
     shutil.rmtree(venv.parent, ignore_errors=True)
 

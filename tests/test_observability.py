@@ -235,6 +235,7 @@ def test_the_last_rollup_success_outlives_a_restart_and_a_failure(tmp_path: Path
     collector's start."""
     from prometheus_client import generate_latest
 
+    from etl.collect.events import RollupEnded
     from etl.collect.metrics import CollectorMetrics
 
     def scraped(metrics: CollectorMetrics) -> float:
@@ -259,7 +260,7 @@ def test_the_last_rollup_success_outlives_a_restart_and_a_failure(tmp_path: Path
         restarted = CollectorMetrics()
         restarted.watch(st, lambda: None, lambda: started + 3600)
         assert scraped(restarted) == started + 10  # a restart keeps it
-        restarted.rollup_done("ok", 2.0, started + 3700)  # an hourly child of this collector
+        restarted.on(RollupEnded(started + 3700, "ok", 2.0))  # an hourly child of this collector
         assert scraped(restarted) == started + 3700
 
 

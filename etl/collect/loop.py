@@ -21,12 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
+from etl.collect.events import CollectorStats, Event, FeedCounts, Listener, Missed, Polled, Stored
 from etl.collect.metrics import CollectorMetrics
 from etl.collect.rollup_child import RollupLauncher
-from etl.collect.running import RunningMetrics
+from etl.collect.screen import PollLines, Screen
 from etl.collect.trade_feed import FLUSH_S, TradeFeed
 from etl.collect.view import CollectorView
 from etl.config import Settings
@@ -43,7 +43,7 @@ from etl.exchange.errors import (
     WeightBudgetExhausted,
 )
 from etl.exchange.governor import WEIGHT_KEY
-from etl.hours import hour_floor, hour_label, iso, stamp
+from etl.hours import hour_floor, iso
 from etl.shutdown import Interrupted, on_signal
 from etl.staging.store import Staging, open_staging
 
@@ -51,27 +51,9 @@ from etl.staging.store import Staging, open_staging
 GapFiller = Callable[[BinanceClient, int, threading.Event, Callable[[str], None]], None]
 
 
-@dataclass
-class CollectorStats:
-    started: float = field(default_factory=time.time)
-    polls_ok: int = 0
-    polls_missed: int = 0
-    ticks: int = 0
-    skipped: int = 0
-    last_error: str | None = None
-    unreachable_since: float | None = None
-    rollups: int = 0
-    rollups_failed: int = 0
-    rollups_stopped: int = 0
-    # source trades: ``ticks`` counts trades newly staged, ``polls_ok`` batches written
-    duplicates: int = 0
-    caught_up: int = 0
-    holes: int = 0
-    reconnects: int = 0
-
-    @property
-    def polls(self) -> int:
-        return self.polls_ok + self.polls_missed
+def _totals(feed: TradeFeed) -> FeedCounts:
+    fs = feed.stats
+    return FeedCounts(fs.trades, fs.duplicates, fs.skipped, fs.caught_up, fs.holes, fs.reconnects)
 
 
 @contextmanager
@@ -143,17 +125,19 @@ class Collector:
         self.stop = stop or threading.Event()
         self.wait = wait or self.stop.wait
         self.stats = CollectorStats(started=clock())
-        self.metrics = RunningMetrics()
         self.exchange_seen = False
         self.instruments: CollectorMetrics | None = None
         self.metrics_url: str | None = None
         self.trade_options = trade_options or {}
         self.feed: TradeFeed | None = None
+        self.screen: Screen | None = None
+        self.listeners: list[Listener] = []
 
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self, polls: int | None = None, duration: float | None = None) -> CollectorStats:
         self.stats = CollectorStats(started=self.clock())
+        self.listeners = [self.stats, PollLines(self.view)]
         end = self.clock() + duration if duration is not None else math.inf
         with ExitStack() as stack:
             if self.staging is None:
@@ -172,11 +156,21 @@ class Collector:
                 )
             )
             stack.enter_context(self.view)
+            client = self.client
+            self.screen = Screen(
+                self.view,
+                self.settings,
+                self.stats,
+                lambda: client.governor,
+                str(staging.path),
+                self.clock,
+            )
+            self.listeners.append(self.screen)
             if self.settings.metrics_port is not None:
                 stack.callback(self._serve_metrics(staging).shutdown)
             launcher = (
                 RollupLauncher(
-                    self.settings, self.view, self.clock, metrics=self.instruments, staging=staging
+                    self.settings, self.view, self.clock, emit=self._emit, staging=staging
                 )
                 if self.rollup
                 else None
@@ -223,16 +217,15 @@ class Collector:
                     self._poll(deadline)
                     if self.gap_filler and gap_since is not None and backfiller is None:
                         backfiller = self._start_backfill(gap_since, backfill_stop)
-                self._refresh()
+                self._draw()
                 if launcher is not None and validated:
                     launcher.tick()
                 if polls is not None and self.stats.polls >= polls:
                     break
                 next_slot = math.floor(self.clock() / interval) + 1
                 overran = max(0, next_slot - slot - 1)  # slots we overran
-                self.stats.polls_missed += overran
-                if self.instruments is not None and overran:
-                    self.instruments.polls.labels("missed").inc(overran)
+                if overran:
+                    self._emit(Missed(self.clock(), slots=overran))
                 slot = next_slot
         except Interrupted:
             pass  # a signal abandoned a request: nothing was being written
@@ -255,7 +248,7 @@ class Collector:
             while not self.stop.is_set() and self.clock() < end:
                 if self._validate(self.clock() + 10):
                     break
-                self._refresh()
+                self._draw()
                 if self.wait(2.0):
                     return
         except Interrupted:
@@ -270,6 +263,8 @@ class Collector:
             event=self.view.event,
             **self.trade_options,
         )
+        if self.screen is not None:
+            self.screen.feed = feed
         feed.start()
         try:
             while not self.stop.is_set() and self.clock() < end:
@@ -282,7 +277,7 @@ class Collector:
                     break
         finally:
             feed.close()
-            self._count(feed)
+            self.stats.take(_totals(feed))  # what the last batch's close flushed too
 
     def _store_batch(self, feed: TradeFeed) -> None:
         began, started = self.clock(), time.perf_counter()
@@ -291,31 +286,28 @@ class Collector:
         except Exception as exc:  # a full disk, a write refused: missed, not a crash
             self._missed(exc, began)
             return
-        self.stats.polls_ok += 1
-        if self.instruments is not None:
-            self.instruments.polls.labels("ok").inc()
-            self.instruments.poll_seconds.observe(time.perf_counter() - started)
-            self.instruments.ticks.inc(stored)
-            self.instruments.last_tick_ms.update(
-                {s: e[2] - feed.offset_ms for s, e in feed.activity.state.items()}
-            )
-        self._count(feed)
-        self._refresh()
+        self._emit(self._stored(feed, stored, time.perf_counter() - started))
+        self._draw()
 
-    def _count(self, feed: TradeFeed) -> None:
-        fs, st = feed.stats, self.stats
-        if self.instruments is not None:
-            self.instruments.trade_holes.inc(fs.holes - st.holes)
-            self.instruments.reconnects.inc(fs.reconnects - st.reconnects)
-            self.instruments.caught_up.inc(fs.caught_up - st.caught_up)
-        st.ticks, st.duplicates, st.skipped = fs.trades, fs.duplicates, fs.skipped
-        st.caught_up, st.holes, st.reconnects = fs.caught_up, fs.holes, fs.reconnects
+    def _stored(self, feed: TradeFeed, stored: int, seconds: float) -> Stored:
+        """A trade batch's event: the feed's running totals and each symbol's last trade."""
+        last = {s: e[2] - feed.offset_ms for s, e in feed.activity.state.items()}
+        return Stored(self.clock(), stored, seconds, _totals(feed), last)
+
+    def _emit(self, event: Event) -> None:
+        for listener in self.listeners:
+            listener.on(event)
+
+    def _draw(self) -> None:
+        if self.screen is not None:
+            self.screen.draw()
 
     # -- steps ---------------------------------------------------------------------------------
 
     def _serve_metrics(self, staging: Staging) -> Any:
         """Start ``/metrics`` (Prometheus); returns the server, to shut down on the way out."""
         self.instruments = CollectorMetrics()
+        self.listeners.append(self.instruments)
         self.instruments.watch(
             staging, lambda: self.client.governor if self.client else None, self.clock
         )
@@ -421,27 +413,19 @@ class Collector:
         except Exception as exc:  # any other failed write is a missed poll too, not a crash
             self._missed(exc, began)
             return
-        self.metrics.update(poll.symbols, poll.prices, poll.received_ms)
-        if self.stats.unreachable_since is not None:
-            self.view.event(
-                f"exchange reachable again after {age(self.clock() - self.stats.unreachable_since)}"
+        gov, since = self.client.governor, self.stats.unreachable_since
+        self._emit(
+            Polled(
+                at=self.clock(),
+                received_ms=poll.received_ms,
+                symbols=poll.symbols,
+                prices=poll.prices,
+                seconds=time.perf_counter() - started,
+                skipped=poll.skipped,
+                missing=poll.missing,
+                weight=(gov.used, gov.limit),
+                outage_s=None if since is None else self.clock() - since,
             )
-            self.stats.unreachable_since = None
-        self.stats.polls_ok += 1
-        self.stats.ticks += len(poll.symbols)
-        self.stats.skipped += poll.skipped
-        if self.instruments is not None:
-            self.instruments.polls.labels("ok").inc()
-            self.instruments.poll_seconds.observe(time.perf_counter() - started)
-            self.instruments.ticks.inc(len(poll.symbols))
-            self.instruments.skipped.inc(poll.skipped)
-            self.instruments.last_tick_ms.update(dict.fromkeys(poll.symbols, poll.received_ms))
-        note = f", {poll.skipped} bad element(s) skipped" if poll.skipped else ""
-        if poll.missing:
-            note += f", missing: {', '.join(poll.missing[:5])}"
-        self.view.poll_line(
-            f"poll ok: {len(poll.symbols)} prices in {(time.perf_counter() - started) * 1000:.1f} ms, "
-            f"weight {self.client.governor.used}/{self.client.governor.limit}{note}"
         )
 
     def _drop_delisted(self, deadline: float) -> bool:
@@ -464,77 +448,15 @@ class Collector:
         return True
 
     def _missed(self, exc: BaseException, began: float) -> None:
-        """Count a missed poll; ``began`` is when it started (the outage began no later)."""
-        now = self.clock()
-        self.stats.polls_missed += 1
-        if self.instruments is not None:
-            self.instruments.polls.labels("missed").inc()
-        self.stats.last_error = f"{time.strftime('%H:%M:%S', time.gmtime(now))} {exc}"
-        if isinstance(exc, RateLimited | WeightBudgetExhausted):
-            self.view.poll_line(f"poll skipped: {exc}")
-            return
-        if isinstance(exc, DiskFull):
-            self.view.event(f"poll not stored: {exc}", logging.WARNING)
-            return
-        if self.stats.unreachable_since is None:
-            self.stats.unreachable_since = began
-            hint = ""
-            if not self.exchange_seen and isinstance(exc, ExchangeUnavailable) and not exc.reached:
-                hint = "; no network? `just demo` collects from a built-in fake exchange, offline"
-            self.view.event(
-                f"exchange unreachable since {iso(began * 1000)}: {exc}{hint}", logging.WARNING
-            )
-        else:
-            self.view.poll_line(
-                f"exchange unreachable since {iso(self.stats.unreachable_since * 1000)}: {exc}"
-            )
-
-    def _refresh(self) -> None:
-        if not self.view.live_mode:  # piped: one log line per poll says it all
-            return
-        assert self.client is not None and self.staging is not None
-        if self.feed is not None:
-            self._refresh_trades(self.feed)
-            return
-        gov = self.client.governor
-        status = "ok"
-        if gov.banned_until > self.clock():
-            status = f"rate limited ({gov.ban_status}) until {iso(gov.banned_until * 1000)}"
-        elif self.stats.unreachable_since is not None:
-            status = f"exchange unreachable since {iso(self.stats.unreachable_since * 1000)}"
-        now_ms = int(self.clock() * 1000)
-        header = {
-            "exchange": f"{self.settings.binance_url}: {status}",
-            "polls": f"{self.stats.polls_ok} ok, {self.stats.polls_missed} missed, "
-            f"{self.stats.ticks} ticks, {self.stats.skipped} bad elements skipped",
-            "weight": f"{gov.used} / {gov.limit} this minute (budget {gov.allowed})",
-            "last error": self.stats.last_error or "-",
-            "staging": str(self.staging.path),
-            "hour": f"{hour_label(self.metrics.hour or hour_floor(now_ms))}, "
-            f"updated {stamp(self.clock())} UTC",
-        }
-        self.view.refresh(header, self.metrics.frame())
-
-    def _refresh_trades(self, feed: TradeFeed) -> None:
-        assert self.client is not None and self.staging is not None
-        gov, s = self.client.governor, self.stats
-        open_ = len(feed.stream.open_groups())
-        waiting = feed.unverified()
-        status = f"{open_} of {len(feed.stream.groups)} connection(s) open"
-        if waiting:
-            status += f", {waiting} symbol(s) catching up"
-        exchange_now = feed.exchange_ms()
-        header = {
-            "streams": f"{self.settings.ws_url}: {status}",
-            "trades": f"{s.ticks} stored, {s.duplicates} duplicates dropped, {s.caught_up} "
-            f"fetched over REST, {s.reconnects} reconnects, {s.holes} holes",
-            "weight": f"{gov.used} / {gov.limit} this minute (budget {gov.allowed})",
-            "last error": s.last_error or "-",
-            "staging": str(self.staging.path),
-            "hour": f"{hour_label(hour_floor(exchange_now))}, updated {stamp(self.clock())} UTC",
-        }
-        frame = feed.activity.frame(exchange_now, time.monotonic())
-        self.view.refresh(header, frame, trades=True)
+        """A missed poll; ``began`` is when it started (an outage began no later)."""
+        starts_outage = self.stats.unreachable_since is None and not isinstance(
+            exc, RateLimited | WeightBudgetExhausted | DiskFull
+        )
+        offline = (
+            not self.exchange_seen and isinstance(exc, ExchangeUnavailable) and not exc.reached
+        )
+        since = began if starts_outage else None
+        self._emit(Missed(self.clock(), exc, outage_since=since, offline=offline))
 
     def _summary(self, staging: Staging) -> None:
         s = self.stats

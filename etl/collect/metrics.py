@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from etl.collect.events import Event, FeedCounts, Missed, Polled, RollupEnded, Stored
 from etl.errors import ConfigError
 from etl.hours import parse_time
 from etl.staging.state import LAST_ROLLUP_KEY
@@ -88,6 +89,7 @@ class CollectorMetrics:
         self.last_rollup_ok = 0.0
         self.started = 0.0
         self.last_tick_ms: dict[str, int] = {}
+        self._totals = FeedCounts()  # the trade feed's totals at the last batch
         self._state: _State | None = None
 
     def watch(
@@ -101,11 +103,31 @@ class CollectorMetrics:
         self._state = _State(self, staging, governor, clock)
         self.registry.register(self._state)
 
-    def rollup_done(self, result: str, seconds: float, now: float) -> None:
-        self.rollups.labels(result).inc()
-        self.rollup_seconds.observe(seconds)
-        if result == "ok":
-            self.last_rollup_ok = now
+    def on(self, event: Event) -> None:
+        """Count what the collector's loop reports."""
+        if isinstance(event, Polled):
+            self.polls.labels("ok").inc()
+            self.poll_seconds.observe(event.seconds)
+            self.ticks.inc(len(event.symbols))
+            self.skipped.inc(event.skipped)
+            self.last_tick_ms.update(dict.fromkeys(event.symbols, event.received_ms))
+        elif isinstance(event, Missed):
+            self.polls.labels("missed").inc(event.slots)
+        elif isinstance(event, Stored):
+            before = self._totals
+            self.polls.labels("ok").inc()
+            self.poll_seconds.observe(event.seconds)
+            self.ticks.inc(event.stored)
+            self.trade_holes.inc(event.totals.holes - before.holes)
+            self.reconnects.inc(event.totals.reconnects - before.reconnects)
+            self.caught_up.inc(event.totals.caught_up - before.caught_up)
+            self._totals = event.totals
+            self.last_tick_ms.update(event.last_trade_ms)
+        elif isinstance(event, RollupEnded):
+            self.rollups.labels(event.result).inc()
+            self.rollup_seconds.observe(event.seconds)
+            if event.result == "ok":
+                self.last_rollup_ok = event.at
 
     def serve(self, port: int, host: str) -> WSGIServer:
         server, _ = start_http_server(port, addr=host, registry=self.registry)

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from etl.collect.metrics import CollectorMetrics
+from etl.collect.events import RollupEnded
 from etl.collect.view import CollectorView
 from etl.config import Settings
 from etl.hours import closed_before, iso
@@ -39,11 +39,13 @@ class RollupLauncher:
         view: CollectorView,
         clock: Callable[[], float],
         command: Sequence[str] | None = None,
-        metrics: CollectorMetrics | None = None,
+        emit: Callable[[RollupEnded], None] | None = None,
         staging: Staging | None = None,
     ) -> None:
+        """``emit`` hands each child's end to the collector's listeners; ``staging`` keeps the
+        outcome of a child that was stopped (it could not say so itself)."""
         self.settings, self.view, self.clock = settings, view, clock
-        self.metrics, self.staging = metrics, staging  # both optional: counters and state
+        self.emit, self.staging = emit, staging
         self.command = list(command or [sys.executable, "-m", "etl", "rollup"])
         self.log_path = settings.paths.rollup_log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -112,8 +114,8 @@ class RollupLauncher:
         return False
 
     def _done(self, result: str, seconds: float, now: float) -> None:
-        if self.metrics is not None:
-            self.metrics.rollup_done(result, seconds, now)
+        if self.emit is not None:
+            self.emit(RollupEnded(now, result, seconds))
         if result == "stopped" and self.staging is not None:  # the child could not say so
             self.staging.state.remember_rollup(
                 int(now * 1000), f"stopped after {seconds:.0f} s (ETL_ROLLUP_TIMEOUT_S)", seconds
