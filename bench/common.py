@@ -19,7 +19,7 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 
-from etl.exchange.fake.exchange import served
+from etl.exchange.fake.rest import served
 from etl.staging.store import Staging
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: children import ``bench`` from here

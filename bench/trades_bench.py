@@ -35,7 +35,7 @@ import psutil
 import requests
 
 from bench.common import child_env, spread
-from etl.exchange.fake.exchange import served
+from etl.exchange.fake.rest import served
 from etl.staging.store import Staging
 from etl.staging.trades import CURSOR_SCHEMA
 

@@ -20,7 +20,7 @@ import adbc_driver_postgresql.dbapi as pg
 import pytest
 
 from etl.config import Settings, load_settings
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.hours import GRACE_MS, HOUR_MS
 
 # Real recorded Binance payloads, byte for byte as recorded (their sources are in SOURCES.md).

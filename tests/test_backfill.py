@@ -17,7 +17,7 @@ from rich.console import Console
 from etl.collect.loop import Collector
 from etl.collect.view import CollectorView
 from etl.config import Settings
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.hours import HOUR_MS, hour_floor
 from etl.jobs.backfill import gap_filler, run_backfill, runs_of
 from etl.jobs.rollup import run_rollup
@@ -38,7 +38,7 @@ def stage_from_exchange(
     """Stage what a collector polling the fake every minute would have stored."""
     stamps = range(start + offset, end, every_ms)
     frame = pl.DataFrame(
-        [(s, ts, ex.price(s, ts)) for ts in stamps for s in SYMBOLS],
+        [(s, ts, ex.market.price(s, ts)) for ts in stamps for s in SYMBOLS],
         schema=["symbol", "ts", "price"],
         orient="row",
     )
@@ -109,7 +109,7 @@ def test_kline_bars_agree_with_the_exchange_hourly_candles(
     run_backfill(s, since_ms=now_hour - 36 * HOUR_MS, until_ms=now_hour - 30 * HOUR_MS)
     got = bars(s.pg_dsn).filter(pl.col("source") == "kline")  # type: ignore[arg-type]
     for symbol in SYMBOLS:
-        candles = ex.klines(
+        candles = ex.market.klines(
             symbol, HOUR_MS, now_hour - 36 * HOUR_MS, now_hour - 30 * HOUR_MS - 1, 1000
         )
         mine = got.filter(pl.col("symbol") == symbol).sort("bucket")
@@ -168,7 +168,7 @@ def test_reconcile_reports_deviations_from_the_candles(
     for row in rows:
         bucket = datetime.fromisoformat(row["bucket"])
         hour_ms = int(bucket.timestamp() * 1000)
-        candle = ex.klines(row["symbol"], HOUR_MS, hour_ms, hour_ms + HOUR_MS - 1, 1)[0]
+        candle = ex.market.klines(row["symbol"], HOUR_MS, hour_ms, hour_ms + HOUR_MS - 1, 1)[0]
         mine = poll.filter((pl.col("symbol") == row["symbol"]) & (pl.col("bucket") == bucket)).row(
             0, named=True
         )

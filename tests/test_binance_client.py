@@ -17,7 +17,7 @@ from etl.exchange.errors import (
     UnknownSymbols,
     WeightBudgetExhausted,
 )
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.exchange.governor import WeightGovernor
 from etl.staging.store import Staging
 from tests.conftest import VirtualClock
@@ -39,7 +39,7 @@ def test_one_request_per_poll_whatever_the_number_of_symbols(
     vclock: VirtualClock, count: int
 ) -> None:
     with FakeExchange(count, clock=vclock) as ex, client_for(ex, vclock) as client:
-        symbols = list(ex.symbols)
+        symbols = list(ex.market.symbols)
         poll = client.prices(symbols)
         assert len(ticker_requests(ex)) == 1
         assert poll.symbols == symbols and len(poll.prices) == count

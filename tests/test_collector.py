@@ -21,7 +21,7 @@ from etl.collect.running import RunningMetrics
 from etl.collect.view import CollectorView
 from etl.config import Settings
 from etl.errors import ConfigError
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.staging.store import Staging
 from tests.conftest import VirtualClock
 
@@ -197,7 +197,10 @@ def test_weight_stays_within_budget_with_many_symbols_at_a_short_interval(
 ) -> None:
     with FakeExchange(3000, weight_limit=200, clock=vclock) as ex:
         settings = replace(
-            with_url(vsettings, ex), symbols=tuple(ex.symbols), interval_s=0.5, weight_budget=0.5
+            with_url(vsettings, ex),
+            symbols=tuple(ex.market.symbols),
+            interval_s=0.5,
+            weight_budget=0.5,
         )
         stats, _ = collect(settings, vclock, polls=600)  # five virtual minutes
         assert ex.max_weight_used() <= 100

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from etl.config import Settings
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.staging.store import Staging
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import seed_ticks

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from etl.exchange.errors import BadResponse
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.exchange.parse import ExchangeInfo, parse_exchange_info, parse_prices
 from tests.conftest import FIXTURES
 

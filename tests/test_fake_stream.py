@@ -19,7 +19,7 @@ from websockets.http11 import Response
 from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
 
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.exchange.fake.stream import StreamRules
 from tests.conftest import VirtualClock
 
@@ -72,7 +72,7 @@ def closed_by_server(ws: ClientConnection, timeout: float = 5.0) -> ConnectionCl
 def test_combined_stream_events_equal_the_rest_trades(
     ex: FakeExchange, vclock: VirtualClock
 ) -> None:
-    start_ids = {s: ex.last_trade_id(s) for s in SYMBOLS}
+    start_ids = {s: ex.market.last_trade_id(s) for s in SYMBOLS}
     with open_ws(ex, COMBINED) as ws:
         advance(ex, vclock, 150)
         messages = drain(ws)
@@ -86,7 +86,7 @@ def test_combined_stream_events_equal_the_rest_trades(
         assert {g["s"] for g in got} == {symbol} and {g["e"] for g in got} == {"aggTrade"}
         assert all(g["T"] <= g["E"] <= now_ms for g in got)
         ids = [g["a"] for g in got]
-        assert ids == list(range(start_ids[symbol] + 1, ex.last_trade_id(symbol) + 1))
+        assert ids == list(range(start_ids[symbol] + 1, ex.market.last_trade_id(symbol) + 1))
         rest = requests.get(
             ex.url + "/api/v3/aggTrades",
             params={"symbol": symbol, "fromId": ids[0], "limit": 1000},
@@ -212,7 +212,7 @@ def test_a_connection_lives_no_longer_than_its_lifetime(vclock: VirtualClock) ->
 
 def test_at_most_1024_streams_per_connection(vclock: VirtualClock) -> None:
     with FakeExchange(1100, clock=vclock) as ex:
-        names = [s.lower() + "@aggTrade" for s in ex.symbols]
+        names = [s.lower() + "@aggTrade" for s in ex.market.symbols]
         with open_ws(ex, "/stream?streams=" + "/".join(names[:1024])) as ws:
             ws.send(json.dumps({"method": "SUBSCRIBE", "params": [names[1024]], "id": 7}))
             refused = json.loads(ws.recv(timeout=5))

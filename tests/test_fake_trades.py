@@ -14,7 +14,8 @@ import pytest
 import requests
 
 from etl.config import DEFAULT_SYMBOLS, SYMBOL_RE
-from etl.exchange.fake.exchange import REAL_SYMBOLS, FakeExchange, served, split_symbol
+from etl.exchange.fake.market import REAL_SYMBOLS, Market, split_symbol
+from etl.exchange.fake.rest import FakeExchange, served
 from tests.conftest import FIXTURES, VirtualClock
 
 MINUTE = 60_000
@@ -33,7 +34,7 @@ def ok(ex: FakeExchange, path: str, **params: Any) -> Any:
 
 
 @pytest.fixture
-def market(vclock: VirtualClock) -> Iterator[FakeExchange]:
+def fake(vclock: VirtualClock) -> Iterator[FakeExchange]:
     vclock.now += 25.5  # mid-minute: the current minute is partly traded
     with FakeExchange(SYMBOLS, clock=vclock, ws=False) as ex:
         yield ex
@@ -89,7 +90,7 @@ def kline_fields(row: list[Any]) -> tuple[Decimal, ...]:
 
 def test_symbols_are_real_pairs_first_then_plausible_generated_ones() -> None:
     ex = FakeExchange(3000, ws=False)
-    names = list(ex.symbols)
+    names = list(ex.market.symbols)
     assert names[:5] == list(DEFAULT_SYMBOLS)
     assert len(names) == len(set(names)) == 3000
     assert {"DOGEUSDT", "ADAUSDT", "ETHBTC", "BNBBTC"} <= set(names[:110])
@@ -103,15 +104,15 @@ def test_symbols_are_real_pairs_first_then_plausible_generated_ones() -> None:
     assert set(quotes) == {"USDT", "BTC", "ETH", "FDUSD", "TRY", "EUR"}
     assert quotes.count("USDT") > len(quotes) / 3
     assert all(3 <= len(split_symbol(s)[0]) <= 6 for s in generated)
-    assert list(FakeExchange(3000, ws=False).symbols) == names  # deterministic
+    assert list(FakeExchange(3000, ws=False).market.symbols) == names  # deterministic
     ex.stop()
 
 
 def test_exchange_info_carries_price_and_lot_filters_like_the_recorded_one(
-    market: FakeExchange,
+    fake: FakeExchange,
 ) -> None:
     recorded = json.loads((FIXTURES / "exchange_info_excerpt_2025.json").read_text())["symbols"][0]
-    served = ok(market, "/api/v3/exchangeInfo")["symbols"]
+    served = ok(fake, "/api/v3/exchangeInfo")["symbols"]
     recorded_filters = {f["filterType"]: f for f in recorded["filters"]}
     for info in served:
         assert set(info) <= set(recorded)
@@ -121,8 +122,8 @@ def test_exchange_info_carries_price_and_lot_filters_like_the_recorded_one(
         for kind in ("PRICE_FILTER", "LOT_SIZE"):
             assert set(filters[kind]) == set(recorded_filters[kind])
         tick = filters["PRICE_FILTER"]["tickSize"]
-        assert Decimal(tick) == market.tick_size(info["symbol"])
-        assert Decimal(filters["LOT_SIZE"]["stepSize"]) == market.step_size(info["symbol"])
+        assert Decimal(tick) == fake.market.tick_size(info["symbol"])
+        assert Decimal(filters["LOT_SIZE"]["stepSize"]) == fake.market.step_size(info["symbol"])
     ticks = {i["symbol"]: i["filters"][0]["tickSize"] for i in served}
     assert ticks["BTCUSDT"] == "0.01000000"
     assert ticks["XRPUSDT"] == "0.00010000"
@@ -138,138 +139,140 @@ def test_ticker_prices_are_multiples_of_the_tick_with_eight_decimals(vclock: Vir
                 whole, _, frac = row["price"].partition(".")
                 assert whole.isdigit() and len(frac) == 8, row
                 price = Decimal(row["price"])
-                assert price > 0 and price % ex.tick_size(row["symbol"]) == 0, row
+                assert price > 0 and price % ex.market.tick_size(row["symbol"]) == 0, row
 
 
 # -- trades and klines -------------------------------------------------------------------------
 
 
-def test_every_minute_of_trades_aggregates_to_its_kline_exactly(market: FakeExchange) -> None:
-    now = now_ms(market)
+def test_every_minute_of_trades_aggregates_to_its_kline_exactly(fake: FakeExchange) -> None:
+    now = now_ms(fake)
     end = now // MINUTE * MINUTE  # the current minute is still open
     start = end - 90 * MINUTE
     for symbol in SYMBOLS:
         klines = ok(
-            market, "/api/v3/klines", symbol=symbol, interval="1m", startTime=start, limit=1000
+            fake, "/api/v3/klines", symbol=symbol, interval="1m", startTime=start, limit=1000
         )
         closed = [k for k in klines if k[0] < end]
         assert [k[0] for k in closed] == list(range(start, end, MINUTE))
-        trades = trades_between(market, symbol, start, end - 1)
+        trades = trades_between(fake, symbol, start, end - 1)
         for k in closed:
             minute = [t for t in trades if k[0] <= t["T"] <= k[6]]
             assert len(minute) >= 4
             assert aggregate(minute) == kline_fields(k), (symbol, k[0])
-            assert [t.row() for t in market.trades(symbol, k[0] // MINUTE)] == minute
+            assert [t.row() for t in fake.market.trades(symbol, k[0] // MINUTE)] == minute
 
 
-def test_hourly_bars_from_trades_equal_the_1h_klines(market: FakeExchange) -> None:
-    end = now_ms(market) // HOUR * HOUR
+def test_hourly_bars_from_trades_equal_the_1h_klines(fake: FakeExchange) -> None:
+    end = now_ms(fake) // HOUR * HOUR
     start = end - 3 * HOUR
     for symbol in SYMBOLS:
-        hours = ok(market, "/api/v3/klines", symbol=symbol, interval="1h", startTime=start)
+        hours = ok(fake, "/api/v3/klines", symbol=symbol, interval="1h", startTime=start)
         closed = [k for k in hours if k[0] < end]
         assert len(closed) == 3
-        trades = trades_between(market, symbol, start, end - 1)
+        trades = trades_between(fake, symbol, start, end - 1)
         for k in closed:
             assert aggregate([t for t in trades if k[0] <= t["T"] <= k[6]]) == kline_fields(k)
 
 
-def test_the_open_minute_shows_only_what_has_traded(market: FakeExchange) -> None:
-    now = now_ms(market)
+def test_the_open_minute_shows_only_what_has_traded(fake: FakeExchange) -> None:
+    now = now_ms(fake)
     for symbol in SYMBOLS:
-        kline = ok(market, "/api/v3/klines", symbol=symbol, interval="1m", limit=1)[-1]
+        kline = ok(fake, "/api/v3/klines", symbol=symbol, interval="1m", limit=1)[-1]
         assert kline[0] == now // MINUTE * MINUTE
-        so_far = [t for t in market.trades(symbol, now // MINUTE) if now >= t.T]
-        assert so_far and len(so_far) < len(market.trades(symbol, now // MINUTE))
+        so_far = [t for t in fake.market.trades(symbol, now // MINUTE) if now >= t.T]
+        assert so_far and len(so_far) < len(fake.market.trades(symbol, now // MINUTE))
         assert kline_fields(kline) == aggregate([t.row() for t in so_far])
-        ticker = ok(market, "/api/v3/ticker/price", symbol=symbol)["price"]
+        ticker = ok(fake, "/api/v3/ticker/price", symbol=symbol)["price"]
         assert ticker == so_far[-1].p  # the price of the last trade at or before now
-        recent = ok(market, "/api/v3/aggTrades", symbol=symbol)
+        recent = ok(fake, "/api/v3/aggTrades", symbol=symbol)
         assert len(recent) == 500 and recent[-1]["a"] == so_far[-1].a
-        assert market.last_trade_id(symbol) == so_far[-1].a
+        assert fake.market.last_trade_id(symbol) == so_far[-1].a
 
 
-def test_future_trades_are_never_served(market: FakeExchange, vclock: VirtualClock) -> None:
-    now = now_ms(market)
-    last = market.last_trade_id("BTCUSDT")
-    later = ok(market, "/api/v3/aggTrades", symbol="BTCUSDT", fromId=last - 2, limit=1000)
+def test_future_trades_are_never_served(fake: FakeExchange, vclock: VirtualClock) -> None:
+    now = now_ms(fake)
+    last = fake.market.last_trade_id("BTCUSDT")
+    later = ok(fake, "/api/v3/aggTrades", symbol="BTCUSDT", fromId=last - 2, limit=1000)
     assert [r["a"] for r in later] == [last - 2, last - 1, last]
-    assert ok(market, "/api/v3/aggTrades", symbol="BTCUSDT", fromId=last + 1) == []
+    assert ok(fake, "/api/v3/aggTrades", symbol="BTCUSDT", fromId=last + 1) == []
     window = ok(
-        market, "/api/v3/aggTrades", symbol="BTCUSDT", startTime=now - 50_000, endTime=now + 60_000
+        fake, "/api/v3/aggTrades", symbol="BTCUSDT", startTime=now - 50_000, endTime=now + 60_000
     )
     assert window and max(r["T"] for r in window) <= now
     vclock.now += 120
-    moved = ok(market, "/api/v3/aggTrades", symbol="BTCUSDT", fromId=last + 1, limit=1000)
-    assert moved[0]["a"] == last + 1 and max(r["T"] for r in moved) <= now_ms(market)
+    moved = ok(fake, "/api/v3/aggTrades", symbol="BTCUSDT", fromId=last + 1, limit=1000)
+    assert moved[0]["a"] == last + 1 and max(r["T"] for r in moved) <= now_ms(fake)
 
 
 def test_the_ticker_follows_the_trades_as_the_clock_moves(
-    market: FakeExchange, vclock: VirtualClock
+    fake: FakeExchange, vclock: VirtualClock
 ) -> None:
     for _ in range(40):
         vclock.now += 1.7
-        at = now_ms(market)
-        price = ok(market, "/api/v3/ticker/price", symbol="XRPUSDT")["price"]
-        minute = market.trades("XRPUSDT", at // MINUTE)
+        at = now_ms(fake)
+        price = ok(fake, "/api/v3/ticker/price", symbol="XRPUSDT")["price"]
+        minute = fake.market.trades("XRPUSDT", at // MINUTE)
         done = [t for t in minute if at >= t.T]
-        expected = done[-1].p if done else market.trades("XRPUSDT", at // MINUTE - 1)[-1].p
+        expected = done[-1].p if done else fake.market.trades("XRPUSDT", at // MINUTE - 1)[-1].p
         assert price == expected
-        assert market.price("XRPUSDT", at) == float(expected)
+        assert fake.market.price("XRPUSDT", at) == float(expected)
 
 
 # -- aggTrades paging, windows, weight, errors ---------------------------------------------------
 
 
-def test_paging_by_from_id_gives_every_id_once_and_in_order(market: FakeExchange) -> None:
-    now = now_ms(market)
-    first = market.agg_trades("ETHBTC", start_ms=now - 3 * HOUR, end_ms=now - 2 * HOUR, limit=1)
-    rows = page_from(market, "ETHBTC", first[0].a, now)
+def test_paging_by_from_id_gives_every_id_once_and_in_order(fake: FakeExchange) -> None:
+    now = now_ms(fake)
+    first = fake.market.agg_trades(
+        "ETHBTC", start_ms=now - 3 * HOUR, end_ms=now - 2 * HOUR, limit=1
+    )
+    rows = page_from(fake, "ETHBTC", first[0].a, now)
     ids = [r["a"] for r in rows]
     assert len(ids) > 2000  # several pages of 1000
     assert ids == list(range(ids[0], ids[0] + len(ids)))
-    assert ids[-1] == market.last_trade_id("ETHBTC")
+    assert ids[-1] == fake.market.last_trade_id("ETHBTC")
     assert all(b["f"] == a["l"] + 1 for a, b in itertools.pairwise(rows))
     assert all(r["l"] >= r["f"] for r in rows)
     assert all(b["T"] >= a["T"] for a, b in itertools.pairwise(rows))
     assert all(set(r) == {"a", "p", "q", "f", "l", "T", "m", "M"} and r["M"] is True for r in rows)
 
 
-def test_the_first_trade_is_at_the_listing(market: FakeExchange) -> None:
-    first = market.first_trade_id("BTCUSDT")
-    rows = ok(market, "/api/v3/aggTrades", symbol="BTCUSDT", fromId=0, limit=3)
+def test_the_first_trade_is_at_the_listing(fake: FakeExchange) -> None:
+    first = fake.market.first_trade_id("BTCUSDT")
+    rows = ok(fake, "/api/v3/aggTrades", symbol="BTCUSDT", fromId=0, limit=3)
     assert [r["a"] for r in rows] == [first, first + 1, first + 2]
-    assert rows[0]["T"] // MINUTE == market.listing_minute
+    assert rows[0]["T"] // MINUTE == fake.market.listing_minute
 
 
-def test_start_and_end_time_select_an_inclusive_window(market: FakeExchange) -> None:
-    now = now_ms(market)
+def test_start_and_end_time_select_an_inclusive_window(fake: FakeExchange) -> None:
+    now = now_ms(fake)
     minute = (now - 2 * HOUR) // MINUTE
-    model = [t for m in range(minute, minute + 3) for t in market.trades("SHIBUSDT", m)]
+    model = [t for m in range(minute, minute + 3) for t in fake.market.trades("SHIBUSDT", m)]
     start, end = model[5].T, model[-5].T  # boundaries on trade times: inclusive
-    rows = ok(market, "/api/v3/aggTrades", symbol="SHIBUSDT", startTime=start, endTime=end)
+    rows = ok(fake, "/api/v3/aggTrades", symbol="SHIBUSDT", startTime=start, endTime=end)
     assert [r["a"] for r in rows] == [t.a for t in model if start <= t.T <= end]
     assert rows[0]["T"] == start and rows[-1]["T"] == end
     limited = ok(
-        market, "/api/v3/aggTrades", symbol="SHIBUSDT", startTime=start, endTime=end, limit=7
+        fake, "/api/v3/aggTrades", symbol="SHIBUSDT", startTime=start, endTime=end, limit=7
     )
     assert limited == rows[:7]
-    only_start = ok(market, "/api/v3/aggTrades", symbol="SHIBUSDT", startTime=start, limit=1000)
+    only_start = ok(fake, "/api/v3/aggTrades", symbol="SHIBUSDT", startTime=start, limit=1000)
     assert only_start[: len(rows)] == rows and all(r["T"] >= start for r in only_start)
     exactly_an_hour = get(
-        market, "/api/v3/aggTrades", symbol="SHIBUSDT", startTime=start, endTime=start + HOUR
+        fake, "/api/v3/aggTrades", symbol="SHIBUSDT", startTime=start, endTime=start + HOUR
     )
     assert exactly_an_hour.status_code == 200
 
 
-def test_agg_trades_weight_is_counted(market: FakeExchange) -> None:
-    before = market.weight_used()
+def test_agg_trades_weight_is_counted(fake: FakeExchange) -> None:
+    before = fake.weight_used()
     used = []
     for _ in range(3):
-        resp = get(market, "/api/v3/aggTrades", symbol="BTCUSDT", limit=10)
+        resp = get(fake, "/api/v3/aggTrades", symbol="BTCUSDT", limit=10)
         used.append(int(resp.headers["X-MBX-USED-WEIGHT-1M"]))
     assert used == [before + 4, before + 8, before + 12]
-    assert market.weight_used() == before + 12
+    assert fake.weight_used() == before + 12
 
 
 @pytest.mark.parametrize(
@@ -286,9 +289,9 @@ def test_agg_trades_weight_is_counted(market: FakeExchange) -> None:
     ],
 )
 def test_agg_trades_bad_parameters_get_binance_error_codes(
-    market: FakeExchange, params: dict[str, Any], code: int
+    fake: FakeExchange, params: dict[str, Any], code: int
 ) -> None:
-    resp = get(market, "/api/v3/aggTrades", **params)
+    resp = get(fake, "/api/v3/aggTrades", **params)
     body = resp.json()
     assert resp.status_code == 400 and set(body) == {"code", "msg"}
     assert body["code"] == code and body["msg"]
@@ -299,29 +302,26 @@ def test_agg_trades_bad_parameters_get_binance_error_codes(
 
 
 def test_trades_are_deterministic_per_symbol_and_minute(vclock: VirtualClock) -> None:
-    one = FakeExchange(SYMBOLS, clock=vclock, ws=False)
-    two = FakeExchange(list(reversed(SYMBOLS)), clock=vclock, ws=False)
+    one = Market(SYMBOLS, clock=vclock)
+    two = Market(list(reversed(SYMBOLS)), clock=vclock)
     minute = int(vclock.now // 60) - 30
     two.trades("BTCUSDT", minute + 5)  # drawn in another order
     for symbol in SYMBOLS:
         assert one.trades(symbol, minute) == two.trades(symbol, minute)
-    other_seed = FakeExchange(SYMBOLS, clock=vclock, seed=8, ws=False)
+    other_seed = Market(SYMBOLS, clock=vclock, seed=8)
     assert other_seed.trades("BTCUSDT", minute) != one.trades("BTCUSDT", minute)
-    for ex in (one, two, other_seed):
-        ex.stop()
 
 
 def test_generating_twenty_thousand_trades_is_cheap(vclock: VirtualClock) -> None:
-    ex = FakeExchange(1000, clock=vclock, trades_per_minute=20, ws=False)
+    market = Market(1000, clock=vclock, trades_per_minute=20)
     minute = int(vclock.now // 60)
-    for symbol in ex.symbols:  # symbol set-up (walks, count patterns) is paid once
-        ex.candle(symbol, minute)
+    for symbol in market.symbols:  # symbol set-up (walks, count patterns) is paid once
+        market.candle(symbol, minute)
     started = time.perf_counter()
-    total = sum(len(ex.trades(symbol, minute + 1)) for symbol in ex.symbols)
+    total = sum(len(market.trades(symbol, minute + 1)) for symbol in market.symbols)
     spent = time.perf_counter() - started
     assert total > 15_000
     assert spent < 1.0, f"{total} trades took {spent:.2f} s"
-    ex.stop()
 
 
 def test_command_line_serves_trades_and_streams() -> None:

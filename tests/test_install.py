@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from etl.config import load_settings, setting_fields
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.hours import HOUR_MS, hour_floor
 from tests.conftest import start, wait_for
 from tests.pgutil import execute, query, seed_ticks

@@ -25,7 +25,7 @@ from rich.console import Console
 from etl.collect.loop import Collector
 from etl.collect.view import CollectorView
 from etl.config import Settings
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.hours import HOUR_MS, hour_floor
 from tests.conftest import VirtualClock, etl_env, run_etl
 from tests.pgutil import seed_ticks
@@ -167,7 +167,7 @@ def test_the_live_table_shows_prices_to_the_tick_the_hour_and_the_update_time(
             ).run(polls=3)
         finally:
             shutil.rmtree(with_dir.data_dir, ignore_errors=True)
-        ticks = {s: str(ex.tick_size(s)) for s in settings.symbols}
+        ticks = {s: str(ex.market.tick_size(s)) for s in settings.symbols}
     text = out.file.getvalue()  # type: ignore[attr-defined]
     frame = text.split("this hour")[-1]
     for symbol, tick in ticks.items():

@@ -24,7 +24,7 @@ import polars as pl
 import pytest
 
 from etl.config import Settings, load_settings
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.hours import HOUR_MS, hour_floor, iso
 from etl.jobs.rollup import run_rollup
 from etl.staging.store import Staging

@@ -16,7 +16,7 @@ import pytest
 from etl.bars import edge_missing, id_gaps, one_bar_per_hour, trade_bars
 from etl.collect.trade_feed import Chain, runs
 from etl.config import Settings
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.exchange.fake.stream import StreamRules
 from etl.exchange.parse import parse_agg_trades, parse_trade_events
 from etl.exchange.stream import MAX_STREAMS, TradeStream, stream_groups, stream_url
@@ -189,7 +189,7 @@ def test_more_than_1024_symbols_take_more_connections_each_within_the_limit() ->
     assert [len(g) for g in stream_groups([f"S{i}" for i in range(2049)])] == [1024, 1024, 1]
     assert stream_url("ws://h:1/", ["BTCUSDT"]) == "ws://h:1/stream?streams=btcusdt@aggTrade"
     with FakeExchange(1100, ws=StreamRules(ping_interval=1.0)) as ex:
-        symbols = sorted(ex.symbols)
+        symbols = sorted(ex.market.symbols)
         stream = TradeStream(ex.ws_url, symbols, exchange_ms=lambda: int(time.time() * 1000))
         stream.start()
         try:

@@ -28,7 +28,7 @@ from rich.console import Console
 from etl.collect.loop import Collector
 from etl.collect.view import CollectorView
 from etl.config import Settings, load_settings
-from etl.exchange.fake.exchange import FakeExchange
+from etl.exchange.fake.rest import FakeExchange
 from etl.exchange.fake.stream import StreamRules
 from etl.exchange.stream import DeliveryProof, StreamTimings
 from etl.hours import HOUR_MS, hour_floor, iso, utc
@@ -111,7 +111,7 @@ def wait_until(clock: FastClock, exchange_ms: int, timeout: float = 120) -> None
 
 def candles(ex: FakeExchange, hours: list[int]) -> pl.DataFrame:
     """The exchange's 1h candles (built by the fake from every trade of the hour)."""
-    rows = [(s, h, *ex.klines(s, HOUR_MS, h, h, 1)[0][1:9]) for s in SYMBOLS for h in hours]
+    rows = [(s, h, *ex.market.klines(s, HOUR_MS, h, h, 1)[0][1:9]) for s in SYMBOLS for h in hours]
     return pl.DataFrame(
         rows,
         schema=["symbol", "hour_ms", "o", "h", "l", "c", "v", "close_ms", "qv", "n"],
@@ -300,7 +300,7 @@ def test_a_hole_rest_cannot_fill_is_recorded_reported_and_backfilled_from_klines
     minutes = range(hour // 60_000, hour // 60_000 + 60)
     assert sorted(bars["symbol"]) == sorted(SYMBOLS)  # a trade bar for each: the loop runs
     for bar in bars.iter_rows(named=True):
-        made = sum(len(ex.trades(bar["symbol"], m)) for m in minutes)
+        made = sum(len(ex.market.trades(bar["symbol"], m)) for m in minutes)
         hole = holes.filter(pl.col("symbol") == bar["symbol"]).row(0, named=True)
         assert bar["source"] == "trade" and bar["ids_missing"] > 0
         assert bar["ids_missing"] == hole["before_id"] - hole["after_id"] - 1  # exactly the hole

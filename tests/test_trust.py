@@ -803,13 +803,13 @@ def fill(disk: Path, leave: int = 0) -> None:
 
 def test_a_full_disk_while_polling_is_named_as_such(settings: Settings, tiny_disk: Path) -> None:
     """Was: logged as "exchange unreachable ... database or disk is full"."""
-    from etl.exchange.fake.exchange import FakeExchange
+    from etl.exchange.fake.rest import FakeExchange
 
     with FakeExchange(2000, ws=False) as ex:
         polling = replace(
             settings,
             binance_url=ex.url,
-            symbols=tuple(ex.symbols),
+            symbols=tuple(ex.market.symbols),
             sqlite_path=tiny_disk / "ticks.sqlite3",
             interval_s=1.0,
         )

@@ -279,7 +279,7 @@ def demo(
     Example: etl demo --duration 60
     """
     from etl.collect.loop import Collector
-    from etl.exchange.fake.exchange import FakeExchange
+    from etl.exchange.fake.rest import FakeExchange
 
     overrides = ctx.find_root().obj["overrides"]
     # The fake lists real symbols, not whatever is configured: a typo is caught here too.

@@ -19,7 +19,7 @@ import polars as pl
 
 from etl.config import Settings
 from etl.errors import ConfigError
-from etl.exchange.fake.exchange import reference_price
+from etl.exchange.fake.market import reference_price
 from etl.hours import HOUR_MS, hour_floor, utc
 from etl.staging.store import Staging
 from etl.warehouse.store import open_warehouse

@@ -1,6 +1,6 @@
 """WebSocket market streams of the fake exchange: ``<symbol>@aggTrade``, raw and combined.
 
-Served by :class:`StreamServer`, which :class:`etl.exchange.fake.exchange.FakeExchange` owns: the same
+Served by :class:`StreamServer`, which :class:`etl.exchange.fake.rest.FakeExchange` owns: the same
 symbols and the same trades as its REST API. The documented behaviour of Binance's spot streams
 (developers.binance.com, "WebSocket Streams"):
 
@@ -51,7 +51,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 if TYPE_CHECKING:
-    from etl.exchange.fake.exchange import FakeExchange
+    from etl.exchange.fake.market import Market
 
 WS_FAULT_KINDS = ("drop", "silence", "duplicate", "reorder", "shutdown", "rotate")
 _COUNTED = {Opcode.PING, Opcode.PONG, Opcode.TEXT, Opcode.BINARY}
@@ -173,10 +173,11 @@ class StreamRules:
 
 
 class StreamServer:
-    """The WebSocket side of a :class:`FakeExchange`, on its own thread and event loop."""
+    """The WebSocket side of the fake exchange: the streams of a :class:`Market`, on their own
+    thread and event loop."""
 
-    def __init__(self, exchange: FakeExchange, rules: StreamRules | None = None) -> None:
-        self.exchange = exchange
+    def __init__(self, market: Market, rules: StreamRules | None = None) -> None:
+        self.market = market
         self.rules = rules or StreamRules()
         port = self.rules.port
         # Bound now, as the HTTP server is, so that the URL is known before start().
@@ -357,7 +358,7 @@ class StreamServer:
         if kind != "aggTrade" or name != name.lower():
             return None
         symbol = name.upper()
-        return symbol if symbol in self.exchange.symbols else None
+        return symbol if symbol in self.market.symbols else None
 
     def _subscribe(self, state: _State, streams: list[str]) -> None:
         now_ms = None
@@ -366,8 +367,8 @@ class StreamServer:
             state.streams[stream] = symbol
             if symbol is not None and symbol not in self._cursor:
                 if now_ms is None:
-                    now_ms = int(self.exchange.clock() * 1000)
-                self._cursor[symbol] = self.exchange.last_trade_id(symbol, now_ms)
+                    now_ms = int(self.market.clock() * 1000)
+                self._cursor[symbol] = self.market.last_trade_id(symbol, now_ms)
 
     def _on_frame(self, state: _State, opcode: Opcode) -> None:
         now = time.monotonic()
@@ -526,19 +527,19 @@ class StreamServer:
 
     def _new_trades(self, states: list[_State], now_ms: int) -> dict[str, list[tuple[int, str]]]:
         """Per symbol, ``(trade time, event JSON)`` of every trade since the last pump."""
-        ex = self.exchange
+        market = self.market
         wanted = {sym for s in states for sym in s.streams.values() if sym is not None}
         for gone in set(self._cursor) - wanted:
             del self._cursor[gone]
         out: dict[str, list[tuple[int, str]]] = {}
-        with ex._lock:
+        with market.lock:
             for symbol in wanted:
-                if symbol not in ex.symbols:
+                if symbol not in market.symbols:
                     continue
                 cursor = self._cursor.get(symbol)
                 if cursor is None:
-                    cursor = self._cursor[symbol] = ex.last_trade_id(symbol, now_ms)
-                trades = ex.agg_trades(symbol, from_id=cursor + 1, limit=_ALL, now_ms=now_ms)
+                    cursor = self._cursor[symbol] = market.last_trade_id(symbol, now_ms)
+                trades = market.agg_trades(symbol, from_id=cursor + 1, limit=_ALL, now_ms=now_ms)
                 if not trades:
                     continue
                 self._cursor[symbol] = trades[-1].a
@@ -582,7 +583,7 @@ class StreamServer:
 
     async def _tick(self) -> int:
         now = time.monotonic()
-        now_ms = int(self.exchange.clock() * 1000)
+        now_ms = int(self.market.clock() * 1000)
         with self._mutex:
             for sid in [sid for sid, s in self._states.items() if s.ws.state is State.CLOSED]:
                 self._states[sid].closing = True
@@ -595,7 +596,7 @@ class StreamServer:
         sent = sum(self._deliver(s, fresh, now) for s in states)
         if now_ms % 60_000 >= 40_000:
             # the next minute's trades, a few symbols a pump, rather than all at its first pump
-            self.exchange.prefetch(
+            self.market.prefetch(
                 sorted(self._cursor), now_ms // 60_000 + 1, self.rules.pump_interval / 5
             )
         return sent

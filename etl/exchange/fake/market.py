@@ -1,17 +1,11 @@
-"""A Binance-compatible HTTP and WebSocket server on 127.0.0.1 for tests, benchmarks and ``just demo``.
-
-It follows the documented spot REST contract (docs/binance.md, and the recorded payloads in
-``tests/fixtures/binance``): ``ping``, ``time``, ``exchangeInfo``, ``ticker/price`` (single, list,
-all), ``klines`` and ``aggTrades``; request weights counted per minute and reported in
-``X-MBX-USED-WEIGHT-1M``; 429 past the limit and 418 for a client that ignores ``Retry-After``;
-``{"code", "msg"}`` error bodies. Faults can be injected: any status with ``Retry-After``, slow
-responses, dropped connections, non-JSON bodies, bad elements, a wrong shape. The same object
-serves ``<symbol>@aggTrade`` market streams over WebSocket (:mod:`etl.exchange.fake.stream`, ``ws_url``).
+"""The fake exchange's market: symbols with prices, tick and lot sizes, minute candles and every
+aggregate trade, all deterministic from a seed. The REST server (:mod:`etl.exchange.fake.rest`) and
+the streams (:mod:`etl.exchange.fake.stream`) serve the same market.
 
 Symbols are real spot pairs first (``DEFAULT_SYMBOLS``, then about a hundred well-known ones),
 then generated ``<BASE><QUOTE>`` names. Each has a tick size and a lot size fitting its price.
 
-The market model, all in integer ticks and lots so that every sum is exact:
+The model, all in integer ticks and lots so that every sum is exact:
 
 * minute candles (open, high, low, close) are a random walk per symbol, each drawn once;
 * every minute holds aggregate trades, drawn lazily and deterministically per (symbol, minute):
@@ -23,20 +17,14 @@ The market model, all in integer ticks and lots so that every sum is exact:
 * the ticker's price at ``t`` is the price of the last trade at or before ``t``; nothing later
   than the clock's now is ever served.
 
->>> with FakeExchange(symbols=["BTCUSDT", "ETHUSDT"]) as ex:     # doctest: +SKIP
-...     requests.get(ex.url + "/api/v3/ticker/price?symbol=BTCUSDT").json()
-{'symbol': 'BTCUSDT', 'price': '60262.05000000'}
-
-Run it alone with ``python -m etl.exchange.fake.exchange --port 8765 --symbols 3000``.
+>>> Market(["BTCUSDT"]).tick_size("BTCUSDT")
+Decimal('0.01')
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
-import contextlib
 import itertools
-import json
 import math
 import random
 import threading
@@ -45,36 +33,15 @@ import zlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
-from urllib.parse import parse_qs, urlsplit
 
-from etl.config import DEFAULT_SYMBOLS, SYMBOL_RE
-from etl.exchange.fake.stream import StreamRules, StreamServer, WsFault
+from etl.config import DEFAULT_SYMBOLS
 from etl.hours import HOUR_MS, MINUTE_MS
 
-KLINE_INTERVALS_MS = {
-    "1m": 60_000,
-    "3m": 180_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "30m": 1_800_000,
-    "1h": 3_600_000,
-    "2h": 7_200_000,
-    "4h": 14_400_000,
-    "1d": 86_400_000,
-}
-WEIGHTS = {
-    "/api/v3/ping": 1,
-    "/api/v3/time": 1,
-    "/api/v3/exchangeInfo": 20,
-    "/api/v3/klines": 2,
-    "/api/v3/aggTrades": 4,
-}
-AGG_TRADES_LIMIT = 1000
 MIN_TRADES_PER_MINUTE = 4  # an open, a high, a low and a close each need a trade of their own
+
 
 # Approximate prices in quote units (mid 2024): they set each symbol's level, tick and lot sizes.
 _REAL_PRICES: dict[str, float] = {
@@ -191,6 +158,8 @@ _REAL_PRICES: dict[str, float] = {
     "SOLEUR": 138.0,
     "XRPEUR": 0.55,
 }
+
+
 REAL_SYMBOLS: tuple[str, ...] = tuple(_REAL_PRICES)
 
 
@@ -211,26 +180,19 @@ _QUOTE_USD = {
     "ETH": 2600.0,
     "BNB": 580.0,
 }
+
+
 _QUOTES_LONGEST_FIRST = sorted(_QUOTE_USD, key=len, reverse=True)
+
+
 # Quotes of generated symbols, weighted roughly as Binance's listings are (out of 100).
 _GENERATED_QUOTES = (("USDT", 50), ("FDUSD", 10), ("BTC", 15), ("ETH", 8), ("TRY", 10), ("EUR", 7))
-_SYLLABLES = [c + v for c in "BDFGKLMNPRSTVXZ" for v in "AEIOU"]
-_COUNT_PERIOD = 97  # prime: the trade-count pattern never lines up with hours or days
 
-_BAD_ELEMENTS: list[Any] = [
-    {"symbol": "BTCUSDT"},  # no price
-    {"price": "1.0"},  # no symbol
-    {"symbol": "ETHUSDT", "price": "abc"},
-    {"symbol": "ETHUSDT", "price": "-1.5"},
-    {"symbol": "ETHUSDT", "price": "0"},
-    {"symbol": "ETHUSDT", "price": "NaN"},
-    {"symbol": "ETHUSDT", "price": "Infinity"},
-    {"symbol": 42, "price": "1.0"},
-    {"symbol": "NOTREQUESTED", "price": "1.0"},
-    None,
-    7,
-    "BTCUSDT",
-]
+
+_SYLLABLES = [c + v for c in "BDFGKLMNPRSTVXZ" for v in "AEIOU"]
+
+
+_COUNT_PERIOD = 97  # prime: the trade-count pattern never lines up with hours or days
 
 
 def _generated_quote(i: int) -> str:
@@ -393,63 +355,12 @@ class _Minute:
         return vol, quote, count, tb_vol, tb_quote
 
 
-@dataclass
-class Fault:
-    """A misbehaviour served to the next ``times`` requests whose path starts with ``path``.
-
-    kinds: ``status`` (HTTP ``status`` with a ``{"code","msg"}`` body and optional
-    ``Retry-After``; with ``body_delay`` the status line and headers go out at once and the body
-    that many seconds later), ``slow`` (sleep ``delay`` s, then answer), ``drop`` (close the
-    connection without answering), ``garbage`` (200 with an HTML body), ``bad_elements`` (valid
-    prices mixed with malformed ones), ``shape`` (200 with an object where an array belongs).
-    """
-
-    kind: str
-    path: str = "/api/v3/ticker/price"
-    skip: int = 0  # matching requests served normally before the fault starts
-    status: int = 503
-    retry_after: float | None = None
-    delay: float = 6.0
-    times: int = 1
-    code: int = -1000
-    body_delay: float = 0.0
-
-
-_BODY_DELAY = "X-Fake-Body-Delay"  # between handle() and the handler only; never sent
-
-
-@dataclass
-class Request:
-    at: float
-    path: str
-    query: str
-    status: int
-
-
-@dataclass
-class _State:
-    weight_limit: int
-    ban_s: float
-    used: dict[int, int] = field(default_factory=dict)
-    retry_until: float = 0.0
-    banned_until: float = 0.0
-    faults: list[Fault] = field(default_factory=list)
-    log: list[Request] = field(default_factory=list)
-    violations: int = 0
-
-
-def _bad(code: int, msg: str) -> tuple[int, Any, dict[str, str]]:
-    return 400, {"code": code, "msg": msg}, {}
-
-
-class FakeExchange:
-    """The server. Start with ``with FakeExchange(...) as ex`` or ``start()``/``stop()``.
+class Market:
+    """The symbols and their trades. Thread-safe (one lock for the caches).
 
     ``trades_per_minute`` is the mean number of aggregate trades per symbol and minute (at least
-    4); ``history_days`` how far back before the start trades and klines exist (the listing).
-    ``ws`` shapes the WebSocket side (:class:`etl.exchange.fake.stream.StreamRules`: Binance's figures by
-    default, compressible for tests; ``False`` serves REST only). WebSocket timers run on the real
-    monotonic clock; trades follow ``clock``.
+    4); ``history_days`` how far back before the start trades and klines exist (the listing);
+    ``clock`` the market's now (trades after it are never served).
     """
 
     def __init__(
@@ -457,15 +368,11 @@ class FakeExchange:
         symbols: int | Sequence[str] = DEFAULT_SYMBOLS,
         *,
         statuses: dict[str, str] | None = None,
-        weight_limit: int = 6000,
-        ban_s: float = 120.0,
         seed: int = 7,
         volatility: float = 0.0008,
         trades_per_minute: int = 20,
         history_days: float = 30.0,
-        port: int = 0,
         clock: Callable[[], float] = time.time,
-        ws: StreamRules | bool = True,
     ) -> None:
         names = symbol_names(symbols) if isinstance(symbols, int) else list(symbols)
         self.symbols: dict[str, str] = dict.fromkeys(names, "TRADING")
@@ -474,7 +381,6 @@ class FakeExchange:
         self.seed = seed
         self.volatility = volatility
         self.trades_per_minute = max(MIN_TRADES_PER_MINUTE, int(trades_per_minute))
-        self.state = _State(weight_limit=weight_limit, ban_s=ban_s)
         self._specs: dict[str, _Spec] = {}
         self._walks: dict[str, _Walk] = {}
         # Trades are regenerated on demand, so both caches are bounded; summaries are small.
@@ -485,101 +391,15 @@ class FakeExchange:
         self._cache_cap = max(250_000, 3 * len(names) * self.trades_per_minute)
         self._anchor = int(clock() * 1000) // MINUTE_MS
         self.listing_minute = self._anchor - int(history_days * 1440)
-        self._lock = threading.RLock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-        self._server.daemon_threads = True
-        self._server.exchange = self  # type: ignore[attr-defined]
-        self._thread: threading.Thread | None = None
-        self.stream: StreamServer | None = (
-            StreamServer(self, ws if isinstance(ws, StreamRules) else None) if ws else None
-        )
-
-    # -- control -------------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    @property
-    def ws_url(self) -> str:
-        """``ws://127.0.0.1:PORT``: append ``/ws/<stream>`` or ``/stream?streams=a/b``."""
-        if self.stream is None:
-            raise RuntimeError("this FakeExchange was made with ws=False")
-        return self.stream.url
-
-    def start(self) -> FakeExchange:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        if self.stream is not None:
-            self.stream.start()
-        return self
-
-    def stop(self) -> None:
-        if self.stream is not None:
-            self.stream.stop()
-        if self._thread is not None:  # shutdown() waits for a serve_forever() that must exist
-            self._server.shutdown()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> FakeExchange:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def inject(self, kind: str, **kwargs: Any) -> Fault:
-        fault = Fault(kind, **kwargs)
-        with self._lock:
-            self.state.faults.append(fault)
-        return fault
-
-    def inject_ws(self, kind: str, **kwargs: Any) -> WsFault:
-        """A WebSocket fault (see :class:`etl.exchange.fake.stream.WsFault`): ``drop``, ``silence``,
-        ``duplicate``, ``reorder``, ``shutdown`` or ``rotate``."""
-        if self.stream is None:
-            raise RuntimeError("this FakeExchange was made with ws=False")
-        return self.stream.inject(kind, **kwargs)
-
-    def pump(self, timeout: float = 10.0) -> int:
-        """Push every trade up to the clock's now to the WebSocket clients, now; the events sent.
-
-        With a virtual clock, call it after moving the clock; the background pump does the same
-        every ``StreamRules.pump_interval`` seconds of real time anyway."""
-        if self.stream is None:
-            raise RuntimeError("this FakeExchange was made with ws=False")
-        return self.stream.pump(timeout)
+        self.lock = threading.RLock()
 
     def set_status(self, symbol: str, status: str | None) -> None:
-        """Change a symbol's status; ``None`` delists it (requests for it then fail with -1121)."""
-        with self._lock:
+        """Change a symbol's status; ``None`` delists it."""
+        with self.lock:
             if status is None:
                 self.symbols.pop(symbol, None)
             else:
                 self.symbols[symbol] = status
-
-    @property
-    def requests(self) -> list[Request]:
-        with self._lock:
-            return list(self.state.log)
-
-    @property
-    def violations(self) -> int:
-        """Requests that arrived while a 429's or 418's ``Retry-After`` was still running."""
-        return self.state.violations
-
-    def weight_used(self, at: float | None = None) -> int:
-        with self._lock:
-            return self.state.used.get(int((self.clock() if at is None else at) // 60), 0)
-
-    def max_weight_used(self) -> int:
-        with self._lock:
-            return max(self.state.used.values(), default=0)
-
-    # -- market model --------------------------------------------------------------------------
 
     def _spec(self, symbol: str) -> _Spec:
         spec = self._specs.get(symbol)
@@ -620,15 +440,15 @@ class FakeExchange:
     def tick_size(self, symbol: str) -> Decimal:
         """The symbol's ``PRICE_FILTER`` ``tickSize``: every price it trades at is a multiple.
 
-        >>> FakeExchange(ws=False).tick_size("BTCUSDT")
+        >>> Market(["BTCUSDT"]).tick_size("BTCUSDT")
         Decimal('0.01')
         """
-        with self._lock:
+        with self.lock:
             return Decimal(1).scaleb(-self._spec(symbol).price_dp)
 
     def step_size(self, symbol: str) -> Decimal:
         """The symbol's ``LOT_SIZE`` ``stepSize``: every quantity is a multiple."""
-        with self._lock:
+        with self.lock:
             return Decimal(1).scaleb(-self._spec(symbol).qty_dp)
 
     def _ticks(self, symbol: str, minute: int) -> tuple[int, int, int, int]:
@@ -648,7 +468,7 @@ class FakeExchange:
 
     def candle(self, symbol: str, minute: int) -> tuple[float, float, float, float]:
         """The minute's whole candle (open, high, low, close), known before its trades happen."""
-        with self._lock:
+        with self.lock:
             scale = 10 ** self._spec(symbol).price_dp
             o, h, lo, c = self._ticks(symbol, minute)
             return (o / scale, h / scale, lo / scale, c / scale)
@@ -674,7 +494,7 @@ class FakeExchange:
         for symbol in symbols:
             if time.perf_counter() > deadline:
                 break
-            with self._lock:
+            with self.lock:
                 if (symbol, minute) not in self._minutes and symbol in self.symbols:
                     self._minute(symbol, minute)
                     drawn += 1
@@ -723,7 +543,7 @@ class FakeExchange:
 
     def trades(self, symbol: str, minute: int) -> list[AggTrade]:
         """All of the minute's aggregate trades (the model: future ones too, unlike the REST API)."""
-        with self._lock:
+        with self.lock:
             return self._agg_rows(symbol, self._minute(symbol, minute), 0, None)
 
     def _agg_rows(self, symbol: str, mt: _Minute, lo: int, hi: int | None) -> list[AggTrade]:
@@ -749,7 +569,7 @@ class FakeExchange:
 
     def price_ticks(self, symbol: str, ts_ms: int) -> int:
         """The price of the last trade at or before ``ts_ms``, in ticks."""
-        with self._lock:
+        with self.lock:
             minute = ts_ms // MINUTE_MS
             mt = self._minute(symbol, minute)
             i = bisect.bisect_right(mt.times, ts_ms)
@@ -758,22 +578,22 @@ class FakeExchange:
 
     def price(self, symbol: str, ts_ms: int) -> float:
         """The price of the last trade at or before ``ts_ms``."""
-        with self._lock:
+        with self.lock:
             return self.price_ticks(symbol, ts_ms) / 10 ** self._spec(symbol).price_dp
 
     def price_text(self, symbol: str, ts_ms: int) -> str:
         """:meth:`price` as the ticker writes it: ``"60262.05000000"``."""
-        with self._lock:
+        with self.lock:
             return fmt8(self.price_ticks(symbol, ts_ms) * 10 ** (8 - self._spec(symbol).price_dp))
 
     def first_trade_id(self, symbol: str) -> int:
         """The id of the symbol's first aggregate trade (at its listing)."""
-        with self._lock:
+        with self.lock:
             return self._spec(symbol).first_ids(self.listing_minute)[0]
 
     def last_trade_id(self, symbol: str, ts_ms: int | None = None) -> int:
         """The id of the last aggregate trade at or before ``ts_ms`` (default: the clock's now)."""
-        with self._lock:
+        with self.lock:
             ts = int(self.clock() * 1000) if ts_ms is None else ts_ms
             mt = self._minute(symbol, ts // MINUTE_MS)
             return mt.first_a + bisect.bisect_right(mt.times, ts) - 1
@@ -792,7 +612,7 @@ class FakeExchange:
 
         ``from_id``: from that id on; ``start_ms``/``end_ms``: the trades in that window,
         oldest first; neither: the most recent ``limit``."""
-        with self._lock:
+        with self.lock:
             now = int(self.clock() * 1000) if now_ms is None else now_ms
             spec = self._spec(symbol)
             listing = self.listing_minute
@@ -862,7 +682,7 @@ class FakeExchange:
             first = last_open - (limit - 1) * step_ms
         first = max(first, listing_ms // step_ms * step_ms)
         rows: list[list[Any]] = []
-        with self._lock:
+        with self.lock:
             spec = self._spec(symbol)
             p_scale, q_scale = 10 ** (8 - spec.price_dp), 10 ** (8 - spec.qty_dp)
             pq_scale = 10 ** (8 - spec.price_dp - spec.qty_dp)
@@ -898,30 +718,7 @@ class FakeExchange:
                 )
         return rows
 
-    def exchange_info_body(self, names: Sequence[str]) -> dict[str, Any]:
-        return {
-            "timezone": "UTC",
-            "serverTime": int(self.clock() * 1000),
-            "rateLimits": [
-                {
-                    "rateLimitType": "REQUEST_WEIGHT",
-                    "interval": "MINUTE",
-                    "intervalNum": 1,
-                    "limit": self.state.weight_limit,
-                },
-                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
-                {
-                    "rateLimitType": "RAW_REQUESTS",
-                    "interval": "MINUTE",
-                    "intervalNum": 5,
-                    "limit": 61000,
-                },
-            ],
-            "exchangeFilters": [],
-            "symbols": [self._symbol_info(s) for s in names],
-        }
-
-    def _symbol_info(self, symbol: str) -> dict[str, Any]:
+    def symbol_info(self, symbol: str) -> dict[str, Any]:
         spec = self._spec(symbol)
         tick = fmt8(10 ** (8 - spec.price_dp))
         step = fmt8(10 ** (8 - spec.qty_dp))
@@ -954,213 +751,6 @@ class FakeExchange:
             "permissionSets": [["SPOT"]],
         }
 
-    # -- request handling ----------------------------------------------------------------------
-
-    def handle(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
-        """Route one request: ``(status, body, extra headers)``; a ``str`` body is sent raw."""
-        now = self.clock()
-        with self._lock:
-            st = self.state
-            if now < st.banned_until or now < st.retry_until:
-                st.violations += 1
-                st.banned_until = max(st.banned_until, now + st.ban_s)
-                return self._rate_error(418, st.banned_until - now)
-            weight = self._weight(path, query)
-            minute = int(now // 60)
-            st.used[minute] = st.used.get(minute, 0) + weight
-            if st.used[minute] > st.weight_limit:
-                st.retry_until = (minute + 1) * 60
-                return self._rate_error(429, st.retry_until - now)
-            fault = next((f for f in st.faults if path.startswith(f.path)), None)
-            if fault is not None and fault.skip > 0:
-                fault.skip -= 1
-                fault = None
-            elif fault is not None:
-                fault.times -= 1
-                if fault.times <= 0:
-                    st.faults.remove(fault)
-        if fault is not None:
-            served = self._serve_fault(fault, path, query, now)
-            if served is not None:
-                return served
-        return self._route(path, query)
-
-    def _weight(self, path: str, query: dict[str, list[str]]) -> int:
-        if path == "/api/v3/ticker/price":
-            return 2 if "symbol" in query else 4
-        return WEIGHTS.get(path, 1)
-
-    def _rate_error(self, status: int, retry_after: float) -> tuple[int, Any, dict[str, str]]:
-        msg = (
-            "Way too much request weight used; IP banned until later."
-            if status == 418
-            else f"Too much request weight used; current limit is {self.state.weight_limit} "
-            "request weight per 1 MINUTE."
-        )
-        return (
-            status,
-            {"code": -1003, "msg": msg},
-            {"Retry-After": str(max(1, math.ceil(retry_after)))},
-        )
-
-    def _serve_fault(
-        self, fault: Fault, path: str, query: dict[str, list[str]], now: float
-    ) -> tuple[int, Any, dict[str, str]] | None:
-        if fault.kind == "status":
-            headers = {}
-            if fault.retry_after is not None:
-                headers["Retry-After"] = str(fault.retry_after)
-                with self._lock:
-                    if fault.status == 429:
-                        self.state.retry_until = max(
-                            self.state.retry_until, now + fault.retry_after
-                        )
-                    elif fault.status == 418:
-                        self.state.banned_until = max(
-                            self.state.banned_until, now + fault.retry_after
-                        )
-            if fault.body_delay:
-                headers[_BODY_DELAY] = str(fault.body_delay)
-            return (
-                fault.status,
-                {"code": fault.code, "msg": f"Injected HTTP {fault.status}."},
-                headers,
-            )
-        if fault.kind == "slow":
-            time.sleep(fault.delay)
-            return None
-        if fault.kind == "drop":
-            return -1, None, {}
-        if fault.kind == "garbage":
-            return 200, "<html><body>502 Bad Gateway</body></html>", {"Content-Type": "text/html"}
-        if fault.kind == "shape":
-            return 200, {"symbol": "BTCUSDT", "prices": []}, {}
-        if fault.kind == "bad_elements":
-            status, body, headers = self._route(path, query)
-            body = json.loads(body) if isinstance(body, str) else body
-            headers.pop("Content-Type", None)
-            if status == 200 and isinstance(body, list):
-                body = body + _BAD_ELEMENTS
-                if body:
-                    body.append(dict(body[0]))  # a duplicate of a valid element
-            return status, body, headers
-        raise ValueError(f"unknown fault kind {fault.kind!r}")
-
-    def _symbols_param(self, query: dict[str, list[str]]) -> list[str] | tuple[int, Any, dict]:
-        raw = query["symbols"][0]
-        try:
-            names = json.loads(raw)
-        except ValueError:
-            names = None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
-            return (
-                400,
-                {"code": -1100, "msg": "Illegal characters found in parameter 'symbols'."},
-                {},
-            )
-        if len(set(names)) != len(names):
-            return 400, {"code": -1151, "msg": "Duplicate values for a parameter detected."}, {}
-        return names
-
-    def _agg_trades_route(
-        self, query: dict[str, list[str]], now_ms: int
-    ) -> tuple[int, Any, dict[str, str]]:
-        name = query.get("symbol", [""])[0]
-        if not name:
-            return _bad(
-                -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
-            )
-        ints: dict[str, int] = {}
-        for param in ("fromId", "startTime", "endTime", "limit"):
-            if param in query:
-                raw = query[param][0]
-                if not raw.isdigit() or len(raw) > 20:
-                    return _bad(
-                        -1100,
-                        f"Illegal characters found in parameter '{param}'; "
-                        "legal range is '^[0-9]{1,20}$'.",
-                    )
-                ints[param] = int(raw)
-        limit = ints.get("limit", 500)
-        if not 1 <= limit <= AGG_TRADES_LIMIT:
-            return _bad(-1130, "Data sent for parameter 'limit' is not valid.")
-        with self._lock:
-            if name not in self.symbols or not SYMBOL_RE.fullmatch(name):
-                return _bad(-1121, "Invalid symbol.")
-        start, end = ints.get("startTime"), ints.get("endTime")
-        if "fromId" in ints and (start is not None or end is not None):
-            return _bad(-1128, "Combination of optional parameters invalid.")
-        if start is not None and end is not None and end - start > HOUR_MS:
-            return _bad(-1127, "More than 1 hours between startTime and endTime.")
-        rows = self.agg_trades(
-            name, from_id=ints.get("fromId"), start_ms=start, end_ms=end, limit=limit, now_ms=now_ms
-        )
-        body = ",".join(
-            f'{{"a":{t.a},"p":"{t.p}","q":"{t.q}","f":{t.f},"l":{t.l},"T":{t.T},'
-            f'"m":{"true" if t.m else "false"},"M":true}}'
-            for t in rows
-        )
-        return 200, "[" + body + "]", {"Content-Type": "application/json;charset=UTF-8"}
-
-    def _route(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
-        invalid = (400, {"code": -1121, "msg": "Invalid symbol."}, {})
-        now_ms = int(self.clock() * 1000)
-        if path == "/api/v3/ping":
-            return 200, {}, {}
-        if path == "/api/v3/time":
-            return 200, {"serverTime": now_ms}, {}
-        if path == "/api/v3/exchangeInfo":
-            with self._lock:
-                if "symbols" in query or "symbol" in query:
-                    names = (
-                        self._symbols_param(query) if "symbols" in query else query["symbol"][:1]
-                    )
-                    if isinstance(names, tuple):
-                        return names
-                    if any(n not in self.symbols for n in names):
-                        return invalid
-                else:
-                    names = list(self.symbols)
-                return 200, self.exchange_info_body(names), {}
-        if path == "/api/v3/ticker/price":
-            with self._lock:
-                if "symbol" in query:
-                    name = query["symbol"][0]
-                    if name not in self.symbols:
-                        return invalid
-                    return 200, {"symbol": name, "price": self.price_text(name, now_ms)}, {}
-                names = self._symbols_param(query) if "symbols" in query else list(self.symbols)
-                if isinstance(names, tuple):
-                    return names
-                if any(n not in self.symbols for n in names):
-                    return invalid
-                body = ",".join(
-                    f'{{"symbol":"{n}","price":"{self.price_text(n, now_ms)}"}}' for n in names
-                )
-            return 200, "[" + body + "]", {"Content-Type": "application/json;charset=UTF-8"}
-        if path == "/api/v3/klines":
-            try:
-                name = query["symbol"][0]
-                step = KLINE_INTERVALS_MS[query["interval"][0]]
-                limit = int(query.get("limit", ["500"])[0])
-                start = int(query["startTime"][0]) if "startTime" in query else None
-                end = int(query["endTime"][0]) if "endTime" in query else None
-            except (KeyError, ValueError):
-                return (
-                    400,
-                    {"code": -1102, "msg": "Mandatory parameter was not sent or is invalid."},
-                    {},
-                )
-            if not 1 <= limit <= 1000:
-                return 400, {"code": -1130, "msg": "Invalid data sent for a parameter."}, {}
-            with self._lock:
-                if name not in self.symbols or not SYMBOL_RE.fullmatch(name):
-                    return invalid
-                return 200, self.klines(name, step, start, end, limit), {}
-        if path == "/api/v3/aggTrades":
-            return self._agg_trades_route(query, now_ms)
-        return 404, {"code": -1000, "msg": f"Unknown path {path}."}, {}
-
 
 def _full_sums(mt: _Minute) -> tuple[int, int, int, int, int]:
     vol = quote = tb_vol = tb_quote = 0
@@ -1172,103 +762,3 @@ def _full_sums(mt: _Minute) -> tuple[int, int, int, int, int]:
             tb_vol += lots
             tb_quote += notional
     return vol, quote, sum(mt.raws), tb_vol, tb_quote
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the real exchange
-    # One write per response, sent at once: headers and body in separate small writes meet
-    # Nagle's algorithm and delayed ACKs and cost 40 ms a request.
-    wbufsize = 1 << 16
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        exchange: FakeExchange = self.server.exchange  # type: ignore[attr-defined]
-        parts = urlsplit(self.path)
-        status, body, headers = exchange.handle(parts.path, parse_qs(parts.query))
-        with exchange._lock:
-            exchange.state.log.append(Request(exchange.clock(), parts.path, parts.query, status))
-        if status < 0:  # dropped: close without a byte
-            self.close_connection = True
-            return
-        payload = (
-            body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
-        ).encode()
-        self.send_response(status)
-        self.send_header(
-            "Content-Type", headers.pop("Content-Type", "application/json;charset=UTF-8")
-        )
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("X-MBX-USED-WEIGHT-1M", str(exchange.weight_used()))
-        body_delay = float(headers.pop(_BODY_DELAY, 0))
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        if body_delay:  # the status and headers now, the body later
-            self.wfile.flush()
-            time.sleep(body_delay)
-        self.wfile.write(payload)
-
-
-@contextlib.contextmanager
-def served(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, str | None]]:
-    """The fake exchange in a child process (so its work does not share the caller's GIL),
-    started with the command-line ``args`` on a free port: yields its REST URL and its
-    WebSocket URL (``None`` with ``--no-ws``).
-
-    >>> with served("--symbols", "50", "--no-ws") as (url, _):  # doctest: +SKIP
-    ...     requests.get(url + "/api/v3/ping")
-    """
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "etl.exchange.fake.exchange", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        rest = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
-        ws = None if "--no-ws" in args else proc.stdout.readline().strip().rsplit(" ", 1)[-1]
-        yield rest, ws
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Binance-compatible fake exchange on 127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--symbols", type=int, default=len(DEFAULT_SYMBOLS))
-    parser.add_argument("--weight-limit", type=int, default=6000)
-    parser.add_argument(
-        "--trades-per-minute", type=int, default=20, help="mean aggregate trades a symbol makes"
-    )
-    parser.add_argument("--ws-port", type=int, default=0, help="WebSocket streams (0: any free)")
-    parser.add_argument("--no-ws", action="store_true", help="serve REST only")
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args(argv)
-    exchange = FakeExchange(
-        args.symbols,
-        weight_limit=args.weight_limit,
-        port=args.port,
-        trades_per_minute=args.trades_per_minute,
-        seed=args.seed,
-        ws=False if args.no_ws else StreamRules(port=args.ws_port),
-    )
-    # The first line's last word is the URL, the second's the streams': served() reads them.
-    print(f"fake exchange serving {len(exchange.symbols)} symbols at {exchange.url}", flush=True)
-    exchange.start()
-    if exchange.stream is not None:
-        print(f"websocket streams at {exchange.ws_url}", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        threading.Event().wait()
-    exchange.stop()
-
-
-if __name__ == "__main__":
-    main()
