@@ -1,7 +1,8 @@
 """Rich output: the consoles, one-line errors, tables, the collector's live table, progress bars.
 
-Everything a user reads is printed literally (``markup=False``): a value holding ``[/]`` or a
-``[libpq]`` prefix is text, never rich markup.
+Everything a user reads is printed literally: the consoles interpret neither markup nor emoji
+codes, so a value holding ``[/]``, a ``[libpq]`` prefix or ``:smile:`` is text, whatever printed it
+(``make_console`` is the one way this program makes a console).
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ from rich.text import Text
 
 # Piped to a file or another program, tables get room instead of 80 columns of ellipses.
 _PIPE_WIDTH = None if sys.stdout.isatty() else 160
-console = Console(highlight=False, width=_PIPE_WIDTH)
-err_console = Console(stderr=True, highlight=False, width=_PIPE_WIDTH)
+
+
+def make_console(**options: Any) -> Console:
+    """A console that prints text as it is: no markup, no emoji codes, no highlighting."""
+    return Console(markup=False, emoji=False, highlight=False, **options)
+
+
+console = make_console(width=_PIPE_WIDTH)
+err_console = make_console(stderr=True, width=_PIPE_WIDTH)
 
 
 def age(seconds: float | None) -> str:
@@ -106,7 +114,7 @@ def records(item: Any) -> list[tuple[str, dict[str, Any]]]:
         return [(title, {"rows": [dict(zip(headers, row, strict=True)) for row in rows]})]
     if isinstance(item, str | Text):
         return [(_plain(item), {})]
-    capture = Console(file=io.StringIO(), width=160, color_system=None, highlight=False)
+    capture = make_console(file=io.StringIO(), width=160, color_system=None)
     capture.print(item)
     return [(capture.file.getvalue().rstrip(), {})]  # type: ignore[attr-defined]
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from etl.bars import edge_missing, id_gaps, one_bar_per_hour, trade_bars
+from etl.bars import UTC_US, edge_missing, id_gaps, trade_bars
 from etl.collect.trade_feed import Chain, runs
 from etl.config import Settings
 from etl.exchange.fake.rest import FakeExchange
@@ -296,22 +297,41 @@ def test_the_rollups_pick_within_one_file_is_the_warehouse_rule(
         "etl_bar_replaces(as_, NULL, an, ai, bs, NULL, bn, bi, 5.0, 0.9, am, bm) AS a_over_b "
         f"FROM (VALUES {rows}) AS v(c, as_, an, ai, am, bs, bn, bi, bm) ORDER BY c",
     )
+    base = datetime(2026, 1, 1, tzinfo=UTC)
     frame = pl.DataFrame(
         [
             {
                 "symbol": "BTCUSDT",
-                "bucket": case,
-                "source": source,
+                "bucket": base + timedelta(hours=case),
+                "open": 1.0,
+                "high": 1.0,
+                "low": 1.0,
+                "close": 1.0,
+                "mean": 1.0,
                 "samples": samples,
+                "first_at": base + timedelta(hours=case),
+                "last_at": base + timedelta(hours=case),
+                "max_gap_s": 0.0,
+                "source": source,
                 "interval_s": interval,
                 "ids_missing": missing,
             }
             for pair in cases
             for case, source, samples, interval, missing in pair
         ],
-        schema_overrides={"interval_s": pl.Float64, "ids_missing": pl.Int32},
+        schema_overrides={
+            "bucket": UTC_US,
+            "first_at": UTC_US,
+            "last_at": UTC_US,
+            "samples": pl.Int32,
+            "interval_s": pl.Float64,
+            "ids_missing": pl.Int32,
+        },
     )
-    kept = one_bar_per_hour(frame, full_coverage=0.9, default_interval_s=5.0).sort("bucket")
+    with open_warehouse(replace(settings, pg_dsn=pg_dsn, interval_s=5.0)) as wh:
+        wh.write_bars(frame)  # both bars of each hour in one write, as the rollup's
+    kept = query(pg_dsn, "SELECT source FROM metrics_hourly ORDER BY bucket")
+    assert kept.height == len(cases)  # one bar per hour
     compared = 0
     for (a, b), sql, ours in zip(
         cases, decided.iter_rows(named=True), kept.iter_rows(named=True), strict=True

@@ -164,14 +164,10 @@ def _root(
         "overrides": {k: v for k, v in settings.items() if v is not None},
     }
     if show_version:
+        from etl.cli import render
         from etl.jobs.versions import versions
 
-        found = versions(settings_of(ctx))
-        print(f"etl {found.package}")
-        schema = found.schema or found.note
-        if found.schema and found.applied_by:
-            schema += f" (applied by etl {found.applied_by})"
-        print(f"warehouse schema: {schema} [{found.warehouse}]")
+        _print(*render.versions(versions(settings_of(ctx))))
         raise typer.Exit(0)
     if ctx.invoked_subcommand is None:
         print(ctx.get_help())
@@ -289,12 +285,9 @@ def demo(
         ).for_demo(keep_pg_dsn=use_pg_dsn)
         with shutdown.own_terminal():
             stats = Collector(settings).run(polls=polls, duration=duration)
-    data_dir = settings.data_dir
-    _print(
-        f"demo data in {data_dir}: see it with `etl --data-dir {data_dir} status`; "
-        f"charts once an hour has closed: `just notebook --demo` (or `just seed-demo` for 60 "
-        "days of generated history now)"
-    )
+    from etl.cli import render
+
+    _print(render.demo_done(settings.data_dir))
     _collected(stats, polls)
 
 
@@ -392,20 +385,10 @@ def retention(
 
     Example: etl retention --dry-run
     """
-    import polars as pl
-
     from etl.cli import render
-    from etl.warehouse.store import open_warehouse
+    from etl.jobs.retention import run_retention
 
-    settings = settings_of(ctx)
-    with open_warehouse(settings, create=False) as wh:  # nothing to drop in a store not made yet
-        if not wh.has_schema():
-            result = pl.DataFrame()
-        else:
-            if not dry_run:
-                wh.migrate()
-            result = wh.retention(settings.hourly_retention_d, dry_run=dry_run)
-    _print(*render.retention(result, settings.hourly_retention_d))
+    _print(*render.retention(run_retention(settings_of(ctx), dry_run=dry_run)))
 
 
 @command(name="seed-demo")
@@ -427,11 +410,7 @@ def seed_demo(
 
     settings = settings_of(ctx).for_demo(keep_pg_dsn=use_pg_dsn)
     result = seed(settings, run_rollup, days=days, force=force)
-    _print(*render.rollup(result))
-    _print(
-        f"demo history in {settings.masked_dsn}: charts with `just notebook --demo`; status "
-        f"with `etl --data-dir {settings.data_dir} status`"
-    )
+    _print(*render.rollup(result), render.seeded(settings.masked_dsn, settings.data_dir))
 
 
 @command(group=db_app, name="init")
@@ -440,20 +419,10 @@ def db_init(ctx: typer.Context) -> None:
 
     Example: etl db init
     """
-    from etl.warehouse.store import open_warehouse
+    from etl.cli import render
+    from etl.jobs.db_access import init_warehouse
 
-    settings = settings_of(ctx)
-    with open_warehouse(settings) as wh:
-        done = wh.migrate()
-        wh.ensure_partitions_ahead()
-        parts = wh.partitions()["partition"].to_list()
-    _print(
-        f"applied {', '.join(done.applied) or 'nothing new'} to {wh.label} "
-        f"({len(done.present)} applied before)",
-        f"hourly partitions: {', '.join(parts)}",
-    )
-    for name in done.changed:
-        _print(f"warning: sql/{name} changed since it was applied; put changes in a new file")
+    _print(*render.db_init(init_warehouse(settings_of(ctx))))
 
 
 @command(group=db_app, name="shell")
@@ -501,10 +470,11 @@ def db_serve(ctx: typer.Context) -> None:
 
     Example: etl db serve   (then, in another terminal: psql "$(etl db url)")
     """
+    from etl.cli import render
     from etl.jobs.db_access import serve
 
     def ready(uri: str) -> None:
-        _print(f"the embedded PostgreSQL is up at {uri}: Ctrl-C stops it")
+        _print(render.serving(uri))
 
     with shutdown.until_signal() as stop:
         serve(settings_of(ctx), ready, stop)
@@ -527,6 +497,7 @@ def backup(
 
     Example: etl backup /backups/etl-$(date +%F)
     """
+    from etl.cli import render
     from etl.jobs.backup import run_backup
 
     def waiting() -> None:  # on stderr: --json output stays one document
@@ -536,7 +507,7 @@ def backup(
     if json_output:
         print(json.dumps({"dest": str(result.dest), **result.manifest}, indent=2))
     else:
-        _print(*result.lines())
+        _print(*render.backup(result))
 
 
 @command()
@@ -549,10 +520,10 @@ def restore(
 
     Example: etl restore /backups/etl-2026-01-05 --data-dir /srv/etl/data
     """
+    from etl.cli import render
     from etl.jobs.backup import run_restore
 
-    result = run_restore(settings_of(ctx), src)
-    _print(*result.lines())
+    _print(*render.restore(run_restore(settings_of(ctx), src)))
 
 
 @command(passthrough=True)
@@ -572,11 +543,12 @@ def notebook(
     """
     import os
 
+    from etl.cli import render
     from etl.jobs.jupyter import lab_command
 
     lab = lab_command(settings_of(ctx), demo=demo_data, extra=list(ctx.args))
     if lab.copied:
-        _print(f"copied {', '.join(lab.copied)} to {lab.folder} (yours to edit)")
+        _print(render.notebooks_copied(lab))
     os.execve(lab.argv[0], lab.argv, lab.env)
 
 

@@ -22,8 +22,13 @@ if TYPE_CHECKING:  # only the types: a command loads the jobs it runs, not every
     import polars as pl
 
     from etl.jobs.backfill import BackfillResult
+    from etl.jobs.backup import BackupResult, RestoreResult
+    from etl.jobs.db_access import Initialised
+    from etl.jobs.jupyter import LabCommand
+    from etl.jobs.retention import RetentionResult
     from etl.jobs.rollup import RollupResult
     from etl.jobs.status import Status
+    from etl.jobs.versions import Versions
 
 
 def warning(message: str) -> Text:
@@ -110,11 +115,12 @@ def reconcile(result: pl.DataFrame, per_symbol: pl.DataFrame, hours_text: str) -
     )
 
 
-def retention(result: pl.DataFrame, keep_days: float) -> list[RenderableType]:
+def retention(done: RetentionResult) -> list[RenderableType]:
+    result = done.partitions
     if result.is_empty():
         return [Text("nothing is past retention")]
     out: list[RenderableType] = [
-        table(f"hourly partitions past {keep_days:g} days", result.columns, result.rows())
+        table(f"hourly partitions past {done.keep_days:g} days", result.columns, result.rows())
     ]
     for row in result.filter(result["action"] == "kept").iter_rows(named=True):
         out.append(
@@ -229,3 +235,97 @@ def status(report: Status) -> RenderableType:
 
 def lines(items: Sequence[RenderableType]) -> Group:
     return Group(*items)
+
+
+def versions(found: Versions) -> list[str]:
+    schema = found.schema or found.note
+    if found.schema and found.applied_by:
+        schema += f" (applied by etl {found.applied_by})"
+    return [f"etl {found.package}", f"warehouse schema: {schema} [{found.warehouse}]"]
+
+
+def db_init(done: Initialised) -> list[RenderableType]:
+    out: list[RenderableType] = [
+        Text(
+            f"applied {', '.join(done.migrations.applied) or 'nothing new'} to {done.label} "
+            f"({len(done.migrations.present)} applied before)"
+        ),
+        Text(f"hourly partitions: {', '.join(done.partitions)}"),
+    ]
+    out += [
+        warning(f"sql/{name} changed since it was applied; put changes in a new file")
+        for name in done.migrations.changed
+    ]
+    return out
+
+
+def serving(uri: str) -> Text:
+    return Text(f"the embedded PostgreSQL is up at {uri}: Ctrl-C stops it")
+
+
+def notebooks_copied(lab: LabCommand) -> Text:
+    return Text(f"copied {', '.join(lab.copied)} to {lab.folder} (yours to edit)")
+
+
+def demo_done(data_dir: Any) -> Text:
+    return Text(
+        f"demo data in {data_dir}: see it with `etl --data-dir {data_dir} status`; "
+        "charts once an hour has closed: `just notebook --demo` (or `just seed-demo` for 60 "
+        "days of generated history now)"
+    )
+
+
+def seeded(where: str, data_dir: Any) -> Text:
+    return Text(
+        f"demo history in {where}: charts with `just notebook --demo`; status "
+        f"with `etl --data-dir {data_dir} status`"
+    )
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _manifest(m: dict[str, Any]) -> list[Text]:
+    rows, st = m["rows"], m["staging"]
+    out = [
+        Text(f"  taken {m['created_at']} by etl {m['etl_version']}"),
+        Text(
+            f"  staging {st['name']} ({st['id']}): {_n(rows['ticks'])} ticks, "
+            f"{_n(rows['ticks_rejected'])} rejected, up to row {_n(st['max_seq'])}"
+        ),
+    ]
+    pg = m.get("postgresql")
+    if pg:
+        out.append(
+            Text(
+                f"  warehouse PostgreSQL {pg['version']}: {_n(rows['metrics_hourly'])} hourly "
+                f"bars, {_n(rows['metrics_daily'])} daily bars, {_n(rows['rollup_runs'])} "
+                "ledger rows"
+            )
+        )
+    return out
+
+
+def backup(done: BackupResult) -> list[RenderableType]:
+    total = sum(f["bytes"] for f in done.manifest["files"].values())
+    return [
+        Text(f"backup written to {done.dest} ({size(total)}) in {done.seconds:.1f} s"),
+        *_manifest(done.manifest),
+        Text(f"restore with: etl restore {done.dest} --data-dir NEW_DIR"),
+    ]
+
+
+def restore(done: RestoreResult) -> list[RenderableType]:
+    where = done.warehouse or "no warehouse (the backup had none)"
+    return [
+        Text(
+            f"restored {done.src} in {done.seconds:.1f} s: staging {done.staging_path}, "
+            f"warehouse {where}"
+        ),
+        *_manifest(done.manifest),
+        Text(
+            "the ticks collected after the backup was taken are not in it; "
+            "`etl status` shows where it stands"
+        ),
+    ]

@@ -38,14 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import adbc_driver_sqlite.dbapi as adbc_sqlite
-
 from etl import version
 from etl.config import Settings
-from etl.console import size
 from etl.datadir import STAGING_FILE
 from etl.errors import ConfigError, DependencyError, DiskFull, NothingStaged
 from etl.hours import iso
+from etl.staging.db import StagingDb
+from etl.staging.schema import describe
 from etl.staging.store import Staging
 from etl.warehouse.connect import connect, with_timeouts
 from etl.warehouse.server import resolve, running
@@ -54,7 +53,6 @@ from etl.warehouse.tools import (
     embedded_tool,
     path_tool,
     run_tool,
-    server_version,
     tool_version,
 )
 
@@ -72,16 +70,6 @@ class BackupResult:
     manifest: dict[str, Any]
     seconds: float
 
-    def lines(self) -> list[str]:
-        m = self.manifest
-        total = sum(f["bytes"] for f in m["files"].values())
-        out = [
-            f"backup written to {self.dest} ({size(total)}) in {self.seconds:.1f} s",
-            *_summary(m),
-        ]
-        out.append(f"restore with: etl restore {self.dest} --data-dir NEW_DIR")
-        return out
-
 
 @dataclass
 class RestoreResult:
@@ -90,36 +78,6 @@ class RestoreResult:
     warehouse: str | None
     manifest: dict[str, Any]
     seconds: float
-
-    def lines(self) -> list[str]:
-        where = self.warehouse or "no warehouse (the backup had none)"
-        return [
-            f"restored {self.src} in {self.seconds:.1f} s: staging {self.staging_path}, "
-            f"warehouse {where}",
-            *_summary(self.manifest),
-            "the ticks collected after the backup was taken are not in it; "
-            "`etl status` shows where it stands",
-        ]
-
-
-def _n(value: int | None) -> str:
-    return "-" if value is None else f"{value:,}"
-
-
-def _summary(m: dict[str, Any]) -> list[str]:
-    rows, st = m["rows"], m["staging"]
-    out = [
-        f"  taken {m['created_at']} by etl {m['etl_version']}",
-        f"  staging {st['name']} ({st['id']}): {_n(rows['ticks'])} ticks, "
-        f"{_n(rows['ticks_rejected'])} rejected, up to row {_n(st['max_seq'])}",
-    ]
-    pg = m.get("postgresql")
-    if pg:
-        out.append(
-            f"  warehouse PostgreSQL {pg['version']}: {_n(rows['metrics_hourly'])} hourly bars, "
-            f"{_n(rows['metrics_daily'])} daily bars, {_n(rows['rollup_runs'])} ledger rows"
-        )
-    return out
 
 
 def sha256(path: Path) -> str:
@@ -218,7 +176,7 @@ def run_backup(
 def _dump_warehouse(
     settings: Settings, wh: Warehouse, dsn: str, embedded: bool, out: Path
 ) -> tuple[dict[str, Any], dict[str, int | None]]:
-    major, version = server_version(wh.conn)
+    major, version = wh.server_version()
     if embedded:
         pg_dump = embedded_tool("pg_dump", major)
     else:
@@ -226,24 +184,13 @@ def _dump_warehouse(
         pg_dump = path_tool(
             "pg_dump", major, why=f" (the warehouse {wh.label} runs PostgreSQL {version})"
         )
-    has_schema = wh.has_schema()
-    counts: dict[str, int | None] = {}
-    with wh.transaction() as cur:
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        # This session only keeps the snapshot alive while pg_dump reads it; connect() ends idle
-        # transactions after 10 minutes, and a big dump takes longer.
-        cur.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
-        cur.execute("SELECT pg_export_snapshot()")
-        snapshot = str(cur.fetchall()[0][0])
-        for table in WAREHOUSE_TABLES:
-            if has_schema:
-                cur.execute(f'SELECT count(*) FROM "{table}"')
-                counts[table] = int(cur.fetchall()[0][0])
+    with wh.exported_snapshot(WAREHOUSE_TABLES) as (snapshot, found):
         run_tool(
             [pg_dump, "--format=custom", f"--snapshot={snapshot}", f"--file={out}"],
             with_timeouts(dsn, settings.pg_connect_timeout_s),
             "pg_dump",
         )
+    counts: dict[str, int | None] = {table: found.get(table) for table in WAREHOUSE_TABLES}
     pg = {
         "version": version,
         "server": wh.label,
@@ -251,13 +198,6 @@ def _dump_warehouse(
         "pg_dump": tool_version(pg_dump)[1],
     }
     return pg, counts
-
-
-def _sqlite(path: Path) -> adbc_sqlite.Connection:
-    conn = adbc_sqlite.connect(str(path), autocommit=True)
-    with conn.cursor() as cur:
-        cur.execute("PRAGMA busy_timeout=10000")
-    return conn
 
 
 # Run as ``python -c _ONLINE_BACKUP SOURCE OUT``; the last stderr line names a failure.
@@ -299,36 +239,22 @@ def _snapshot_staging(source: Path, out: Path) -> tuple[dict[str, Any], dict[str
         if "full" in text.lower():
             raise DiskFull(f"disk full writing {out}: free some space")
         raise DependencyError(f"snapshot of {source} failed ({text})")
-    snap = _sqlite(out)
+    snap = StagingDb(out, create=False, read_only=True)
     try:
-        with snap.cursor() as cur:
-            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            tables = {str(r[0]) for r in cur.fetchall()}
-            meta: dict[str, str] = {}
-            if "meta" in tables:
-                cur.execute("SELECT key, value FROM meta")
-                meta = {str(k): str(v) for k, v in cur.fetchall()}
-            ticks = "tick_rows" if "tick_rows" in tables else "ticks"  # a file from 0.1.0
-            cur.execute(f"SELECT count(*), coalesce(max(rowid), 0) FROM {ticks}")
-            count, max_seq = cur.fetchall()[0]
-            rejected = None
-            if "ticks_rejected" in tables:
-                cur.execute("SELECT count(*) FROM ticks_rejected")
-                rejected = int(cur.fetchall()[0][0])
-            cur.execute("PRAGMA quick_check(1)")
-            check = str(cur.fetchall()[0][0])
+        found, check = describe(snap), snap.quick_check()
     finally:
         snap.close()
     if check != "ok":
         raise DependencyError(f"the snapshot of {source} fails SQLite's quick_check: {check}")
+    meta = found["meta"]
     staging = {
         "id": meta.get("staging_id"),
         "name": meta.get("name"),
         "schema_version": meta.get("schema_version"),
         "source": str(source),
-        "max_seq": int(max_seq),
+        "max_seq": found["max_seq"],
     }
-    return staging, {"ticks": int(count), "ticks_rejected": rejected}
+    return staging, {"ticks": found["rows"], "ticks_rejected": found["rejected"]}
 
 
 # -- restore -----------------------------------------------------------------------------------
@@ -409,19 +335,12 @@ def _restore_warehouse(settings: Settings, dump: Path, manifest: dict[str, Any])
     server = resolve(settings)
     label, embedded = server.label, server.embedded
     with running(server) as dsn:
-        conn = connect(dsn, connect_timeout_s=settings.pg_connect_timeout_s)
+        probe = Warehouse(connect(dsn, connect_timeout_s=settings.pg_connect_timeout_s), label)
         try:
-            major, version = server_version(conn)
-            with conn.cursor() as cur:
-                # pg_dump qualifies every object with its schema; the dump's are in public.
-                cur.execute(
-                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
-                )
-                present = int(cur.fetchall()[0][0])
-            conn.commit()
+            major, version = probe.server_version()
+            present = probe.public_objects()  # pg_dump qualifies every object with public.
         finally:
-            conn.close()
+            probe.close()
         if present:
             raise ConfigError(
                 f"refusing to restore into {label}: its schema public already holds {present} "

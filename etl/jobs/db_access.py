@@ -1,4 +1,5 @@
-"""Reach the warehouse by hand: ``etl db shell`` (psql on it) and ``etl db url`` (its URI).
+"""Reach the warehouse by hand: ``etl db shell`` (psql on it), ``etl db url`` (its URI), ``etl db
+serve`` (the embedded server kept up) and ``etl db init`` (its schema applied).
 
 The embedded server runs only while an etl process uses it, so ``db shell`` starts it for the
 session (or joins it) and releases it when psql exits; the psql run is the one that ships with
@@ -16,17 +17,19 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from etl.config import Settings, mask_dsn
 from etl.errors import ConfigError, DependencyError, ExitCode
 from etl.warehouse.connect import connect, with_timeouts
+from etl.warehouse.migrate import Migrations
 from etl.warehouse.server import resolve, running, uri_if_running
+from etl.warehouse.store import Warehouse, open_warehouse
 from etl.warehouse.tools import (
     child_env,
     embedded_tool,
     path_tool,
-    server_version,
     split_password,
 )
 
@@ -69,11 +72,11 @@ def run_shell(settings: Settings, psql_args: Sequence[str] = ()) -> int:
     server = resolve(settings)
     with running(server, create=False) as dsn:
         # Connect first: an unreachable server is one line and exit 3, as everywhere in etl.
-        conn = connect(dsn, connect_timeout_s=settings.pg_connect_timeout_s)
+        wh = Warehouse(connect(dsn, connect_timeout_s=settings.pg_connect_timeout_s), server.label)
         try:
-            major, _version = server_version(conn)
+            major, _version = wh.server_version()
         finally:
-            conn.close()
+            wh.close()
         dsn = with_timeouts(dsn, settings.pg_connect_timeout_s)
         psql = (
             embedded_tool("psql", major)
@@ -130,3 +133,20 @@ def serve(settings: Settings, ready: Callable[[str], None], stop: threading.Even
         ready(dsn)
         while not stop.wait(0.5):
             pass
+
+
+@dataclass
+class Initialised:
+    """What ``etl db init`` did: the migrations, the hourly partitions now, the server."""
+
+    migrations: Migrations
+    partitions: list[str]
+    label: str
+
+
+def init_warehouse(settings: Settings) -> Initialised:
+    """Apply the migrations not applied yet and make the partitions ahead of need."""
+    with open_warehouse(settings) as wh:
+        done = wh.migrate()
+        wh.ensure_partitions_ahead()
+        return Initialised(done, wh.partitions()["partition"].to_list(), wh.label)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from etl.bars import hour_ledger, hourly_bars, one_bar_per_hour, trade_bars
+from etl.bars import hour_ledger, hourly_bars, trade_bars
 from etl.config import Settings
 from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, utc
 from etl.report import NoProgress, Progress, counted
@@ -246,12 +246,8 @@ class Rollup:
         runs = hour_ledger(bars, started_at, max_seq=window.upto).with_columns(
             staging_id=pl.lit(self.staging.id), staging_name=pl.lit(self.staging.name)
         )
-        if trades is not None and trades.height and ticks.height:
-            bars = one_bar_per_hour(
-                bars,
-                full_coverage=self.settings.backfill_min_coverage,
-                default_interval_s=self.settings.interval_s,
-            )
+        # A file that held poll ticks and trades in one hour (its collector was switched between
+        # sources) has two bars for it here: the write keeps the one the bar rule ranks higher.
         written = self.wh.write_bars(bars, runs, before_commit=lambda: crash_point("before_commit"))
         crash_point("after_commit")
         result.bars += written.bars

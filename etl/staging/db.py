@@ -36,9 +36,17 @@ class StagingDb:
     """
 
     def __init__(
-        self, path: str | Path, *, synchronous: str = "NORMAL", create: bool = True
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        create: bool = True,
+        read_only: bool = False,
     ) -> None:
+        """``read_only``: open an existing file without changing a byte of it (no WAL switch),
+        e.g. a backup's copy."""
         self.path = Path(path)
+        self.read_only = read_only
         self._lock = threading.RLock()
         if not create and not self.path.exists():
             raise NothingStaged(f"nothing staged in {self.path}: no staging file there")
@@ -52,6 +60,8 @@ class StagingDb:
                 f"cannot open the staging database {self.path} ({reason}): "
                 "set ETL_DATA_DIR or ETL_SQLITE_PATH to a writable place"
             ) from None
+        if read_only:
+            return
         with self.cursor() as cur:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.fetchall()
@@ -59,7 +69,8 @@ class StagingDb:
 
     def connect(self) -> adbc_sqlite.Connection:
         # autocommit: an ADBC read otherwise leaves a transaction (and a stale WAL snapshot) open.
-        conn = adbc_sqlite.connect(str(self.path), autocommit=True)
+        target = f"file:{self.path}?mode=ro" if self.read_only else str(self.path)
+        conn = adbc_sqlite.connect(target, autocommit=True)
         with conn.cursor() as cur:
             cur.execute("PRAGMA busy_timeout=10000")
         return conn

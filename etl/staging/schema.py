@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import adbc_driver_sqlite.dbapi as adbc_sqlite
 
@@ -180,6 +181,26 @@ def default_name(path: Path) -> str:
     import socket
 
     return f"{socket.gethostname()}:{path.resolve()}"
+
+
+def describe(db: StagingDb) -> dict[str, Any]:
+    """What a staging file of any version holds, read without changing it: its ``meta``, its
+    rows and highest row id, and its quarantined rows (``None`` before quarantine existed)."""
+    with db.cursor() as cur:
+        cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        tables = {str(r[0]) for r in cur.fetchall()}
+        found: dict[str, str] = {}
+        if "meta" in tables:
+            cur.execute("SELECT key, value FROM meta")
+            found = {str(k): str(v) for k, v in cur.fetchall()}
+        rows = "tick_rows" if "tick_rows" in tables else "ticks"  # a file from 0.1.0
+        cur.execute(f"SELECT count(*), coalesce(max(rowid), 0) FROM {rows}")
+        count, max_seq = cur.fetchone()
+        rejected = None
+        if "ticks_rejected" in tables:
+            cur.execute("SELECT count(*) FROM ticks_rejected")
+            rejected = int(cur.fetchone()[0])
+    return {"meta": found, "rows": int(count), "max_seq": int(max_seq), "rejected": rejected}
 
 
 def ensure_trade_tables(cur: adbc_sqlite.Cursor) -> None:

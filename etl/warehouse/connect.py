@@ -53,7 +53,7 @@ def with_timeouts(dsn: str, connect_timeout_s: float) -> str:
     return " ".join([dsn, *(f"{k}={v}" for k, v in extra.items() if k not in present)])
 
 
-def _reason(exc: BaseException, *dsns: str) -> str:
+def first_line(exc: BaseException, *dsns: str) -> str:
     text = str(exc).strip()
     reason = text.splitlines()[0] if text else type(exc).__name__
     for dsn in dsns:
@@ -127,7 +127,7 @@ def _session(statement_timeout_s: float | None) -> list[str]:
 def _failure(exc: Exception, dsn: str, full: str, timeout_s: float) -> EtlError:
     """A failure to connect as one line: a bad DSN (exit 2) or a server unreachable or silent
     (exit 3), the password masked."""
-    reason = _reason(exc, full, dsn)
+    reason = first_line(exc, full, dsn)
     lowered = reason.lower()
     if any(marker in lowered for marker in _DSN_ERRORS):
         return ConfigError(f"bad PostgreSQL DSN {mask_dsn(dsn)}: {reason}")
@@ -141,7 +141,7 @@ def _failure(exc: Exception, dsn: str, full: str, timeout_s: float) -> EtlError:
     )
 
 
-def _is_lost(exc: Exception) -> bool:
+def is_lost(exc: Exception) -> bool:
     """The server went away or gave up on the statement (a timeout, a cancel): a dependency
     failure, exit 3, not a bug. ADBC reports a cancel found while preparing as a
     ProgrammingError, and Polars wraps a read's error in its own: the message decides."""

@@ -1,4 +1,9 @@
-"""The warehouse's named statements: SQL text only, no connection."""
+"""The warehouse's named statements: SQL text only, no connection.
+
+Which of two bars for one (symbol, hour) is kept is decided in one place, SQL
+(``etl_bar_rank`` and ``etl_bar_replaces``, ``sql/014_bar_rule_again.sql``): against a bar
+already stored, and among the staged bars of one write (a staging file that held poll ticks and
+trades in one hour, when its collector was switched between sources)."""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ HOURLY_COLUMNS = (
 )
 
 
-def _rule(new: str, old: str, params: str = "$1, $2") -> str:
+def replaces(new: str, old: str, params: str = "$1, $2") -> str:
     """``etl_bar_replaces`` of bar ``new`` over bar ``old`` (table aliases); ``params`` are the
     configured interval and the full-coverage fraction (placeholders, or literals where a
     statement must report its row count: ADBC does not for bound statements)."""
@@ -36,14 +41,19 @@ def _rule(new: str, old: str, params: str = "$1, $2") -> str:
     return f"etl_bar_replaces({args}, {params}, {new}.ids_missing, {old}.ids_missing)"
 
 
-_STAGED = (
-    "SELECT symbol, bucket, open, high, low, close, mean, samples, first_at, last_at, "
-    "max_gap_s, source, staging_id::uuid AS staging_id, interval_s, volume, quote_volume, "
-    "trades, vwap, ids_missing FROM etl_stage_hourly"
-)
+def staged(params: str = "$1, $2") -> str:
+    """The staged bars, one per (symbol, hour): where a write holds two, the one the rule ranks
+    highest (on a tie, the poll bar); ``params`` as for :func:`replaces`."""
+    return (
+        "SELECT DISTINCT ON (symbol, bucket) symbol, bucket, open, high, low, close, mean, "
+        "samples, first_at, last_at, max_gap_s, source, staging_id::uuid AS staging_id, "
+        "interval_s, volume, quote_volume, trades, vwap, ids_missing FROM etl_stage_hourly "
+        f"ORDER BY symbol, bucket, etl_bar_rank(source, samples, interval_s, {params}, "
+        "ids_missing) DESC, source"
+    )
 
 
-def _upsert_hourly(rule: Sequence[float]) -> str:
+def upsert_hourly(rule: Sequence[float]) -> str:
     cols = ", ".join(HOURLY_COLUMNS)
     literals = ", ".join(f"{float(v)!r}::float8" for v in rule)
     updates = ", ".join(f"{c} = excluded.{c}" for c in HOURLY_COLUMNS[2:])
@@ -52,23 +62,23 @@ def _upsert_hourly(rule: Sequence[float]) -> str:
     # Only a changed bar that wins is touched, so a rerun leaves the table (updated_at included)
     # as it was, and a losing bar never overwrites a better one.
     return (
-        f"INSERT INTO metrics_hourly AS m ({cols}) {_STAGED} "
+        f"INSERT INTO metrics_hourly AS m ({cols}) {staged(literals)} "
         f"ON CONFLICT (symbol, bucket) DO UPDATE SET {updates}, updated_at = now() "
-        f"WHERE ({values}) IS DISTINCT FROM ({new}) AND {_rule('excluded', 'm', literals)}"
+        f"WHERE ({values}) IS DISTINCT FROM ({new}) AND {replaces('excluded', 'm', literals)}"
     )
 
 
 # Per existing bar of another producer the new one meets and differs from: does it lose, or
 # does it displace another staging file's? (Two producers that agree lose nothing.)
-_CONTESTS = f"""
+CONTESTS = f"""
 SELECT s.bucket, m.staging_id AS old_staging, m.source AS old_source,
-       NOT {_rule("s", "m")} AS lost
-FROM ({_STAGED}) s JOIN metrics_hourly m USING (symbol, bucket)
+       NOT {replaces("s", "m")} AS lost
+FROM ({staged()}) s JOIN metrics_hourly m USING (symbol, bucket)
 WHERE NOT (s.source = m.source AND s.staging_id IS NOT DISTINCT FROM m.staging_id)
   AND (s.open, s.high, s.low, s.close, s.mean, s.samples, s.first_at, s.last_at)
       IS DISTINCT FROM (m.open, m.high, m.low, m.close, m.mean, m.samples, m.first_at, m.last_at)
 """
-_UPSERT_RUNS = (
+UPSERT_RUNS = (
     "INSERT INTO rollup_runs AS r (staging_id, staging_name, hour, symbols, rows, ticks_read, "
     "max_seq, bars_lost, started_at, finished_at) "
     "SELECT staging_id::uuid, staging_name, hour, symbols, rows, ticks_read, max_seq, bars_lost, "
@@ -78,17 +88,17 @@ _UPSERT_RUNS = (
     "max_seq = excluded.max_seq, bars_lost = excluded.bars_lost, "
     "started_at = excluded.started_at, finished_at = excluded.finished_at, purged_at = NULL"
 )
-_ENSURE_STAGED_PARTITIONS = (
+ENSURE_STAGED_PARTITIONS = (
     "SELECT count(etl_ensure_hourly_partitions(month, month)) FROM "
     "(SELECT DISTINCT date_trunc('month', bucket, 'UTC') AS month FROM etl_stage_hourly) months"
 )
-_REFRESH_STAGED_DAYS = (
+REFRESH_STAGED_DAYS = (
     "SELECT coalesce(sum(etl_refresh_daily(day, day + 1)), 0) FROM "
     "(SELECT DISTINCT (bucket AT TIME ZONE 'UTC')::date AS day FROM etl_stage_hourly) days"
 )
 # Hours without a bar, per symbol, from the first hour any of the symbols has a bar in the range
 # (so a new store has no gaps, and a symbol with no bar at all has every hour missing).
-_MISSING_SQL = """
+MISSING_SQL = """
 WITH syms AS (SELECT unnest(string_to_array($1, ',')) AS symbol),
 start AS (
     SELECT min(bucket) AS first_bucket FROM metrics_hourly
@@ -110,7 +120,7 @@ SELECT s.symbol, 0, NULL FROM syms s WHERE NOT EXISTS (SELECT 1 FROM hours)
 ORDER BY 1
 """
 # Coverage over a range: an hour without a bar counts as 0.
-_COVERAGE_SQL = """
+COVERAGE_SQL = """
 WITH syms AS (SELECT unnest(string_to_array($4, ',')) AS symbol)
 SELECT s.symbol, count(m.bucket) AS bars,
        coalesce(sum(etl_bar_coverage(m.source, m.samples, m.interval_s, $1, m.ids_missing)), 0)
@@ -120,7 +130,7 @@ FROM syms s
 LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket >= $2 AND m.bucket < $3
 GROUP BY s.symbol ORDER BY s.symbol
 """
-_COVERAGE_GRID_SQL = """
+COVERAGE_GRID_SQL = """
 WITH syms AS (SELECT unnest(string_to_array($4, ',')) AS symbol),
 hours AS (SELECT generate_series(date_trunc('hour', $2::timestamptz),
                                  $3::timestamptz - interval '1 hour', interval '1 hour') AS bucket)
@@ -131,7 +141,7 @@ FROM syms s CROSS JOIN hours h
 LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket = h.bucket
 ORDER BY 1, 2
 """
-_BACKFILL_TARGETS_SQL = """
+BACKFILL_TARGETS_SQL = """
 WITH syms AS (SELECT unnest(string_to_array($3, ',')) AS symbol),
 hours AS (SELECT generate_series($4::timestamptz, $5::timestamptz - interval '1 hour', interval '1 hour') AS hour)
 SELECT s.symbol, (extract(epoch FROM h.hour) * 1000)::bigint AS hour_ms

@@ -31,19 +31,19 @@ from etl.config import Settings
 from etl.errors import ConfigError, DependencyError
 from etl.hours import utc
 from etl.warehouse import migrate
-from etl.warehouse.connect import _is_lost, _reason, connect
+from etl.warehouse.connect import connect, first_line, is_lost
 from etl.warehouse.migrate import Migrations
 from etl.warehouse.queries import (
-    _BACKFILL_TARGETS_SQL,
-    _CONTESTS,
-    _COVERAGE_GRID_SQL,
-    _COVERAGE_SQL,
-    _ENSURE_STAGED_PARTITIONS,
-    _MISSING_SQL,
-    _REFRESH_STAGED_DAYS,
-    _UPSERT_RUNS,
+    BACKFILL_TARGETS_SQL,
+    CONTESTS,
+    COVERAGE_GRID_SQL,
+    COVERAGE_SQL,
+    ENSURE_STAGED_PARTITIONS,
     HOURLY_COLUMNS,
-    _upsert_hourly,
+    MISSING_SQL,
+    REFRESH_STAGED_DAYS,
+    UPSERT_RUNS,
+    upsert_hourly,
 )
 from etl.warehouse.server import resolve, running
 
@@ -114,7 +114,7 @@ class Warehouse:
             self.conn.commit()
         except pg.Error as exc:
             self._rollback()
-            if _is_lost(exc):
+            if is_lost(exc):
                 raise self._lost(exc) from None
             raise
         except BaseException:
@@ -128,7 +128,7 @@ class Warehouse:
             self.conn.rollback()
 
     def _lost(self, exc: Exception) -> DependencyError:
-        reason = _reason(exc)
+        reason = first_line(exc)
         if "lock timeout" in reason.lower():
             return DependencyError(
                 f"PostgreSQL at {self.label}: another session held a lock etl needs for "
@@ -157,7 +157,7 @@ class Warehouse:
             options = {"parameters": list(params)} if params else None
             return pl.read_database(sql, self.conn, execute_options=options)
         except (pg.Error, pl.exceptions.ComputeError) as exc:  # Polars wraps the driver's error
-            if _is_lost(exc):
+            if is_lost(exc):
                 raise self._lost(exc) from None
             raise
         finally:
@@ -290,7 +290,7 @@ class Warehouse:
                     pl.col("bars_lost").fill_null(0)
                 )
                 cur.adbc_ingest("etl_stage_runs", runs.to_arrow(), mode="replace", temporary=True)
-                cur.execute(_UPSERT_RUNS)
+                cur.execute(UPSERT_RUNS)
             if before_commit is not None:
                 before_commit()
         return written
@@ -340,10 +340,10 @@ class Warehouse:
             {"staging_id": pl.String, "interval_s": pl.Float64, **TRADE_COLUMNS}
         )
         cur.adbc_ingest("etl_stage_hourly", frame.to_arrow(), mode="replace", temporary=True)
-        cur.execute(_ENSURE_STAGED_PARTITIONS)
+        cur.execute(ENSURE_STAGED_PARTITIONS)
         cur.fetchall()
         written = Written()
-        cur.execute(_CONTESTS, parameters=self.rule)
+        cur.execute(CONTESTS, parameters=self.rule)
         displaced: dict[tuple[Any, datetime], int] = {}
         for bucket, old_staging, old_source, lost in cur.fetchall():
             if lost:
@@ -358,9 +358,9 @@ class Warehouse:
                 parameters=[n, str(old_staging), bucket],
             )
         written.displaced = sum(displaced.values())
-        cur.execute(_upsert_hourly(self.rule))
+        cur.execute(upsert_hourly(self.rule))
         written.bars = max(cur.rowcount, 0)
-        cur.execute(_REFRESH_STAGED_DAYS)
+        cur.execute(REFRESH_STAGED_DAYS)
         written.days = int(cur.fetchall()[0][0])
         return written
 
@@ -441,24 +441,24 @@ class Warehouse:
     def missing_hours(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
         """Per symbol, hours in ``[first bar of any symbol after lo, hi)`` without a bar: count
         and first."""
-        return self.query(_MISSING_SQL, [",".join(symbols), lo, hi])
+        return self.query(MISSING_SQL, [",".join(symbols), lo, hi])
 
     def coverage(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
         """Per symbol over ``[lo, hi)``: bars, coverage (hours without a bar count as 0, each
         bar's as ``etl_bar_coverage``) and kline bars."""
-        return self.query(_COVERAGE_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
+        return self.query(COVERAGE_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
 
     def coverage_grid(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
         """Every (symbol, hour) in ``[lo, hi)``: the bar's source (null: no bar) and coverage
         (0 without a bar)."""
-        return self.query(_COVERAGE_GRID_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
+        return self.query(COVERAGE_GRID_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
 
     def backfill_targets(
         self, symbols: Sequence[str], lo: datetime, hi: datetime
     ) -> dict[str, list[int]]:
         """Per symbol, the hours in ``[lo, hi)`` where a kline bar would be kept (no bar, or one
         the rule ranks below a kline bar), not fetched before."""
-        rows = self.query(_BACKFILL_TARGETS_SQL, [*self.rule, ",".join(symbols), lo, hi])
+        rows = self.query(BACKFILL_TARGETS_SQL, [*self.rule, ",".join(symbols), lo, hi])
         out: dict[str, list[int]] = {}
         for symbol, hour in rows.iter_rows():
             out.setdefault(symbol, []).append(int(hour))
@@ -501,6 +501,41 @@ class Warehouse:
     def explain(self, query: str) -> list[str]:
         """``EXPLAIN`` of a query (literals, no placeholders), one line per plan row."""
         return self.query("SELECT etl_explain($1) AS plan", [query])["plan"].to_list()
+
+    def server_version(self) -> tuple[int, str]:
+        """``(major, text)`` of the server's PostgreSQL (``(18, "18.4")``)."""
+        number, text = self.execute(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')"
+        )[0]
+        return int(number) // 10000, str(text).split(" ", 1)[0]
+
+    def public_objects(self) -> int:
+        """Tables, views and sequences in schema ``public`` (where a dump of etl restores)."""
+        return int(
+            self.execute(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
+            )[0][0]
+        )
+
+    @contextmanager
+    def exported_snapshot(self, tables: Sequence[str]) -> Iterator[tuple[str, dict[str, int]]]:
+        """A repeatable-read snapshot exported for ``pg_dump --snapshot`` and held for the block,
+        with the row counts of ``tables`` in it (those that exist): what the dump will hold."""
+        with self.transaction() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            # This session only keeps the snapshot alive while pg_dump reads it; connect() ends
+            # idle transactions after 10 minutes, and a big dump takes longer.
+            cur.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+            cur.execute("SELECT pg_export_snapshot()")
+            snapshot = str(cur.fetchall()[0][0])
+            counts = {}
+            for table in tables:
+                cur.execute("SELECT to_regclass($1) IS NOT NULL", parameters=[table])
+                if cur.fetchall()[0][0]:
+                    cur.execute(f'SELECT count(*) FROM "{table}"')
+                    counts[table] = int(cur.fetchall()[0][0])
+            yield snapshot, counts
 
     def sizes(self) -> dict[str, int]:
         """Bytes of the warehouse's database."""

@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from etl.config import mask_dsn
@@ -138,17 +137,6 @@ def path_tool(name: str, min_major: int | None = None, *, why: str = "") -> Path
                 f"{path} is PostgreSQL {text}, older than {min_major}{why}: {install}"
             )
     return path
-
-
-def server_version(conn: Any) -> tuple[int, str]:
-    """``(major, text)`` of the server an ADBC connection is on (``(18, "18.4")``)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT current_setting('server_version_num')::int, current_setting('server_version')"
-        )
-        number, text = cur.fetchall()[0]
-    conn.commit()
-    return int(number) // 10000, str(text).split(" ", 1)[0]
 
 
 def run_tool(args: list[str | Path], dsn: str, what: str, **extra_env: str) -> None:
