@@ -60,7 +60,17 @@ def closed_range(now_ms: int, since_ms: int | None, until_ms: int | None) -> tup
 
 
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return ms(time.time())
+
+
+def ms(epoch_s: float) -> int:
+    """Epoch seconds (a clock's reading) as epoch milliseconds: how time is kept inside."""
+    return int(epoch_s * 1000)
+
+
+def seconds(epoch_ms: float) -> float:
+    """Epoch milliseconds as epoch seconds (what clocks and ``time`` functions take)."""
+    return epoch_ms / 1000
 
 
 def utc(ms: int) -> datetime:

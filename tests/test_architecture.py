@@ -26,14 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "architecture.md"
 
 
-def layers() -> dict[int, set[str]]:
-    """The layer table of docs/architecture.md: rows ``| N name | `etl/x.py`, ... | job |``."""
-    out = {}
-    for number, modules in re.findall(r"^\| (\d) [^|]+\| ([^|]+) \|", PAGE.read_text(), re.M):
-        out[int(number)] = set(re.findall(r"`etl/(\w+)\.py`", modules))
-    return out
-
-
 def test_the_readme_configuration_table_is_the_declared_settings() -> None:
     readme = (ROOT / "README.md").read_text()
     for line in markdown_table():
@@ -43,42 +35,115 @@ def test_the_readme_configuration_table_is_the_declared_settings() -> None:
     assert documented == declared
 
 
-def test_every_module_named_in_the_architecture_page_exists_and_every_module_is_named() -> None:
-    page = PAGE.read_text()
-    named = set(re.findall(r"`(etl/\w+\.py)`", page))
-    assert named and all((ROOT / path).exists() for path in named), named
-    actual = {f"etl/{p.name}" for p in (ROOT / "etl").glob("*.py") if p.stem[:2] != "__"}
-    assert actual - named == set()
+PACKAGE = ROOT / "etl"
 
 
-def _imports(module: str) -> set[str]:
-    tree = ast.parse((ROOT / "etl" / f"{module}.py").read_text())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("etl."):
-            out.add(node.module.split(".")[1])
-        elif isinstance(node, ast.ImportFrom) and node.module == "etl":
-            out.update(a.name for a in node.names if (ROOT / "etl" / f"{a.name}.py").exists())
-        elif isinstance(node, ast.Import):
-            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("etl."))
+def modules() -> dict[str, Path]:
+    """Every module of the package by dotted name, read from the folders."""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return out
 
 
-def test_jobs_never_import_jobs_and_nothing_imports_upwards() -> None:
-    """The rules as docs/architecture.md states them, read from its layer table."""
-    table = layers()
-    assert sorted(table) == [0, 1, 2, 3, 4] and "collector" in table[3], table
-    layer_of = {m: n for n, members in table.items() for m in members}
-    for module, layer in layer_of.items():
-        for imported in _imports(module):
-            if imported.startswith("fake_"):
-                continue
-            assert imported in layer_of, (module, imported)
-            theirs = layer_of[imported]
-            # Parts may use parts (the warehouse starts the embedded server); a job never uses
-            # another job, and nothing reaches up.
-            allowed = theirs < layer or (theirs == layer and layer != 3)
-            assert allowed, f"{module} (layer {layer}) imports {imported} (layer {theirs})"
+def stage_of(module: str) -> str:
+    """``etl.staging.ticks`` is in stage ``staging``; a root module (``etl.hours``) in ``etl``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (PACKAGE / parts[-1]).is_dir() else "etl"
+
+
+def imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """The package's modules ``path`` imports, anywhere in it (deferred and type-only imports
+    too: each is an arrow of the house)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("etl"):
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                out.add(name if name in known else node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("etl."))
+    return {m for m in out if m in known}
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {m: imports(path, known) - {m} for m, path in known.items()}
+
+
+def cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """A circle of ``edges``, if there is one."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_no_module_imports_another_in_a_circle_the_fakes_included() -> None:
+    assert cycle(graph()) is None, cycle(graph())
+
+
+def test_the_stages_import_each_other_in_one_direction_and_leaves_import_no_stage() -> None:
+    """The folders are the architecture: a sub-package per stage, the leaves at the root. The
+    stages form no circle among themselves, a root module that uses a stage is used by no stage
+    (the notebooks' API and ``python -m etl`` stand on top), nothing imports the command line
+    but ``python -m etl``, and a job never imports another job."""
+    edges = graph()
+    stages: dict[str, set[str]] = {}
+    for module, targets in edges.items():
+        for target in targets:
+            if stage_of(module) != stage_of(target):
+                stages.setdefault(stage_of(module), set()).add(stage_of(target))
+    without_root = {s: t - {"etl"} for s, t in stages.items() if s != "etl"}
+    assert cycle(without_root) is None, cycle(without_root)
+    on_top = {
+        m for m, t in edges.items() if stage_of(m) == "etl" and any(stage_of(x) != "etl" for x in t)
+    }
+    for module, targets in edges.items():
+        assert not (targets & on_top), f"{module} imports {targets & on_top}, which uses stages"
+        if "etl.cli" not in module and module != "etl.__main__":
+            assert not any(t.startswith("etl.cli") for t in targets), module
+        if module.startswith("etl.jobs."):
+            assert not any(t.startswith("etl.jobs.") for t in targets), (module, targets)
+
+
+def test_only_the_demo_uses_the_fake_exchange() -> None:
+    """The fake exchange is a test double: the command line's demo and the demo history use it
+    (its market's reference prices), no stage of the pipeline does."""
+    users = {
+        m
+        for m, targets in graph().items()
+        if not m.startswith("etl.exchange.fake")
+        and any(t.startswith("etl.exchange.fake") for t in targets)
+    }
+    assert users <= {"etl.cli.app", "etl.jobs.demo_history"}, users
+
+
+def test_the_architecture_page_names_every_stage_and_every_root_module() -> None:
+    page = PAGE.read_text()
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    roots = {p.name for p in PACKAGE.glob("*.py") if not p.name.startswith("__")}
+    assert folders == {"exchange", "staging", "collect", "warehouse", "jobs", "cli"}
+    for name in folders:
+        assert f"`etl/{name}/`" in page, name
+    for name in roots:
+        assert f"`etl/{name}`" in page or f"`{name}`" in page, name
 
 
 class Canned(BaseAdapter):

@@ -43,7 +43,7 @@ from etl.exchange.errors import (
     WeightBudgetExhausted,
 )
 from etl.exchange.governor import WEIGHT_KEY
-from etl.hours import hour_floor, iso
+from etl.hours import hour_floor, iso, ms, seconds
 from etl.shutdown import Interrupted, on_signal
 from etl.staging.store import Staging, open_staging
 
@@ -193,7 +193,7 @@ class Collector:
     ) -> None:
         """Poll every ``interval_s`` until stopped, ``end`` or ``polls`` polls."""
         interval = self.settings.interval_s
-        staging.state.record_interval(interval, int(self.clock() * 1000))
+        staging.state.record_interval(interval, ms(self.clock()))
         self.view.event(
             f"collecting {len(self.symbols)} symbol(s) every {interval:g} s from "
             f"{self.settings.binance_url} into {staging.path}"
@@ -345,7 +345,7 @@ class Collector:
         last = staging.ticks.last_tick()
         if last is None:
             return None
-        gap_s = self.clock() - last / 1000
+        gap_s = self.clock() - seconds(last)
         if gap_s <= max(3 * self.settings.interval_s, 60):
             return None
         hint = (

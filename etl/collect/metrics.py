@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from etl.collect.events import Event, FeedCounts, Missed, Polled, RollupEnded, Stored
 from etl.errors import ConfigError
-from etl.hours import parse_time
+from etl.hours import parse_time, seconds
 from etl.staging.state import LAST_ROLLUP_KEY
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ class _State(Collector):
             labels=["symbol"],
         )
         for symbol, ms in sorted(self.metrics.last_tick_ms.items()):
-            ages.add_metric([symbol], max(0.0, now - ms / 1000))
+            ages.add_metric([symbol], max(0.0, now - seconds(ms)))
         yield ages
         with self._lock:
             rows, rejected = self._counts()
@@ -226,7 +226,7 @@ class _State(Collector):
             ms = parse_time(at)
         except ConfigError:  # written by hand: no time to read
             return None
-        return ms / 1000 if ms is not None else None
+        return seconds(ms) if ms is not None else None
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

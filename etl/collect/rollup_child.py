@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from etl.collect.events import RollupEnded
 from etl.collect.view import CollectorView
 from etl.config import Settings
-from etl.hours import closed_before, iso
+from etl.hours import closed_before, iso, ms
 from etl.logs import rotate
 from etl.staging.store import Staging
 
@@ -60,7 +60,7 @@ class RollupLauncher:
         now = self.clock()
         if self.proc is not None and not self._reap(now):
             return
-        boundary = closed_before(int(now * 1000))
+        boundary = closed_before(ms(now))
         if now < self.not_before or boundary == self.done_boundary:
             return
         self.done_boundary = boundary
@@ -118,7 +118,7 @@ class RollupLauncher:
             self.emit(RollupEnded(now, result, seconds))
         if result == "stopped" and self.staging is not None:  # the child could not say so
             self.staging.state.remember_rollup(
-                int(now * 1000), f"stopped after {seconds:.0f} s (ETL_ROLLUP_TIMEOUT_S)", seconds
+                ms(now), f"stopped after {seconds:.0f} s (ETL_ROLLUP_TIMEOUT_S)", seconds
             )
 
     def stop(self) -> None:

@@ -15,7 +15,7 @@ from etl.collect.view import CollectorView
 from etl.console import age
 from etl.errors import DiskFull
 from etl.exchange.errors import RateLimited, WeightBudgetExhausted
-from etl.hours import hour_floor, hour_label, iso, stamp
+from etl.hours import hour_floor, hour_label, iso, ms, stamp
 
 if TYPE_CHECKING:
     from etl.collect.trade_feed import TradeFeed
@@ -59,12 +59,12 @@ class PollLines:
             self.unreachable_since = event.outage_since
             hint = OFFLINE_HINT if event.offline else ""
             self.view.event(
-                f"exchange unreachable since {iso(event.outage_since * 1000)}: {error}{hint}",
+                f"exchange unreachable since {iso(ms(event.outage_since))}: {error}{hint}",
                 logging.WARNING,
             )
         elif self.unreachable_since is not None:
             self.view.poll_line(
-                f"exchange unreachable since {iso(self.unreachable_since * 1000)}: {error}"
+                f"exchange unreachable since {iso(ms(self.unreachable_since))}: {error}"
             )
 
 
@@ -99,10 +99,10 @@ class Screen:
             return
         status = "ok"
         if gov.banned_until > self.clock():
-            status = f"rate limited ({gov.ban_status}) until {iso(gov.banned_until * 1000)}"
+            status = f"rate limited ({gov.ban_status}) until {iso(ms(gov.banned_until))}"
         elif self.stats.unreachable_since is not None:
-            status = f"exchange unreachable since {iso(self.stats.unreachable_since * 1000)}"
-        s, now_ms = self.stats, int(self.clock() * 1000)
+            status = f"exchange unreachable since {iso(ms(self.stats.unreachable_since))}"
+        s, now_ms = self.stats, ms(self.clock())
         header = {
             "exchange": f"{self.settings.binance_url}: {status}",
             "polls": f"{s.polls_ok} ok, {s.polls_missed} missed, {s.ticks} ticks, "

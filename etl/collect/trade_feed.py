@@ -38,7 +38,7 @@ from etl.exchange.endpoints import AGG_TRADES_LIMIT
 from etl.exchange.errors import BinanceError, RateLimited
 from etl.exchange.parse import TRADE_FRAME_SCHEMA, parse_trade_events
 from etl.exchange.stream import Drained, StreamTimings, TradeStream
-from etl.hours import hour_floor
+from etl.hours import hour_floor, ms, now_ms
 from etl.staging.store import Staging
 from etl.staging.trades import CURSOR_SCHEMA
 
@@ -387,8 +387,8 @@ class TradeFeed:
 
     def exchange_ms(self) -> int:
         if self.exchange_clock is not None:
-            return int(self.exchange_clock() * 1000)
-        return int(time.time() * 1000) + self.offset_ms
+            return ms(self.exchange_clock())
+        return now_ms() + self.offset_ms
 
     def sync_clock(self) -> None:
         """Learn the exchange's clock (``live_ms`` and lags are on it), best effort."""

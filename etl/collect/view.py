@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from etl.console import console, is_terminal
-from etl.hours import stamp
+from etl.hours import seconds, stamp
 
 MAX_LIVE_ROWS = 20
 
@@ -102,7 +102,7 @@ class CollectorView:
         millisecond, and how far behind it the exchange's now is."""
         out = []
         for symbol, last, rate, count, at_ms, lag in activity.head(MAX_LIVE_ROWS).iter_rows():
-            at = f"{stamp(at_ms / 1000)[11:]}.{at_ms % 1000:03d}" if at_ms is not None else "-"
+            at = f"{stamp(seconds(at_ms))[11:]}.{at_ms % 1000:03d}" if at_ms is not None else "-"
             out.append(
                 [
                     symbol,

@@ -51,6 +51,7 @@ from etl.exchange.parse import (
     parse_exchange_info,
     parse_prices,
 )
+from etl.hours import ms
 
 if TYPE_CHECKING:
     from etl.config import Settings
@@ -286,7 +287,7 @@ class BinanceClient:
         listed = len(symbols) <= MAX_LISTED_SYMBOLS
         params = {"symbols": json.dumps(list(symbols), separators=(",", ":"))} if listed else None
         data = self.request("/api/v3/ticker/price", params, deadline=deadline)
-        received_ms = int(self.clock() * 1000)
+        received_ms = ms(self.clock())
         return parse_prices(data, symbols, received_ms, listed=listed)
 
     def agg_trades(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from etl.exchange.endpoints import DEFAULT_WEIGHT_LIMIT, WEIGHT_HEADER
 from etl.exchange.errors import RateLimited, WeightBudgetExhausted
+from etl.hours import ms
 
 if TYPE_CHECKING:
     pass
@@ -121,7 +122,7 @@ class WeightGovernor:
             self.banned_until = max(self.banned_until, now + retry_after)
             self.ban_status = status
         if self.store is not None:
-            self.store.set(BAN_KEY, {"until": self.banned_until, "status": status}, int(now * 1000))
+            self.store.set(BAN_KEY, {"until": self.banned_until, "status": status}, ms(now))
         return RateLimited(self.banned_until, status)
 
     def snapshot(self) -> dict[str, Any]:

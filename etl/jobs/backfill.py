@@ -35,7 +35,7 @@ from etl.exchange.errors import (
 )
 from etl.exchange.governor import WeightGovernor
 from etl.exchange.parse import parse_klines
-from etl.hours import HOUR_MS, MINUTE_MS, closed_before, hour_ceil, hour_floor, iso, utc
+from etl.hours import HOUR_MS, MINUTE_MS, closed_before, hour_ceil, hour_floor, iso, ms, utc
 from etl.report import NoProgress, Progress, counted, labelled
 from etl.staging.store import Staging, open_staging
 from etl.warehouse.store import Warehouse, open_warehouse
@@ -178,7 +178,7 @@ class Backfill:
 
 def default_range(since_ms: int | None, until_ms: int | None, now: float) -> tuple[int, int]:
     """``[since, until)`` in whole closed hours; by default the last 7 days."""
-    closed = closed_before(int(now * 1000))
+    closed = closed_before(ms(now))
     hi = min(closed, hour_ceil(until_ms)) if until_ms is not None else closed
     lo = hour_floor(since_ms) if since_ms is not None else hi - DEFAULT_DAYS * 24 * HOUR_MS
     return lo, hi

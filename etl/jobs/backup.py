@@ -42,7 +42,7 @@ from etl import version
 from etl.config import Settings
 from etl.datadir import STAGING_FILE
 from etl.errors import ConfigError, DependencyError, DiskFull, NothingStaged
-from etl.hours import iso
+from etl.hours import iso, ms
 from etl.staging.db import StagingDb
 from etl.staging.schema import describe
 from etl.staging.store import Staging
@@ -136,7 +136,7 @@ def run_backup(
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "etl_version": version(),
-            "created_at": iso(now() * 1000),
+            "created_at": iso(ms(now())),
         }
         rows: dict[str, int | None] = dict.fromkeys(("ticks", "ticks_rejected", *WAREHOUSE_TABLES))
         with ExitStack() as stack:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -20,7 +19,7 @@ import polars as pl
 from etl.config import Settings
 from etl.errors import ConfigError
 from etl.exchange.fake.market import reference_price
-from etl.hours import HOUR_MS, hour_floor, utc
+from etl.hours import HOUR_MS, hour_floor, now_ms, utc
 from etl.staging.store import Staging
 from etl.warehouse.store import open_warehouse
 
@@ -83,7 +82,7 @@ def seed_demo(
     >>> seed_demo(settings, run_rollup, days=14)                  # doctest: +SKIP
     RollupResult(hours=1680, ...)
     """
-    end = hour_floor(int(time.time() * 1000)) - HOUR_MS
+    end = hour_floor(now_ms()) - HOUR_MS
     start = end - days * 24 * HOUR_MS
     interval_ms = int(settings.interval_s * 1000)
     with open_warehouse(settings) as wh:

@@ -19,7 +19,7 @@ from etl.config import Settings
 from etl.exchange.client import BinanceClient, open_exchange
 from etl.exchange.errors import BinanceError
 from etl.exchange.parse import parse_klines
-from etl.hours import HOUR_MS, closed_range, utc
+from etl.hours import HOUR_MS, closed_range, ms, utc
 from etl.staging.store import open_staging
 from etl.warehouse.store import Warehouse, open_warehouse
 
@@ -76,7 +76,7 @@ def run_reconcile(
     """Compare closed hours (the last ``hours``, or ``[since, until)``) with the exchange's
     candles; store and return the per-hour deviations. Builds the parts from ``settings`` and
     hands them to :func:`reconcile`."""
-    lo, hi = closed_range(int(now() * 1000), since_ms, until_ms)
+    lo, hi = closed_range(ms(now()), since_ms, until_ms)
     lo = hi - hours * HOUR_MS if lo is None else lo
     with ExitStack() as stack:
         # Bars to compare must exist: never create a warehouse (or a staging file) to look.

@@ -22,7 +22,7 @@ import polars as pl
 
 from etl.bars import hour_ledger, hourly_bars, trade_bars
 from etl.config import Settings
-from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, utc
+from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, ms, utc
 from etl.report import NoProgress, Progress, counted
 from etl.staging.store import Staging, open_staging
 from etl.warehouse.store import Warehouse, open_warehouse
@@ -165,7 +165,7 @@ class Rollup:
         (or all of them, ``rerun``); then purge and apply retention."""
         started = time.perf_counter()
         staging, wh, settings = self.staging, self.wh, self.settings
-        now_ms = int(self.now() * 1000)
+        now_ms = ms(self.now())
         lo_ms, hi_ms = closed_range(now_ms, since_ms, until_ms)
         result = RollupResult(staging=staging.name, looked_for=_range_text(lo_ms, hi_ms))
         wh.migrate()
@@ -278,7 +278,7 @@ def run_rollup(
     """
     with ExitStack() as stack:
         staging = stack.enter_context(open_staging(settings, create=False))
-        lo_ms, hi_ms = closed_range(int(now() * 1000), since_ms, until_ms)
+        lo_ms, hi_ms = closed_range(ms(now()), since_ms, until_ms)
         if not staging.ticks.hour_sizes(lo_ms, hi_ms):
             return RollupResult(
                 staging=staging.name,
@@ -307,7 +307,7 @@ def _remember(
     """Keep the outcome in the staging file, for `etl status` (best effort: a full disk or a
     broken file must not hide the rollup's own error)."""
     with contextlib.suppress(Exception):
-        staging.state.remember_rollup(int(now() * 1000), error, time.perf_counter() - started)
+        staging.state.remember_rollup(ms(now()), error, time.perf_counter() - started)
 
 
 def _hint(staging: Staging) -> str:

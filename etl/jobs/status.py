@@ -18,7 +18,7 @@ from typing import Any
 from etl.config import Settings
 from etl.errors import DependencyError, ExitCode, NothingStaged
 from etl.exchange.governor import BAN_KEY, WEIGHT_KEY
-from etl.hours import HOUR_MS, closed_before, iso, iso_or_none, to_ms, utc
+from etl.hours import HOUR_MS, closed_before, iso, iso_or_none, ms, to_ms, utc
 from etl.staging.state import LAST_ROLLUP_KEY
 from etl.staging.store import Staging, open_staging
 from etl.warehouse.store import Warehouse, open_warehouse
@@ -130,7 +130,7 @@ def staging_status(staging: Staging, settings: Settings, now_ms: int) -> Staging
         },
         ban={
             "active": bool(ban) and ban.get("until", 0) * 1000 > now_ms,
-            "until": iso_or_none(ban["until"] * 1000) if ban.get("until") else None,
+            "until": iso_or_none(ms(ban["until"])) if ban.get("until") else None,
             "status": ban.get("status"),
         },
         rejected=staging.quarantine.count(),
@@ -309,7 +309,7 @@ def gather(settings: Settings, now: float | None = None) -> Status:
     """Everything ``etl status`` shows, and the verdict. Creates nothing: a missing staging file
     or embedded warehouse is reported, not made."""
     now = time.time() if now is None else now
-    now_ms = int(now * 1000)
+    now_ms = ms(now)
     unreachable = False
     staging: Staging | None = None
     try:

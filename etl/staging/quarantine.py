@@ -3,12 +3,10 @@ reason, moved_at) in the same file, with the reason; never rolled up, never purg
 
 from __future__ import annotations
 
-import time
-
 import adbc_driver_sqlite.dbapi as adbc_sqlite
 import polars as pl
 
-from etl.hours import MAX_TS_MS, MIN_TS_MS, NO_LOWER, NO_UPPER
+from etl.hours import MAX_TS_MS, MIN_TS_MS, NO_LOWER, NO_UPPER, now_ms
 from etl.staging.db import StagingDb
 
 # A row of tick_rows (alias t, symbols joined as s) that got past the constraints (PRAGMA
@@ -40,7 +38,7 @@ class Quarantine:
         row of the file is copied but stays (its id must not be reused); readers skip it.
         Returns the rows newly quarantined.
         """
-        now = int(time.time() * 1000)
+        now = now_ms()
         with self.db.transaction() as cur:
             cur.execute(
                 "INSERT INTO ticks_rejected (symbol, ts, price, reason, moved_at, seq) "

@@ -9,14 +9,13 @@ upper-case letters and digits).
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import adbc_driver_sqlite.dbapi as adbc_sqlite
 
-from etl.hours import MAX_TS_MS, MIN_TS_MS
+from etl.hours import MAX_TS_MS, MIN_TS_MS, now_ms
 from etl.staging.db import StagingDb
 
 # 3: trade columns, trade_cursor and trade_holes (files of version 2 are upgraded in place).
@@ -104,7 +103,7 @@ def ensure(db: StagingDb) -> int | None:
     legacy = row is not None and row[0] == "table"
     if not legacy and row is not None:
         return _upgrade_in_place(db)
-    now = int(time.time() * 1000)
+    now = now_ms()
     with db.transaction() as cur:
         for ddl in _DDL:
             cur.execute(ddl)

@@ -38,7 +38,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from etl.config import DEFAULT_SYMBOLS
-from etl.hours import HOUR_MS, MINUTE_MS
+from etl.hours import HOUR_MS, MINUTE_MS, ms
 
 MIN_TRADES_PER_MINUTE = 4  # an open, a high, a low and a close each need a trade of their own
 
@@ -389,7 +389,7 @@ class Market:
         # Three minutes of every symbol fit: the last, the current and the next (prefetched).
         self._cached_trades = 0
         self._cache_cap = max(250_000, 3 * len(names) * self.trades_per_minute)
-        self._anchor = int(clock() * 1000) // MINUTE_MS
+        self._anchor = ms(clock()) // MINUTE_MS
         self.listing_minute = self._anchor - int(history_days * 1440)
         self.lock = threading.RLock()
 
@@ -594,7 +594,7 @@ class Market:
     def last_trade_id(self, symbol: str, ts_ms: int | None = None) -> int:
         """The id of the last aggregate trade at or before ``ts_ms`` (default: the clock's now)."""
         with self.lock:
-            ts = int(self.clock() * 1000) if ts_ms is None else ts_ms
+            ts = ms(self.clock()) if ts_ms is None else ts_ms
             mt = self._minute(symbol, ts // MINUTE_MS)
             return mt.first_a + bisect.bisect_right(mt.times, ts) - 1
 
@@ -613,7 +613,7 @@ class Market:
         ``from_id``: from that id on; ``start_ms``/``end_ms``: the trades in that window,
         oldest first; neither: the most recent ``limit``."""
         with self.lock:
-            now = int(self.clock() * 1000) if now_ms is None else now_ms
+            now = ms(self.clock()) if now_ms is None else now_ms
             spec = self._spec(symbol)
             listing = self.listing_minute
             last_minute = now // MINUTE_MS
@@ -673,7 +673,7 @@ class Market:
     def klines(
         self, symbol: str, step_ms: int, start: int | None, end: int | None, limit: int
     ) -> list[list[Any]]:
-        now_ms = int(self.clock() * 1000)
+        now_ms = ms(self.clock())
         listing_ms = self.listing_minute * MINUTE_MS
         last_open = min(end if end is not None else now_ms, now_ms) // step_ms * step_ms
         if start is not None:

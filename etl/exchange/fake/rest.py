@@ -34,7 +34,7 @@ from etl.config import DEFAULT_SYMBOLS, SYMBOL_RE
 from etl.exchange.endpoints import WEIGHT_HEADER
 from etl.exchange.fake.market import Market
 from etl.exchange.fake.stream import StreamRules, StreamServer, WsFault
-from etl.hours import HOUR_MS
+from etl.hours import HOUR_MS, ms
 
 KLINE_INTERVALS_MS = {
     "1m": 60_000,
@@ -254,7 +254,7 @@ class FakeExchange:
     def exchange_info_body(self, names: Sequence[str]) -> dict[str, Any]:
         return {
             "timezone": "UTC",
-            "serverTime": int(self.clock() * 1000),
+            "serverTime": ms(self.clock()),
             "rateLimits": [
                 {
                     "rateLimitType": "REQUEST_WEIGHT",
@@ -422,7 +422,7 @@ class FakeExchange:
 
     def _route(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
         invalid = (400, {"code": -1121, "msg": "Invalid symbol."}, {})
-        now_ms = int(self.clock() * 1000)
+        now_ms = ms(self.clock())
         if path == "/api/v3/ping":
             return 200, {}, {}
         if path == "/api/v3/time":

@@ -50,6 +50,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from etl.hours import ms
+
 if TYPE_CHECKING:
     from etl.exchange.fake.market import Market
 
@@ -367,7 +369,7 @@ class StreamServer:
             state.streams[stream] = symbol
             if symbol is not None and symbol not in self._cursor:
                 if now_ms is None:
-                    now_ms = int(self.market.clock() * 1000)
+                    now_ms = ms(self.market.clock())
                 self._cursor[symbol] = self.market.last_trade_id(symbol, now_ms)
 
     def _on_frame(self, state: _State, opcode: Opcode) -> None:
@@ -583,7 +585,7 @@ class StreamServer:
 
     async def _tick(self) -> int:
         now = time.monotonic()
-        now_ms = int(self.market.clock() * 1000)
+        now_ms = ms(self.market.clock())
         with self._mutex:
             for sid in [sid for sid, s in self._states.items() if s.ws.state is State.CLOSED]:
                 self._states[sid].closing = True
