@@ -57,7 +57,15 @@ def mask_dsn(dsn: str) -> str:
 
 
 def _symbols(value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError(
+            f"{value!r} is not a list of symbols; write them as a comma list (ETL_SYMBOLS, "
+            '--symbols) or a TOML list (symbols = ["BTCUSDT", "ETHUSDT"])'
+        )
     cleaned = [str(s).strip().upper() for s in items if str(s).strip()]
     if not cleaned:
         raise ValueError("no symbols given; list at least one, e.g. BTCUSDT,ETHUSDT")
@@ -72,13 +80,21 @@ def _symbols(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(cleaned))  # Binance rejects duplicates (-1151): keep the first
 
 
+# A number as people write it: no digit separators ("1_0" is 10 to Python), no "inf" or "nan".
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
 def _number(kind: type, lo: float, hi: float, unit: str = "") -> Callable[[Any], Any]:
     """A number in ``[lo, hi]``; zero and below always read "must be greater than 0"."""
     suffix = f" {unit}" if unit else ""
+    shape = _INTEGER if kind is int else _NUMBER
 
     def parse(value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"{value!r} is not a number")
+        if isinstance(value, str) and not shape.fullmatch(value.strip()):
+            raise ValueError(f"{value!r} is not a {'whole ' if kind is int else ''}number")
         try:
             number = kind(value)
         except (TypeError, ValueError, OverflowError):
@@ -92,11 +108,16 @@ def _number(kind: type, lo: float, hi: float, unit: str = "") -> Callable[[Any],
     return parse
 
 
-def _fraction(value: Any) -> float:
-    number = _number(float, 0, math.inf)(value)
-    if number > 1:
-        raise ValueError(f"{value!r} must be a fraction in (0, 1]")
-    return number
+def _fraction(lo: float) -> Callable[[Any], float]:
+    """A fraction in ``[lo, 1]``."""
+
+    def parse(value: Any) -> float:
+        number = _number(float, 0, math.inf)(value)
+        if not lo <= number <= 1:
+            raise ValueError(f"{value!r} must be a fraction between {lo:g} and 1")
+        return number
+
+    return parse
 
 
 def _url_of(kind: str, *schemes: str) -> Callable[[Any], str]:
@@ -289,9 +310,9 @@ class Settings:
     weight_budget: float = _setting(
         0.5,
         env="ETL_WEIGHT_BUDGET",
-        parse=_fraction,
+        parse=_fraction(0.01),
         metavar="FRACTION",
-        help="fraction of the exchange's per-minute weight limit the collector may use",
+        help="fraction of the exchange's per-minute weight limit the collector may use, 0.01 to 1",
     )
     staging_name: str | None = _setting(
         None,
@@ -356,9 +377,9 @@ class Settings:
     backfill_min_coverage: float = _setting(
         0.9,
         env="ETL_BACKFILL_MIN_COVERAGE",
-        parse=_fraction,
+        parse=_fraction(0.01),
         metavar="FRACTION",
-        help="a poll bar below this coverage is replaced by a kline bar",
+        help="a poll bar below this coverage is replaced by a kline bar, 0.01 to 1",
     )
     config_file: Path | None = None
 
@@ -448,6 +469,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found: fix --config / ETL_CONFIG") from None
     except tomllib.TOMLDecodeError as exc:

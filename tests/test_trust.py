@@ -351,6 +351,71 @@ def test_a_second_collector_on_one_staging_file_exits_2_naming_the_holder(
     assert per_slot["len"].max() == 1  # one writer: one tick per symbol and slot
 
 
+def test_a_hard_link_is_the_same_file_one_writer_and_two_names_are_refused(
+    pgs: Settings,
+) -> None:
+    """Was: two collectors on one file reached through a hard link both ran, both reported 40
+    ticks stored, and the file kept 42 of 80 (each name had its own write-ahead log)."""
+    env = etl_env(pgs)
+    first = start_etl(["collect", "--no-rollup"], env)
+    other = pgs.staging_path.parent.parent / "other-name.sqlite3"
+    try:
+        wait_for(first, "poll ok")
+        os.link(pgs.staging_path, other)
+        second = run_etl(
+            ["collect", "--no-rollup", "--polls", "1"], {**env, "ETL_SQLITE_PATH": str(other)}
+        )
+        assert second.returncode == 2
+        line = one_line(second)
+        assert f"pid {first.pid}" in line and str(other) in line, line
+        wait_for(first, "poll ok", count=2)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=20)
+    stored = int(re.search(r"(\d+) ticks stored", out).group(1))  # type: ignore[union-attr]
+    # With two names the file is refused, for a collector and a rollup alike, naming both.
+    for args in (["collect", "--polls", "1"], ["rollup"]):
+        done = run_etl(args, env)
+        assert done.returncode == 2 and "2 names (hard links)" in one_line(done), done.stderr
+    other.unlink()
+    with Staging(pgs.staging_path) as st:
+        assert st.ticks.count() == stored  # every tick the collector reported is in the file
+
+
+def test_a_staging_file_renamed_under_a_running_collector_loses_nothing(
+    settings: Settings,
+) -> None:
+    """Its write-ahead log keeps the old name: the collector folds it into the file and stops,
+    so the file under its new name holds every tick the collector stored."""
+    env = etl_env(settings)
+    first = start_etl(["collect", "--no-rollup"], env)
+    try:
+        wait_for(first, "poll ok", count=2)
+        moved = settings.staging_path.with_name("moved.sqlite3")
+        os.rename(settings.staging_path, moved)
+        out, _ = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 2, out
+    assert "renamed or replaced while collecting" in out and "Traceback" not in out
+    stored = int(re.search(r"(\d+) ticks stored", out).group(1))  # type: ignore[union-attr]
+    assert stored >= 2 * len(settings.symbols)
+    with Staging(moved, create=False) as st:
+        assert st.ticks.count() == stored
+
+
+def test_the_filesystem_of_a_path_is_read_from_the_mount_table(tmp_path: Path) -> None:
+    """What refuses a staging file on NFS or SMB: the mount table names each path's
+    filesystem (here: proc and whatever holds /tmp, neither a network one)."""
+    from etl.staging.lock import NETWORK_FILESYSTEMS, filesystem_type, refuse_network_fs
+
+    assert filesystem_type(Path("/proc/self")) == "proc"
+    local = filesystem_type(tmp_path)
+    assert local is not None and local not in NETWORK_FILESYSTEMS
+    refuse_network_fs(tmp_path / "ticks.sqlite3")  # a local one passes
+
+
 def test_the_lock_dies_with_a_killed_collector_and_rollup_runs_beside_one(
     pgs: Settings,
 ) -> None:
@@ -857,6 +922,12 @@ def test_a_full_disk_at_start_or_in_the_purge_is_exit_3(
         (["rollup", "--since", "2026-02-01", "--until", "2026-01-01"], {}, "is not before"),
         (["backfill", "--since", "2026-02-01", "--until", "2026-01-01"], {}, "is not before"),
         (["reconcile", "--since", "2026-02-01", "--until", "2026-01-01"], {}, "is not before"),
+        # Was: taken as 10 s (Python reads "1_0" as 10).
+        (["collect", "--polls", "1"], {"ETL_INTERVAL_S": "1_0"}, "'1_0' is not a number"),
+        (["collect", "--polls", "1"], {"ETL_INTERVAL_S": "nan"}, "'nan' is not a number"),
+        # Was: exit 3 "weight budget for this minute is spent".
+        (["collect", "--polls", "1"], {"ETL_WEIGHT_BUDGET": "1e-300"}, "between 0.01 and 1"),
+        (["rollup"], {"ETL_ROLLUP_CHUNK_HOURS": "2.5"}, "'2.5' is not a whole number"),
     ],
 )
 def test_values_that_must_be_refused(
@@ -866,6 +937,26 @@ def test_values_that_must_be_refused(
     done = run_etl(args, etl_env(settings, **extra))
     assert done.returncode == 2 and fragment in one_line(done)
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"symbols = 5\n", "symbols: 5 is not a list of symbols"),  # was: exit 1 TypeError
+        (b"\xff\xfesymbols = []\n", "is not UTF-8 text"),  # was: exit 1 UnicodeDecodeError
+        (b"symbols = [1, 2]\n", "invalid symbol"),
+        (b"interval_s = true\n", "True is not a number"),
+    ],
+)
+def test_a_config_file_with_bad_values_is_one_line_and_exit_2(
+    settings: Settings, tmp_path: Path, content: bytes, fragment: str
+) -> None:
+    config = tmp_path / "etl.toml"
+    config.write_bytes(content)
+    env = etl_env(settings, ETL_CONFIG=str(config))
+    del env["ETL_SYMBOLS"], env["ETL_INTERVAL_S"]
+    done = run_etl(["status"], env)
+    assert done.returncode == 2 and fragment in one_line(done), done.stderr
 
 
 def test_ten_thousand_unknown_symbols_make_one_short_line(

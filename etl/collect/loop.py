@@ -141,9 +141,9 @@ class Collector:
         end = self.clock() + duration if duration is not None else math.inf
         with ExitStack() as stack:
             if self.staging is None:
-                self.staging = stack.enter_context(open_staging(self.settings))
+                self.staging = stack.enter_context(open_staging(self.settings, writer=True))
             staging = self.staging
-            staging.lock.hold()
+            staging.become_writer()
             stack.callback(staging.lock.release)
             self._check(staging)
             if self.client is None:
@@ -175,17 +175,20 @@ class Collector:
                 if self.rollup
                 else None
             )
+            completed = False
             try:
                 if self.settings.source == "trades":
                     self._collect_trades(staging, launcher, end, polls)
                 else:
                     self._collect_polls(staging, launcher, end, polls)
+                completed = True
             finally:
                 if launcher is not None:
                     self.stats.rollups = launcher.launched
                     self.stats.rollups_failed = launcher.failed
                     self.stats.rollups_stopped = launcher.stopped
-            self._summary(staging)
+                if completed or self.stats.polls:  # ended by an error: what it did is still news
+                    self._summary(staging)
         return self.stats
 
     def _collect_polls(
@@ -215,6 +218,7 @@ class Collector:
                     validated = self._validate(deadline)
                 if validated:
                     self._poll(deadline)
+                    self._still_at_its_path(staging)
                     if self.gap_filler and gap_since is not None and backfiller is None:
                         backfiller = self._start_backfill(gap_since, backfill_stop)
                 self._draw()
@@ -271,6 +275,7 @@ class Collector:
                 if self.wait(FLUSH_S):
                     break
                 self._store_batch(feed)
+                self._still_at_its_path(staging)
                 if launcher is not None:
                     launcher.tick()
                 if polls is not None and self.stats.polls_ok >= polls:
@@ -293,6 +298,18 @@ class Collector:
         """A trade batch's event: the feed's running totals and each symbol's last trade."""
         last = {s: e[2] - feed.offset_ms for s, e in feed.activity.state.items()}
         return Stored(self.clock(), stored, seconds, _totals(feed), last)
+
+    def _still_at_its_path(self, staging: Staging) -> None:
+        """A staging file renamed or replaced under a running collector: its write-ahead log
+        would stay under the old name, so fold it into the file and stop (exit 2)."""
+        if staging.lock.still_at_its_path():
+            return
+        staging.db.checkpoint()
+        raise ConfigError(
+            f"the staging file {staging.path} was renamed or replaced while collecting: the "
+            "collector folded its write-ahead log into the file and stopped; start it again "
+            "with ETL_SQLITE_PATH naming where the file is now"
+        )
 
     def _emit(self, event: Event) -> None:
         for listener in self.listeners:

@@ -24,6 +24,7 @@ from etl.errors import (
     NothingStaged,
     StagingCorrupt,
 )
+from etl.staging.lock import refuse_extra_names, refuse_network_fs
 
 _CORRUPT = ("malformed", "not a database", "file is encrypted")
 
@@ -50,6 +51,9 @@ class StagingDb:
         self._lock = threading.RLock()
         if not create and not self.path.exists():
             raise NothingStaged(f"nothing staged in {self.path}: no staging file there")
+        if not read_only:  # what would lose commits is refused before the file is opened
+            refuse_network_fs(self.path)
+            refuse_extra_names(self.path)
         try:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

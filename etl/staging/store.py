@@ -43,8 +43,21 @@ class Staging:
         synchronous: str = "NORMAL",
         create: bool = True,
         name: str | None = None,
+        writer: bool = False,
     ) -> None:
-        self.db = StagingDb(path, synchronous=synchronous, create=create)
+        """``writer``: become the file's one writer (:meth:`become_writer`) before SQLite opens
+        it, so a second collector is told who has it, under whatever name it came."""
+        self.lock = WriterLock(Path(path))
+        if writer:
+            if create and not Path(path).exists():
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).touch()  # an empty file is an empty SQLite database
+            self.lock.hold()
+        try:
+            self.db = StagingDb(path, synchronous=synchronous, create=create)
+        except BaseException:
+            self.lock.close()
+            raise
         self.path = self.db.path
         self.upgraded_from = schema.ensure(self.db)
         self.id, self.name = schema.identity(self.db, name)
@@ -52,7 +65,6 @@ class Staging:
         self.ticks = Ticks(self.db, self.quarantine)
         self.trades = Trades(self.db)
         self.state = State(self.db)
-        self.lock = WriterLock(self.path)
 
     def read_hours(
         self, hours: Sequence[int], *, threads: int = 2, trades: bool | None = None
@@ -66,9 +78,13 @@ class Staging:
     def meta(self) -> dict[str, str]:
         return schema.meta(self.db)
 
+    def become_writer(self) -> None:
+        """Take this file's writer lock (:class:`StagingBusy` naming the collector that has it)."""
+        self.lock.hold()
+
     def close(self) -> None:
-        self.lock.release()
         self.db.close()
+        self.lock.close()
 
     def __enter__(self) -> Staging:
         return self
@@ -77,11 +93,13 @@ class Staging:
         self.close()
 
 
-def open_staging(settings: Settings, *, create: bool = True) -> Staging:
-    """The configured staging file. ``create=False`` for commands that only look."""
+def open_staging(settings: Settings, *, create: bool = True, writer: bool = False) -> Staging:
+    """The configured staging file. ``create=False`` for commands that only look; ``writer``
+    for the collector."""
     return Staging(
         settings.staging_path,
         synchronous=settings.sqlite_synchronous,
         create=create,
         name=settings.staging_name,
+        writer=writer,
     )
