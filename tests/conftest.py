@@ -47,18 +47,29 @@ def _clear_of_an_hour_boundary() -> None:
 
 
 class VirtualClock:
-    """Time that passes only when someone sleeps: minutes of polling in milliseconds."""
+    """Time that passes only when someone sleeps: minutes of polling in milliseconds. Calling it
+    reads the wall clock; :meth:`monotonic` the time that passed, which a step of the wall clock
+    (:meth:`step`) leaves alone."""
 
     def __init__(self, start: float) -> None:
         self.now = start
+        self.passed = 0.0
         self.stop = threading.Event()
 
     def __call__(self) -> float:
         return self.now
 
+    def monotonic(self) -> float:
+        return self.passed
+
     def sleep(self, seconds: float) -> bool:
         self.now += max(0.0, seconds)
+        self.passed += max(0.0, seconds)
         return self.stop.is_set()
+
+    def step(self, seconds: float) -> None:
+        """The wall clock jumps (an NTP correction, an operator's date command)."""
+        self.now += seconds
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import polars as pl
 import pytest
 from rich.console import Console
 
@@ -22,6 +23,8 @@ from etl.collect.view import CollectorView
 from etl.config import Settings
 from etl.errors import ConfigError
 from etl.exchange.fake.rest import FakeExchange
+from etl.hours import closed_before, ms
+from etl.jobs.rollup import run_rollup
 from etl.staging.store import Staging
 from tests.conftest import VirtualClock
 
@@ -44,7 +47,14 @@ def collect(
 ) -> tuple[CollectorStats, Recorder | CollectorView]:
     view = view or Recorder()
     collector = Collector(
-        settings, rollup=False, view=view, clock=clock, wait=clock.sleep, stop=clock.stop, **kw
+        settings,
+        rollup=False,
+        view=view,
+        clock=clock,
+        wait=clock.sleep,
+        stop=clock.stop,
+        monotonic=clock.monotonic,
+        **kw,
     )  # type: ignore[arg-type]
     return collector.run(polls=polls), view
 
@@ -146,7 +156,12 @@ def test_exchange_down_then_back_is_reported_and_recovered(
 
         view = Recorder()
         stats = Collector(
-            with_url(vsettings, ex), rollup=False, view=view, clock=vclock, wait=wait
+            with_url(vsettings, ex),
+            rollup=False,
+            view=view,
+            clock=vclock,
+            wait=wait,
+            monotonic=vclock.monotonic,
         ).run(polls=20)
     assert "exchange unreachable since" in view.text
     assert re.search(r"exchange reachable again after (5\d\.\d s|1\.0 m)", view.text), view.text
@@ -175,7 +190,9 @@ def test_delisted_symbol_is_dropped_and_the_others_go_on(
         return vclock.sleep(seconds)
 
     view = Recorder()
-    stats = Collector(settings, rollup=False, view=view, clock=vclock, wait=wait).run(polls=8)
+    stats = Collector(
+        settings, rollup=False, view=view, clock=vclock, wait=wait, monotonic=vclock.monotonic
+    ).run(polls=8)
     assert stats.polls_missed == 0
     rows = stored(settings)
     eth = [ts for s, ts, _ in rows if s == "ETHUSDT"]
@@ -253,3 +270,51 @@ def test_staging_file_is_wal_on_disk(settings: Settings) -> None:
         cur.execute("PRAGMA journal_mode")
         assert cur.fetchone()[0] == "wal"
     time.sleep(0)
+
+
+def test_the_wall_clock_stepping_back_an_hour_and_forward_a_day_stores_no_tick_in_a_wrong_hour(
+    pgs: Settings, vclock: VirtualClock
+) -> None:
+    """A tick is stamped with the wall clock. Stepped back an hour, new stamps would land in an
+    hour before ticks already stored (one a rollup may have closed): none is stored until the
+    clock passes the newest tick again, and the polls between are counted as missed, with the
+    reason. Forward a day: the polls follow from the next slot, none is caught up. The slots
+    are paced by time that passed, so neither step makes a burst of requests."""
+    steps = {60: -3600.0, 800: 86_400.0}  # after so many waits
+    waits = 0
+
+    def wait(seconds: float) -> bool:
+        nonlocal waits
+        waits += 1
+        if waits in steps:
+            vclock.step(steps[waits])
+        return vclock.sleep(seconds)
+
+    view = Recorder()
+    with FakeExchange(list(pgs.symbols), clock=vclock, ws=False) as ex:
+        stats = Collector(
+            replace(pgs, binance_url=ex.url, interval_s=5.0),
+            rollup=False,
+            view=view,
+            clock=vclock,
+            wait=wait,
+            monotonic=vclock.monotonic,
+        ).run(polls=900)
+        asked = [r.at for r in ex.requests if r.path == "/api/v3/ticker/price"]
+    assert stats.clock_steps == 2, view.text
+    assert "the wall clock stepped back by 1.0 h" in view.text
+    assert "the wall clock stepped forward by 1.0 d" in view.text
+    assert "poll skipped: the wall clock stepped back" in view.text
+    assert len(asked) == stats.polls_ok  # no request for a poll it would not store
+    assert 600 <= stats.polls_missed <= 720  # the hour held back, counted
+    per_minute = {}
+    for at in asked:
+        per_minute[int(at // 60)] = per_minute.get(int(at // 60), 0) + 1
+    assert max(per_minute.values()) <= 60 / 5 + 1  # no burst after either step
+    with Staging(pgs.staging_path) as st:
+        ticks = st.ticks.read_window(0, 2**62).sort("seq")
+    assert ticks["ts"].diff().drop_nulls().min() >= 0  # stamps only move forward
+    # Rolled up (at the clock's now): each hour once, and a second rollup finds nothing.
+    closed = ticks.filter(pl.col("ts") < closed_before(ms(vclock())))
+    first = run_rollup(pgs, now=vclock)
+    assert first.ticks == closed.height > 0 and run_rollup(pgs, now=vclock).hours == 0

@@ -163,7 +163,13 @@ def test_the_live_table_shows_prices_to_the_tick_the_hour_and_the_update_time(
         )
         try:
             Collector(
-                with_dir, rollup=False, view=view, clock=vclock, wait=vclock.sleep, stop=vclock.stop
+                with_dir,
+                rollup=False,
+                view=view,
+                clock=vclock,
+                wait=vclock.sleep,
+                stop=vclock.stop,
+                monotonic=vclock.monotonic,
             ).run(polls=3)
         finally:
             shutil.rmtree(with_dir.data_dir, ignore_errors=True)

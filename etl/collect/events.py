@@ -76,7 +76,26 @@ class RollupEnded:
     seconds: float
 
 
-Event = Polled | Missed | Stored | RollupEnded
+@dataclass(frozen=True)
+class ClockStepped:
+    """The wall clock jumped by ``seconds`` (negative: back) beyond the time that passed."""
+
+    at: float
+    seconds: float
+
+
+class ClockSteppedBack(Exception):
+    """Why a poll is not taken: its stamp would lie before ticks already stored."""
+
+    def __init__(self, until_ms: int) -> None:
+        self.until_ms = until_ms
+        super().__init__(
+            "the wall clock stepped back: no tick is stored before the newest one already "
+            f"stored, until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until_ms / 1000))}"
+        )
+
+
+Event = Polled | Missed | Stored | RollupEnded | ClockStepped
 
 
 class Listener(Protocol):
@@ -102,6 +121,7 @@ class CollectorStats:
     caught_up: int = 0
     holes: int = 0
     reconnects: int = 0
+    clock_steps: int = 0
 
     @property
     def polls(self) -> int:
@@ -124,6 +144,8 @@ class CollectorStats:
         elif isinstance(event, Stored):
             self.polls_ok += 1
             self.take(event.totals)
+        elif isinstance(event, ClockStepped):
+            self.clock_steps += 1
 
     def take(self, totals: FeedCounts) -> None:
         """The trade feed's totals as this run's (source trades)."""

@@ -23,7 +23,17 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from etl.collect.events import CollectorStats, Event, FeedCounts, Listener, Missed, Polled, Stored
+from etl.collect.events import (
+    ClockStepped,
+    ClockSteppedBack,
+    CollectorStats,
+    Event,
+    FeedCounts,
+    Listener,
+    Missed,
+    Polled,
+    Stored,
+)
 from etl.collect.metrics import CollectorMetrics
 from etl.collect.rollup_child import RollupLauncher
 from etl.collect.screen import PollLines, Screen
@@ -111,9 +121,11 @@ class Collector:
         stop: threading.Event | None = None,
         wait: Callable[[float], bool] | None = None,
         trade_options: dict[str, Any] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``clock`` and ``wait`` (sleep up to N s, True if stopped) can be virtual in tests;
-        ``trade_options`` go to :class:`etl.collect.trade_feed.TradeFeed` (compressed timings)."""
+        """``clock`` (the wall clock, which stamps ticks), ``monotonic`` (time that only passes,
+        which tells a jump of the wall clock) and ``wait`` (sleep up to N s, True if stopped) can
+        be virtual in tests; ``trade_options`` go to :class:`etl.collect.trade_feed.TradeFeed`."""
         self.settings = settings
         self.symbols = list(settings.symbols)
         self.staging = staging
@@ -122,6 +134,7 @@ class Collector:
         self.gap_filler = gap_filler
         self.view = view or CollectorView()
         self.clock = clock
+        self.monotonic = monotonic
         self.stop = stop or threading.Event()
         self.wait = wait or self.stop.wait
         self.stats = CollectorStats(started=clock())
@@ -132,6 +145,8 @@ class Collector:
         self.feed: TradeFeed | None = None
         self.screen: Screen | None = None
         self.listeners: list[Listener] = []
+        self.newest_ms = 0  # the newest tick this run stored
+        self.hold_until_ms = 0  # after the clock stepped back: no stamp before this is stored
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -206,6 +221,7 @@ class Collector:
         backfiller: threading.Thread | None = None
         validated = False
         slot = math.floor(self.clock() / interval) + 1
+        mark = (self.clock(), self.monotonic())
         try:
             while not self.stop.is_set():
                 wait = slot * interval - self.clock()
@@ -213,6 +229,10 @@ class Collector:
                     break
                 if self.clock() >= end:
                     break
+                step, mark = self._clock_step(mark, interval)
+                if step:  # slots follow the wall clock from the next one; none is caught up
+                    slot = math.floor(self.clock() / interval) + 1
+                    continue
                 deadline = (slot + 1) * interval - min(0.05 * interval, 0.25)
                 if not validated:
                     validated = self._validate(deadline)
@@ -408,9 +428,27 @@ class Collector:
         self.view.event(f"symbols checked against exchangeInfo: {len(self.symbols)} trading")
         return True
 
+    def _clock_step(
+        self, mark: tuple[float, float], interval: float
+    ) -> tuple[float, tuple[float, float]]:
+        """How far the wall clock jumped since ``mark`` beyond the time that passed (0: it did
+        not), and the new mark. A jump back holds stamps until the newest stored tick's time,
+        so no tick lands in an hour before ticks already stored (one a rollup may have closed)."""
+        wall, mono = self.clock(), self.monotonic()
+        step = (wall - mark[0]) - (mono - mark[1])
+        if abs(step) <= max(2.0, interval):
+            return 0.0, (wall, mono)
+        if step < 0:
+            self.hold_until_ms = max(self.hold_until_ms, self.newest_ms)
+        self._emit(ClockStepped(wall, step))
+        return step, (wall, mono)
+
     def _poll(self, deadline: float) -> None:
         assert self.client is not None and self.staging is not None
         started, began = time.perf_counter(), self.clock()
+        if ms(began) <= self.hold_until_ms:  # no request: it would be stamped too early
+            self._missed(ClockSteppedBack(self.hold_until_ms), began)
+            return
         try:
             poll = self.client.prices(self.symbols, deadline=deadline)
         except ApiError as exc:
@@ -430,6 +468,7 @@ class Collector:
         except Exception as exc:  # any other failed write is a missed poll too, not a crash
             self._missed(exc, began)
             return
+        self.newest_ms = max(self.newest_ms, poll.received_ms)
         gov, since = self.client.governor, self.stats.unreachable_since
         self._emit(
             Polled(
@@ -467,7 +506,7 @@ class Collector:
     def _missed(self, exc: BaseException, began: float) -> None:
         """A missed poll; ``began`` is when it started (an outage began no later)."""
         starts_outage = self.stats.unreachable_since is None and not isinstance(
-            exc, RateLimited | WeightBudgetExhausted | DiskFull
+            exc, RateLimited | WeightBudgetExhausted | DiskFull | ClockSteppedBack
         )
         offline = (
             not self.exchange_seen and isinstance(exc, ExchangeUnavailable) and not exc.reached

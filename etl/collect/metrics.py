@@ -18,7 +18,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from etl.collect.events import Event, FeedCounts, Missed, Polled, RollupEnded, Stored
+from etl.collect.events import (
+    ClockStepped,
+    Event,
+    FeedCounts,
+    Missed,
+    Polled,
+    RollupEnded,
+    Stored,
+)
 from etl.errors import ConfigError
 from etl.hours import parse_time, seconds
 from etl.staging.state import LAST_ROLLUP_KEY
@@ -86,6 +94,11 @@ class CollectorMetrics:
             "Trades fetched over REST to fill what the streams missed (source trades).",
             registry=r,
         )
+        self.clock_steps = Counter(
+            "etl_clock_steps",
+            "Jumps of the wall clock the collector saw (each one logged; polls follow it).",
+            registry=r,
+        )
         self.last_rollup_ok = 0.0
         self.started = 0.0
         self.last_tick_ms: dict[str, int] = {}
@@ -123,6 +136,8 @@ class CollectorMetrics:
             self.caught_up.inc(event.totals.caught_up - before.caught_up)
             self._totals = event.totals
             self.last_tick_ms.update(event.last_trade_ms)
+        elif isinstance(event, ClockStepped):
+            self.clock_steps.inc()
         elif isinstance(event, RollupEnded):
             self.rollups.labels(event.result).inc()
             self.rollup_seconds.observe(event.seconds)

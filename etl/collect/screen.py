@@ -9,7 +9,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from etl.collect.events import CollectorStats, Event, Missed, Polled
+from etl.collect.events import (
+    ClockStepped,
+    ClockSteppedBack,
+    CollectorStats,
+    Event,
+    Missed,
+    Polled,
+)
 from etl.collect.running import RunningMetrics
 from etl.collect.view import CollectorView
 from etl.console import age
@@ -48,10 +55,22 @@ class PollLines:
             )
         elif isinstance(event, Missed) and event.error is not None:
             self._missed(event)
+        elif isinstance(event, ClockStepped):
+            way = "back" if event.seconds < 0 else "forward"
+            self.view.event(
+                f"the wall clock stepped {way} by {age(abs(event.seconds))}: polls follow it from "
+                "the next slot"
+                + (
+                    "; none is stored before the newest tick already stored"
+                    if way == "back"
+                    else ""
+                ),
+                logging.WARNING,
+            )
 
     def _missed(self, event: Missed) -> None:
         error = event.error
-        if isinstance(error, RateLimited | WeightBudgetExhausted):
+        if isinstance(error, RateLimited | WeightBudgetExhausted | ClockSteppedBack):
             self.view.poll_line(f"poll skipped: {error}")
         elif isinstance(error, DiskFull):
             self.view.event(f"poll not stored: {error}", logging.WARNING)
