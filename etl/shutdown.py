@@ -115,6 +115,16 @@ def until_signal() -> Iterator[threading.Event]:
                     signal.signal(sig, old)
 
 
+def fault_point(name: str) -> None:
+    """A test hook at a named point of a job: ``ETL_CRASH_AT=name`` dies at once (as ``kill -9``
+    would); ``ETL_STOP_AT=name`` stops the process (SIGSTOP), so a test can break something
+    underneath it (kill its PostgreSQL, fill its disk) and let it go on (SIGCONT)."""
+    if os.environ.get("ETL_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("ETL_STOP_AT") == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
 def _parent_is_just() -> bool:
     try:
         return Path(f"/proc/{os.getppid()}/comm").read_text().strip() == "just"

@@ -35,9 +35,10 @@ from etl.config import Settings
 from etl.hours import HOUR_MS, hour_floor
 from etl.jobs.rollup import run_rollup
 from etl.staging.store import Staging
+from etl.warehouse.embedded import embedded_server
 from etl.warehouse.store import LEGACY_STAGING, open_warehouse
 from tests.conftest import etl_env, one_line, run_etl, start_etl, wait_for
-from tests.pgutil import query, seed_ticks
+from tests.pgutil import query, seed_ticks, snapshot
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
@@ -1092,3 +1093,97 @@ def test_a_ban_is_stored_before_the_body_arrives_so_a_crash_keeps_it(
     assert "rate limited (429)" in second.stdout
     during = [r for r in exchange.requests if banned_at < r.at < banned_at + 20]
     assert during == [] and exchange.violations == 0
+
+
+# -- faults under the warehouse and the backup ---------------------------------------------------
+
+
+def stopped_at_its_point(proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    """Wait until ``proc`` stopped itself (``ETL_STOP_AT``)."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{proc.pid}/stat").read_text().split(") ")[1][0] != "T":
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "never reached its stop point"
+        time.sleep(0.05)
+
+
+def kill_postgres(pgdata: Path) -> None:
+    """``kill -9`` of the embedded server's postmaster (its children die with it)."""
+    pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def embedded(settings: Settings, open_dir: Path) -> Settings:
+    """Settings with a warehouse of its own: the embedded server in a data dir others may enter
+    (a test may kill it)."""
+    chosen = replace(settings, data_dir=open_dir / "data", sqlite_path=None)
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(chosen.staging_path, SYMBOLS, now_hour - 4 * HOUR_MS, polls=3 * 720)
+    return chosen
+
+
+def test_postgres_killed_mid_rollup_is_exit_3_with_nothing_partial_and_a_rerun_converges(
+    embedded: Settings, open_dir: Path
+) -> None:
+    reference = replace(embedded, data_dir=open_dir / "reference")
+    reference.data_dir.mkdir()
+    shutil.copy(embedded.staging_path, reference.staging_path)
+    assert run_etl(["rollup"], etl_env(reference)).returncode == 0
+
+    env = etl_env(embedded)
+    rollup = start_etl(["rollup"], {**env, "ETL_STOP_AT": "before_commit"})
+    stopped_at_its_point(rollup)
+    kill_postgres(embedded.paths.pg)
+    os.kill(rollup.pid, signal.SIGCONT)
+    out, _ = rollup.communicate(timeout=60)
+    assert rollup.returncode == 3, out
+    lines = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "nothing partial was committed" in lines[0], out
+    assert "Traceback" not in out
+    with Staging(embedded.staging_path) as st:
+        assert st.ticks.count() == 3 * 720 * len(SYMBOLS)  # no tick purged
+
+    again = run_etl(["rollup"], env)  # the server restarts (crash recovery) and it converges
+    assert again.returncode == 0, again.stdout + again.stderr
+    with (
+        embedded_server(embedded.paths.pg) as ours,
+        embedded_server(reference.paths.pg) as theirs,
+    ):
+        assert snapshot(ours) == snapshot(theirs)
+
+
+def test_postgres_killed_mid_backup_is_exit_3_and_leaves_no_backup(
+    embedded: Settings, open_dir: Path
+) -> None:
+    env = etl_env(embedded)
+    assert run_etl(["rollup"], env).returncode == 0
+    dest = open_dir / "backup"
+    backup = start_etl(["backup", str(dest)], {**env, "ETL_STOP_AT": "backup_dumping"})
+    stopped_at_its_point(backup)
+    kill_postgres(embedded.paths.pg)
+    os.kill(backup.pid, signal.SIGCONT)
+    out, _ = backup.communicate(timeout=60)
+    assert backup.returncode == 3, out
+    assert "Traceback" not in out
+    assert not dest.exists() and not list(open_dir.glob(".backup.partial-*"))
+    again = run_etl(["backup", str(dest)], env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (dest / "manifest.json").exists()
+
+
+def test_a_full_disk_during_a_backup_is_exit_3_and_leaves_nothing_restore_would_take(
+    embedded: Settings, tiny_disk: Path, open_dir: Path
+) -> None:
+    env = etl_env(embedded)
+    assert run_etl(["rollup"], env).returncode == 0
+    fill(tiny_disk, leave=64 * 1024)  # room for the dump, not for the staging file's copy
+    dest = tiny_disk / "backup"
+    done = run_etl(["backup", str(dest)], env)
+    assert done.returncode == 3 and "disk full" in one_line(done), done.stderr
+    assert not dest.exists() and list(tiny_disk.iterdir()) == [tiny_disk / "filler"]
+    refused = run_etl(["restore", str(dest)], {**env, "ETL_DATA_DIR": str(open_dir / "new")})
+    assert refused.returncode == 2, refused.stderr

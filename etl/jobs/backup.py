@@ -24,6 +24,7 @@ BackupResult(dest=PosixPath('/backups/etl-2026-01-05'), ...)
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -43,6 +44,7 @@ from etl.config import Settings
 from etl.datadir import STAGING_FILE
 from etl.errors import ConfigError, DependencyError, DiskFull, NothingStaged
 from etl.hours import iso, ms
+from etl.shutdown import fault_point
 from etl.staging.db import StagingDb
 from etl.staging.schema import describe
 from etl.staging.store import Staging
@@ -167,6 +169,17 @@ def run_backup(
             dest.rmdir()  # empty (checked above): the rename replaces it
         work.rename(dest)
         _fsync(dest.parent)
+    except OSError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull(
+                f"disk full writing the backup to {dest.parent}: free some space and run it "
+                "again (nothing of this backup was left behind)"
+            ) from None
+        raise DependencyError(
+            f"cannot write the backup to {dest.parent} ({exc.strerror or exc}): nothing of it "
+            "was left behind"
+        ) from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -185,6 +198,7 @@ def _dump_warehouse(
             "pg_dump", major, why=f" (the warehouse {wh.label} runs PostgreSQL {version})"
         )
     with wh.exported_snapshot(WAREHOUSE_TABLES) as (snapshot, found):
+        fault_point("backup_dumping")
         run_tool(
             [pg_dump, "--format=custom", f"--snapshot={snapshot}", f"--file={out}"],
             with_timeouts(dsn, settings.pg_connect_timeout_s),

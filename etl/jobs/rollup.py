@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -24,6 +22,7 @@ from etl.bars import hour_ledger, hourly_bars, trade_bars
 from etl.config import Settings
 from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, ms, utc
 from etl.report import NoProgress, Progress, counted
+from etl.shutdown import fault_point
 from etl.staging.store import Staging, open_staging
 from etl.warehouse.store import Warehouse, open_warehouse
 
@@ -31,13 +30,7 @@ log = logging.getLogger("etl.rollup")
 
 # Ticks per rollup chunk: about an hour of 3,000 symbols at 5 s; ~650 MiB peak for the process.
 CHUNK_TICKS = 2_500_000
-CRASH_ENV = "ETL_CRASH_AT"  # test hook: SIGKILL ourselves at a named point
-
-
-def crash_point(name: str) -> None:
-    """Die at once (as ``kill -9`` would) if ``ETL_CRASH_AT`` names this point."""
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+crash_point = fault_point  # the rollup's named points: after_read, before_commit, ...
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from etl.config import mask_dsn
-from etl.errors import DependencyError
+from etl.errors import DependencyError, DiskFull
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
@@ -154,5 +154,7 @@ def run_tool(args: list[str | Path], dsn: str, what: str, **extra_env: str) -> N
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         first = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "")
-        reason = first.replace(dsn, mask_dsn(dsn)).replace(bare, mask_dsn(bare))
-        raise DependencyError(f"{what} failed (exit {done.returncode}): {reason.strip()}")
+        reason = first.replace(dsn, mask_dsn(dsn)).replace(bare, mask_dsn(bare)).strip()
+        if "no space left" in done.stderr.lower():
+            raise DiskFull(f"disk full: {what} could not write ({reason}); free some space")
+        raise DependencyError(f"{what} failed (exit {done.returncode}): {reason}")
