@@ -8,6 +8,7 @@ codes, so a value holding ``[/]``, a ``[libpq]`` prefix or ``:smile:`` is text, 
 from __future__ import annotations
 
 import io
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -18,8 +19,9 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 from rich.text import Text
 
-# Piped to a file or another program, tables get room instead of 80 columns of ellipses.
-_PIPE_WIDTH = None if sys.stdout.isatty() else 160
+# Piped to a file or another program, tables get room instead of 80 columns of ellipses (or the
+# width COLUMNS asks for).
+_PIPE_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS") or 0) or 160
 
 
 def make_console(**options: Any) -> Console:

@@ -7,16 +7,18 @@ import json
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from etl.bars import hourly_bars
 from etl.config import Settings
-from etl.hours import HOUR_MS, hour_floor
+from etl.hours import GRACE_MS, HOUR_MS, hour_floor, iso
 from etl.jobs.demo_history import generate_ticks
 from etl.jobs.rollup import run_rollup
 from etl.staging.store import Staging
+from etl.warehouse.embedded import embedded_server
 from etl.warehouse.store import open_warehouse
 from tests.conftest import etl_env, run_etl
 from tests.pgutil import execute, query, seed_ticks
@@ -171,3 +173,34 @@ def test_seed_demo_fills_the_warehouse_and_refuses_to_overwrite(pgs: Settings) -
     assert query(pgs.pg_dsn, "SELECT count(*) AS n FROM metrics_daily")["n"][0] >= 3 * 2  # type: ignore[arg-type]
     again = run_etl(["seed-demo", "--days", "3", "--use-pg-dsn"], env)
     assert again.returncode == 2 and "already holds" in again.stderr
+
+
+def test_right_after_seed_demo_status_is_healthy_and_names_the_planned_gaps(
+    open_dir: Path,
+) -> None:
+    """Was: the history stopped an hour before the last closed hour, so status said "hours
+    without a bar ... run `etl backfill`" (exit 1), advice that fails offline and online
+    would write real klines into fake history."""
+    env = etl_env(None, ETL_DATA_DIR=str(open_dir / "data"))
+    seeded = run_etl(["seed-demo", "--days", "3"], env)
+    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+    demo = open_dir / "data" / "demo"
+    done = run_etl(["--data-dir", str(demo), "status", "--json"], env)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["problems"] == [], report["problems"]
+    assert report["demo"] is True
+    last_closed = hour_floor(int(time.time() * 1000) - GRACE_MS) - HOUR_MS
+    assert report["warehouse"]["last_committed_hour"] == iso(last_closed)
+    planned = json.loads((demo / "etl-demo.json").read_text())["planned_gaps"]
+    if any(h >= iso(last_closed - 23 * HOUR_MS) for hours in planned.values() for h in hours):
+        assert any("planned gaps" in note for note in report["notes"]), report["notes"]
+    text = run_etl(["--data-dir", str(demo), "status"], env)
+    assert "backfill" not in text.stdout and "etl collect" not in text.stdout
+    # Every price on the symbol's tick grid, as the exchange's are.
+    from etl.exchange.fake.market import Market
+
+    with embedded_server(demo / "pg") as dsn:
+        closes = query(dsn, "SELECT symbol, close FROM metrics_hourly")
+    ticks = {s: float(Market([s]).tick_size(s)) for s in closes["symbol"].unique()}
+    for symbol, close in closes.iter_rows():
+        assert abs(close / ticks[symbol] - round(close / ticks[symbol])) < 1e-6, (symbol, close)

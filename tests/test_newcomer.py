@@ -27,6 +27,7 @@ from etl.collect.view import CollectorView
 from etl.config import Settings
 from etl.exchange.fake.rest import FakeExchange
 from etl.hours import HOUR_MS, hour_floor
+from etl.staging.store import Staging
 from tests.conftest import VirtualClock, etl_env, run_etl
 from tests.pgutil import seed_ticks
 
@@ -138,6 +139,44 @@ def test_the_demo_and_seed_demo_meet_in_one_place_and_say_how_to_look(open_dir: 
     assert "just notebook --demo" in done.stdout
     look = run_etl(["--data-dir", str(demo_dir), "status", "--json"], env)
     assert '"rows": 10' in look.stdout  # 2 polls of the 5 default symbols, where it said
+
+
+def offline(argv: list[str]) -> list[str]:
+    """``argv`` in a network namespace of its own: only 127.0.0.1 exists, no name resolves."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("a network namespace needs root, unshare and ip")
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare -n refused here: {probe.stderr.decode().strip()}")
+    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *argv]
+
+
+@pytest.mark.parametrize("source", ["poll", "trades"])
+def test_both_demo_sources_stay_offline_whatever_the_configuration_says(
+    open_dir: Path, source: str
+) -> None:
+    """Was: `etl demo --source trades` opened its stream to the real exchange: offline it
+    retried a name lookup for ever and stored 0 trades (exit 0)."""
+    env = etl_env(
+        None,
+        ETL_DATA_DIR=str(open_dir / "data"),
+        ETL_SOURCE=source,
+        ETL_BINANCE_URL="https://api.binance.com",
+        ETL_WS_URL="wss://stream.binance.com:9443",
+    )
+    done = subprocess.run(
+        offline([sys.executable, "-m", "etl", "demo", "--duration", "6"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "binance.com" not in done.stdout + done.stderr
+    with Staging(open_dir / "data" / "demo" / "ticks.sqlite3", create=False) as st:
+        stored = st.ticks.count()
+        has_trades = st.trades.exist()
+    assert stored > (50 if source == "trades" else 5) and has_trades == (source == "trades")
 
 
 def test_the_fake_exchange_lists_real_symbols_so_typos_are_caught(open_dir: Path) -> None:

@@ -295,3 +295,25 @@ def test_every_command_result_is_json_lines_under_log_format_json(pgs: Settings)
         assert done.returncode == code, (command, done.stdout, done.stderr)  # status: no polls
         assert done.stdout.strip(), command
         assert all(json.loads(line)["message"] for line in done.stdout.splitlines()), command
+
+
+@pytest.mark.parametrize("width", [60, 80, 120, 160])
+def test_status_problems_wrap_whole_at_any_width_and_each_is_said_once(
+    settings: Settings, width: int
+) -> None:
+    """Was: each problem cut to one line at 80 and 160 columns, dropping its advice ("... is
+    `etl collect` ru"), and "PostgreSQL unreachable" said twice."""
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(settings.staging_path, list(settings.symbols), now_hour - 3 * HOUR_MS, polls=4)
+    unreachable = replace(settings, pg_dsn="postgresql://etl@127.0.0.1:9/etl")
+    done = run_etl(["status"], etl_env(unreachable, COLUMNS=str(width)))
+    report = json.loads(run_etl(["status", "--json"], etl_env(unreachable)).stdout)
+    assert done.returncode == 3 and len(report["problems"]) >= 2, report["problems"]
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= width
+    flat = " ".join(re.sub(r"[│╭╮╰╯─┃━┏┓┗┛┡┩└┘┌┐├┤┬┴┼]", " ", line) for line in lines)
+    flat = re.sub(r"\d+ s ago", "N s ago", re.sub(r"\s+", " ", flat))  # two runs, two ages
+    for problem in report["problems"]:
+        said = re.sub(r"\d+ s ago", "N s ago", re.sub(r"\s+", " ", problem))
+        assert flat.count(said) == 1, (said, flat)
+    assert flat.count("PostgreSQL unreachable") == 1

@@ -127,6 +127,8 @@ def settings_of(ctx: typer.Context, **extra: Any) -> Settings:
 def _print(*renderables: Any) -> None:
     """A command's result: drawn for people, or under ``--log-format json`` one JSON log line
     per part, so every line on standard output parses."""
+    from rich.text import Text
+
     from etl.console import console, records
 
     if logs.active() == "json":
@@ -136,7 +138,9 @@ def _print(*renderables: Any) -> None:
                 log.info(message, extra={logs.FIELDS: fields})
         return
     for item in renderables:
-        console.print(item, soft_wrap=True)
+        # A line stays one line, whatever the width (to copy, to grep); boxes and tables wrap
+        # their text inside themselves, never cutting it.
+        console.print(item, soft_wrap=isinstance(item, str | Text))
 
 
 def _root(
@@ -270,23 +274,36 @@ def demo(
     ] = 200,
     use_pg_dsn: UsePgDsn = False,
 ) -> None:
-    """Collect offline from the built-in fake exchange at a 1 s interval into <data_dir>/demo.
+    """Collect offline from the built-in fake exchange into <data_dir>/demo, at a 1 s interval
+    (or, with --source trades, every trade from its streams). The exchange's URLs from the
+    configuration are not used: a demo never leaves 127.0.0.1. Its prices go on from the demo
+    history's last closes (`etl seed-demo`), if there is one.
 
     Example: etl demo --duration 60
+
+    Example: etl demo --source trades --duration 60
     """
+    from dataclasses import replace
+
+    from etl.cli import render
     from etl.collect.loop import Collector
     from etl.exchange.fake.rest import FakeExchange
+    from etl.jobs.demo_history import last_closes
 
     overrides = ctx.find_root().obj["overrides"]
+    chosen = settings_of(ctx, interval_s=overrides.get("interval_s", "1"))
+    base = chosen.for_demo(keep_pg_dsn=use_pg_dsn)
+    trades = base.source == "trades"
     # The fake lists real symbols, not whatever is configured: a typo is caught here too.
-    with FakeExchange(exchange_symbols, ws=False) as exchange:
-        settings = settings_of(
-            ctx, binance_url=exchange.url, interval_s=overrides.get("interval_s", "1")
-        ).for_demo(keep_pg_dsn=use_pg_dsn)
+    with FakeExchange(exchange_symbols, ws=trades, levels=last_closes(base)) as exchange:
+        settings = replace(
+            base,
+            binance_url=exchange.url,
+            ws_url=exchange.ws_url if trades else exchange.url.replace("http", "ws", 1),
+        )
+        settings.paths.mark_demo("demo")
         with shutdown.own_terminal():
             stats = Collector(settings).run(polls=polls, duration=duration)
-    from etl.cli import render
-
     _print(render.demo_done(settings.data_dir))
     _collected(stats, polls)
 
@@ -327,6 +344,10 @@ def status(ctx: typer.Context, json_output: Json = False) -> None:
     report = gather(settings_of(ctx))
     if json_output:
         print(json.dumps(report.to_json(), indent=2))
+    elif logs.active() == "json":  # the report's own fields, not a drawing of boxes
+        logging.getLogger("etl.result").info(
+            f"status: {report.health}", extra={logs.FIELDS: report.to_json()}
+        )
     else:
         _print(render.status(report))
     raise typer.Exit(report.exit_code)

@@ -141,8 +141,8 @@ def _span(first: str | None, last: str | None) -> str:
 def status(report: Status) -> RenderableType:
     st, wh = report.staging, report.warehouse
     head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")  # a long path breaks over lines, never loses its end
 
     def row(key: str, value: str, style: str = "") -> None:
         head.add_row(key, Text(value, style=style))
@@ -170,8 +170,10 @@ def status(report: Status) -> RenderableType:
                 f"{holes[-1]['symbol']} {holes[-1]['from']} .. {holes[-1]['to']})",
                 "yellow",
             )
+    elif report.demo:
+        row("staging", "none (a demo's data dir: `etl demo` collects into it)")
     else:
-        row("staging", st.problem or "-")
+        row("staging", "none (see problems)")
     if st.weight.get("used") is not None:
         row(
             "weight",
@@ -204,8 +206,10 @@ def status(report: Status) -> RenderableType:
             "partitions",
             f"{len(wh.partitions)} ({first} .. {last_part}), {wh.partitions_ahead} ahead",
         )
+    elif wh.problem:  # said whole once, under problems
+        row("warehouse", f"{wh.server}: unreachable (see problems)", "red")
     else:
-        row("warehouse", f"{wh.server}: {wh.problem or wh.note or 'none yet'}")
+        row("warehouse", f"{wh.server}: {wh.note or 'none yet'}")
     if report.logs:
         row("logs", ", ".join(f"{k} {size(v)}" for k, v in report.logs.items()))
 
@@ -230,7 +234,11 @@ def status(report: Status) -> RenderableType:
         "\n".join(f"• {p}" for p in report.problems) or "none",
         style="yellow" if report.problems else "green",
     )
-    return Group(Panel(head, title="etl status"), per_symbol, Panel(problems, title="problems"))
+    parts: list[RenderableType] = [Panel(head, title="etl status"), per_symbol]
+    if report.notes:
+        parts.append(Panel(Text("\n".join(f"• {n}" for n in report.notes)), title="notes"))
+    parts.append(Panel(problems, title="problems"))
+    return Group(*parts)
 
 
 def lines(items: Sequence[RenderableType]) -> Group:

@@ -93,6 +93,9 @@ class Status:
     staging: StagingStatus
     warehouse: WarehouseStatus
     logs: dict[str, int] = field(default_factory=dict)
+    # A demo's data dir (`etl demo`, `etl seed-demo`): its advice never points at the exchange.
+    demo: bool = False
+    notes: list[str] = field(default_factory=list)  # worth saying, no problem
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -234,12 +237,27 @@ def log_sizes(settings: Settings) -> dict[str, int]:
     return {str(path): path.stat().st_size for path in settings.paths.logs()}
 
 
-def problems_of(st: StagingStatus, wh: WarehouseStatus, settings: Settings) -> list[str]:
-    """Every condition a supervisor should hear about, in words, with what to do."""
-    out = []
-    if st.problem:
+def problems_of(
+    st: StagingStatus,
+    wh: WarehouseStatus,
+    settings: Settings,
+    demo: dict[str, Any] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Every condition a supervisor should hear about, in words, with what to do; and the
+    notes, worth saying but no problem. In a demo's data dir (``demo``: what its marker says)
+    the advice names the demo's commands, never the exchange, and the gaps its generated history
+    leaves on purpose are notes."""
+    out: list[str] = []
+    notes: list[str] = []
+    collector = "`etl demo`" if demo is not None else "`etl collect`"
+    if st.problem and demo is not None and not st.exists:
+        notes.append(
+            "a demo's data dir with no staging file: `etl demo` collects into it, "
+            "`etl seed-demo` made its history"
+        )
+    elif st.problem:
         out.append(st.problem)
-    if wh.problem and (wh.reachable or not wh.exists):
+    if wh.problem:
         out.append(wh.problem)
     limit = 3 * (st.interval_s or settings.interval_s)
     if settings.source == "trades":
@@ -253,14 +271,19 @@ def problems_of(st: StagingStatus, wh: WarehouseStatus, settings: Settings) -> l
         out.append(
             f"no tick for more than 3 intervals: {', '.join(stale[:5])}"
             + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
-            + ": is `etl collect` running?"
+            + f": is {collector} running?"
         )
     if st.trade_holes_7d:
         first = st.trade_holes_7d[0]
+        fill = (
+            "the demo's fake exchange made it"
+            if demo is not None
+            else f"`etl backfill --since {first['from']}` fills those hours from klines"
+        )
         out.append(
             f"{len(st.trade_holes_7d)} hole(s) in the trade ids in the last 7 days (first: "
             f"{first['symbol']}, {first['ids']} ids from {first['from']}, {first['reason']}): "
-            f"`etl backfill --since {first['from']}` fills those hours from klines"
+            + fill
         )
     if st.ban.get("active"):
         out.append(f"the exchange has banned us (HTTP {st.ban['status']}) until {st.ban['until']}")
@@ -275,12 +298,21 @@ def problems_of(st: StagingStatus, wh: WarehouseStatus, settings: Settings) -> l
             f"the last rollup failed at {last.get('at')} ({last.get('error', 'see rollup.log')}): "
             "run `etl rollup` to see why"
         )
-    gaps = {s: m["count"] for s, m in wh.missing_hours_24h.items() if m["count"]}
+    gaps, planned = _unplanned_gaps(wh, demo)
+    if planned:
+        notes.append(
+            f"{planned} hour(s) without a bar in the last {LOOKBACK_HOURS} h are the demo "
+            "history's planned gaps (what real downtime looks like)"
+        )
     if gaps:
         listed = ", ".join(f"{s} {n}" for s, n in list(gaps.items())[:5])
-        out.append(
-            f"hours without a bar in the last {LOOKBACK_HOURS} h: {listed}: run `etl backfill`"
+        fill = (
+            "a demo's hours have bars only while `etl demo` runs (`etl seed-demo --force` "
+            "generates history again)"
+            if demo is not None
+            else "run `etl backfill`"
         )
+        out.append(f"hours without a bar in the last {LOOKBACK_HOURS} h: {listed}: {fill}")
     if st.rejected:
         out.append(
             f"{st.rejected:,} staged row(s) quarantined in ticks_rejected "
@@ -302,7 +334,21 @@ def problems_of(st: StagingStatus, wh: WarehouseStatus, settings: Settings) -> l
             f"sql/ file(s) changed after they were applied: {', '.join(wh.changed_sql_files)} "
             "(files are applied once; put changes in a new file)"
         )
-    return out
+    return out, notes
+
+
+def _unplanned_gaps(wh: WarehouseStatus, demo: dict[str, Any] | None) -> tuple[dict[str, int], int]:
+    """Hours without a bar in the lookback per symbol, less the demo history's planned ones;
+    and how many planned ones there were."""
+    planned_all = (demo or {}).get("planned_gaps") or {}
+    gaps, planned = {}, 0
+    for symbol, missing in wh.missing_hours_24h.items():
+        first = missing.get("first")
+        ours = [h for h in planned_all.get(symbol, []) if first is not None and h >= first]
+        planned += min(len(ours), missing["count"])
+        if missing["count"] > len(ours):
+            gaps[symbol] = missing["count"] - len(ours)
+    return gaps, planned
 
 
 def gather(settings: Settings, now: float | None = None) -> Status:
@@ -335,9 +381,8 @@ def gather(settings: Settings, now: float | None = None) -> Status:
     finally:
         if staging is not None:
             staging.close()
-    problems = problems_of(st, whs, settings)
-    if unreachable and whs.problem:
-        problems.insert(0, whs.problem)
+    demo = settings.paths.demo_info()
+    problems, notes = problems_of(st, whs, settings, demo)
     code = ExitCode.UNAVAILABLE if unreachable else ExitCode.DEGRADED if problems else ExitCode.OK
     return Status(
         checked_at=iso(now_ms),
@@ -347,4 +392,6 @@ def gather(settings: Settings, now: float | None = None) -> Status:
         staging=st,
         warehouse=whs,
         logs=log_sizes(settings),
+        demo=demo is not None,
+        notes=notes,
     )

@@ -373,8 +373,12 @@ class Market:
         trades_per_minute: int = 20,
         history_days: float = 30.0,
         clock: Callable[[], float] = time.time,
+        levels: dict[str, float] | None = None,
     ) -> None:
+        """``levels``: where symbols trade now (default: their reference prices), e.g. the last
+        closes of a demo's history, so the live prices go on from them."""
         names = symbol_names(symbols) if isinstance(symbols, int) else list(symbols)
+        self.levels = dict(levels or {})
         self.symbols: dict[str, str] = dict.fromkeys(names, "TRADING")
         self.symbols.update(statuses or {})
         self.clock = clock
@@ -408,7 +412,7 @@ class Market:
         rng = random.Random(f"{self.seed}:{symbol}")
         base, quote = split_symbol(symbol)
         quote_usd = _QUOTE_USD.get(quote, 1.0)
-        level = _REAL_PRICES.get(symbol)
+        level = self.levels.get(symbol) or _REAL_PRICES.get(symbol)
         if level is None:
             level = math.exp(rng.uniform(math.log(0.001), math.log(5e4))) / quote_usd
         # Binance keeps about four to five significant digits in the tick, never finer than 1e-8

@@ -152,6 +152,7 @@ class FakeExchange:
         port: int = 0,
         clock: Callable[[], float] = time.time,
         ws: StreamRules | bool = True,
+        levels: dict[str, float] | None = None,
     ) -> None:
         self.market = Market(
             symbols,
@@ -161,6 +162,7 @@ class FakeExchange:
             trades_per_minute=trades_per_minute,
             history_days=history_days,
             clock=clock,
+            levels=levels,
         )
         self.clock = clock
         self.state = _State(weight_limit=weight_limit, ban_s=ban_s)
