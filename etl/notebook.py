@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 _HELP = (
     "no history yet in {where}: run `just seed-demo` then `just notebook --demo` "
-    "(or collect for an hour with `just collect`, then `just notebook`)"
+    "(or collect for an hour with `just collect`, then `just notebook`); elsewhere? set "
+    "ETL_DATA_DIR (a relative one is read from the notebook's folder) or ETL_PG_DSN, or run "
+    "them with `etl notebook --execute`"
 )
 # Quote assets, longest first, to name the unit of a symbol's price.
 _QUOTES = (

@@ -300,3 +300,48 @@ def test_without_history_the_first_cell_stops_with_one_sentence(
     if warehouse == "empty":  # not migrated either
         tables = query(pg_dsn, "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public'")
         assert tables["n"][0] == 0
+
+
+def test_etl_notebook_execute_runs_every_notebook_headless_with_a_relative_data_dir(
+    open_dir: Path,
+) -> None:
+    """Was: `jupyter nbconvert --execute notebooks/history.ipynb` from the repo root said "no
+    history yet in .../notebooks/data/pg": a relative ETL_DATA_DIR resolved from the kernel's
+    folder. `etl notebook --execute` hands the kernels absolute paths."""
+    env = etl_env(None, ETL_DATA_DIR="data")  # relative, to where the command runs
+    seeded = subprocess.run(
+        [sys.executable, "-m", "etl", "seed-demo", "--days", "3"],
+        cwd=open_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert seeded.returncode == 0, seeded.stderr
+    out = open_dir / "charts"
+    done = subprocess.run(
+        [sys.executable, "-m", "etl", "notebook", "--execute", "--demo", "--html", str(out)],
+        cwd=open_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr == ""  # the kernels' own chatter stays out
+    for name in BOOKS:
+        page = (out / name.replace(".ipynb", ".html")).read_text()
+        assert page.count("image/png") >= 2 and "NoHistory" not in page, name
+        assert (open_dir / "data" / "notebooks" / name).exists()  # the user's copy
+    nothing = subprocess.run(
+        [sys.executable, "-m", "etl", "notebook", "--execute"],
+        cwd=open_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert nothing.returncode == 2, nothing.stdout + nothing.stderr
+    (line,) = nothing.stderr.strip().splitlines()
+    assert f"no history yet in embedded ({open_dir / 'data' / 'pg'})" in line
+    assert "ETL_DATA_DIR" in line

@@ -553,6 +553,19 @@ def notebook(
     demo_data: Annotated[
         bool, typer.Option("--demo", help="Open the demo data (<data_dir>/demo).")
     ] = False,
+    execute: Annotated[
+        bool,
+        typer.Option(
+            "--execute", help="Run every notebook headless and write it as HTML (no JupyterLab)."
+        ),
+    ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Where --execute writes the HTML [default: <data_dir>/notebooks/html]",
+        ),
+    ] = None,
 ) -> None:
     """JupyterLab on the notebooks, reading this configuration's warehouse (or the demo's).
 
@@ -561,11 +574,18 @@ def notebook(
     --no-browser`).
 
     Example: etl notebook --demo --no-browser
+
+    Example: etl notebook --execute --demo --html /tmp/charts
     """
     import os
 
     from etl.cli import render
-    from etl.jobs.jupyter import lab_command
+    from etl.jobs.jupyter import execute_notebooks, lab_command
+
+    if execute:
+        done = execute_notebooks(settings_of(ctx), demo=demo_data, html_dir=html)
+        _print(*render.executed(done))
+        return
 
     lab = lab_command(settings_of(ctx), demo=demo_data, extra=list(ctx.args))
     if lab.copied:

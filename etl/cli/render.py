@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # only the types: a command loads the jobs it runs, not every
     from etl.jobs.backfill import BackfillResult
     from etl.jobs.backup import BackupResult, RestoreResult
     from etl.jobs.db_access import Initialised
-    from etl.jobs.jupyter import LabCommand
+    from etl.jobs.jupyter import Executed, LabCommand
     from etl.jobs.retention import RetentionResult
     from etl.jobs.rollup import RollupResult
     from etl.jobs.status import Status
@@ -273,6 +273,10 @@ def serving(uri: str) -> Text:
 
 def notebooks_copied(lab: LabCommand) -> Text:
     return Text(f"copied {', '.join(lab.copied)} to {lab.folder} (yours to edit)")
+
+
+def executed(done: Sequence[Executed]) -> list[RenderableType]:
+    return [Text(f"ran {run.notebook.name} in {run.seconds:.1f} s: {run.html}") for run in done]
 
 
 def demo_done(data_dir: Any) -> Text:
