@@ -1,23 +1,29 @@
-# Every recipe is a thin call of the `etl` command (see README.md).
+# Every recipe is a thin call of the `etl` command (see README.md). Its exit code passes through
+# as it is: etl says what went wrong in one line, so just adds no "recipe failed" line of its own.
 set shell := ["bash", "-uc"]
 
 # Poll Binance into the SQLite staging store; rolls up each hour as it closes.
+[no-exit-message]
 collect *args:
     etl collect {{args}}
 
 # Roll up every closed, uncommitted hour into PostgreSQL (then daily bars, purge, retention).
+[no-exit-message]
 rollup *args:
     etl rollup {{args}}
 
 # One screen for the whole pipeline (`just status --json` for scripts).
+[no-exit-message]
 status *args:
     etl status {{args}}
 
 # Apply sql/ to the configured PostgreSQL.
+[no-exit-message]
 db-init:
     etl db init
 
 # Apply (or, with --dry-run, list) the retention policies.
+[no-exit-message]
 retention *args:
     etl retention {{args}}
 
@@ -34,14 +40,17 @@ lint:
 bench *args:
     python -m bench {{args}}
 
-# The fake exchange and the collector at a 1 s interval, fully offline (data in data/demo).
+# The fake exchange and the collector at a 1 s interval (`--source trades`: every trade), offline.
+[no-exit-message]
 demo *args:
     etl demo {{args}}
 
 # Generated history for the notebooks, through the real rollup (offline).
+[no-exit-message]
 seed-demo *args:
     etl seed-demo {{args}}
 
-# JupyterLab on notebooks/, reading this configuration's warehouse (`--demo`: `just seed-demo`'s).
+# JupyterLab on the notebooks (`--demo`: `just seed-demo`'s history; `--execute`: headless HTML).
+[no-exit-message]
 notebook *args:
     etl notebook {{args}}

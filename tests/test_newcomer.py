@@ -82,14 +82,18 @@ def test_every_setting_works_after_the_command_too(settings: Settings) -> None:
     ],
 )
 def test_help_shows_types_env_vars_and_an_example(command: list[str]) -> None:
-    """Was: `<bool>` after every flag and `--interval-s <str>`."""
+    """Was: `<bool>` after every flag and `--interval-s <str>`; and every command's help
+    repeated all 21 settings (~70 lines): a command's help shows its own options and points to
+    `etl --help` for the settings, which it takes all the same."""
     done = run_etl([*command, "--help"], etl_env(None))
     assert done.returncode == 0
     text = " ".join(done.stdout.split())  # the help wraps to the terminal's width
     assert "<bool>" not in text and "<str>" not in text and "<int>" not in text
-    assert "--interval-s SECONDS" in text and "[env: ETL_INTERVAL_S; default: 5]" in text
-    if command:
-        assert "Example: etl " in text
+    if not command:
+        assert "--interval-s SECONDS" in text and "[env: ETL_INTERVAL_S; default: 5]" in text
+        return
+    assert "Example: etl " in text and "see etl --help" in text
+    assert "--interval-s SECONDS" not in text and len(done.stdout.splitlines()) < 40
 
 
 def test_the_first_offline_run_says_why_and_points_to_the_demo(settings: Settings) -> None:
@@ -224,6 +228,35 @@ def test_the_live_table_shows_prices_to_the_tick_the_hour_and_the_update_time(
             row,
         )
     assert re.search(r"\d\d:00-\d\d:00 UTC, updated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", text)
+
+
+def test_on_an_80_column_terminal_the_live_table_keeps_every_column_whole() -> None:
+    """Was: the samples column dropped. Narrow, the table loses its box and shortens its
+    headers instead."""
+    out = Console(file=io.StringIO(), force_terminal=True, width=80, color_system=None)
+    frame = pl.DataFrame(
+        [
+            ("BTCUSDT", 60262.05, 60300.1, 60100.0, 60250.0, 60222.123, 720),
+            ("XRPUSDT", 0.6012, 0.61, 0.6, 0.605, 0.605, 719),
+        ],
+        schema=["symbol", "open", "high", "low", "close", "mean", "samples"],
+        orient="row",
+    )
+    with CollectorView(live=True, out=out) as view:
+        view.set_tick_sizes({"BTCUSDT": "0.01", "XRPUSDT": "0.0001"})
+        view.refresh({"hour": "10:00-11:00 UTC"}, frame)
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.file.getvalue())  # type: ignore[attr-defined]
+    btc = [line for line in drawn.splitlines() if "BTCUSDT" in line][-1].split()
+    assert btc == [
+        "BTCUSDT",
+        "60,262.05",
+        "60,300.10",
+        "60,100.00",
+        "60,250.00",
+        "60,222.1230",
+        "720",
+    ]
+    assert max(len(line) for line in drawn.splitlines()) <= 80
 
 
 def test_live_table_columns_only_grow_when_a_price_gains_and_loses_a_digit() -> None:

@@ -45,8 +45,9 @@ app.add_typer(db_app, name="db")
 _SETTINGS = {spec.name for spec in setting_fields()}
 
 
-def _setting_parameters() -> list[inspect.Parameter]:
-    """One ``--name`` option per declared setting, with its metavar, env var and default."""
+def _setting_parameters(*, hidden: bool = False) -> list[inspect.Parameter]:
+    """One ``--name`` option per declared setting, with its metavar, env var and default.
+    ``hidden``: taken, but not listed in the help (a command's help points to ``etl --help``)."""
     params = []
     for spec in setting_fields():
         meta = spec.metadata
@@ -57,6 +58,7 @@ def _setting_parameters() -> list[inspect.Parameter]:
             f"[env: {meta['env']}; default: {shown_default(spec)}]",
             show_default=False,
             rich_help_panel="Settings",
+            hidden=hidden,
         )
         params.append(
             inspect.Parameter(
@@ -107,11 +109,16 @@ def command(
             root["debug"] = root["debug"] or debug
             return func(ctx, **kwargs)
 
-        parameters = [*signature.parameters.values(), *_common_parameters(), *_setting_parameters()]
+        parameters = [
+            *signature.parameters.values(),
+            *_common_parameters(),
+            *_setting_parameters(hidden=True),
+        ]
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         extra = {"allow_extra_args": True, "ignore_unknown_options": True} if passthrough else {}
-        return group.command(name, context_settings=extra)(wrapper)
+        epilog = "Every setting (--symbols, --data-dir, --pg-dsn, ...) is taken here too: see etl --help."
+        return group.command(name, context_settings=extra, epilog=epilog)(wrapper)
 
     return register
 
@@ -125,19 +132,27 @@ def settings_of(ctx: typer.Context, **extra: Any) -> Settings:
 
 
 def _print(*renderables: Any) -> None:
-    """A command's result: drawn for people, or under ``--log-format json`` one JSON log line
-    per part, so every line on standard output parses."""
+    """A command's result: drawn for people; under ``--log-format json`` one JSON log line per
+    part, so every line on standard output parses; in plain logs (piped, a rollup child's
+    rollup.log) its lines and summaries as timestamped log lines, tables drawn."""
     from rich.text import Text
 
     from etl.console import console, records
 
-    if logs.active() == "json":
-        log = logging.getLogger("etl.result")
-        for item in renderables:
+    fmt = logs.active()
+    log = logging.getLogger("etl.result")
+    for item in renderables:
+        if fmt == "json":
             for message, fields in records(item):
                 log.info(message, extra={logs.FIELDS: fields})
-        return
-    for item in renderables:
+            continue
+        if fmt == "plain":
+            summary = [(m, f.get("result")) for m, f in records(item)]
+            if all(result is not None for _, result in summary) or isinstance(item, str | Text):
+                for message, result in summary:
+                    said = ", ".join(f"{k} {v}" for k, v in (result or {}).items())
+                    log.info(f"{message}: {said}" if said else message)
+                continue
         # A line stays one line, whatever the width (to copy, to grep); boxes and tables wrap
         # their text inside themselves, never cutting it.
         console.print(item, soft_wrap=isinstance(item, str | Text))
@@ -656,7 +671,8 @@ def main(argv: list[str] | None = None) -> None:
         fail("interrupted", ExitCode.INTERRUPTED)
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        fail(f"{message} (see `etl --help`)", getattr(exc, "exit_code", 0) or ExitCode.CONFIG)
+        where = getattr(getattr(exc, "ctx", None), "command_path", None) or "etl"
+        fail(f"{message} (see `{where} --help`)", getattr(exc, "exit_code", 0) or ExitCode.CONFIG)
     except Exception as exc:  # the last line of defence: one line, no traceback unless asked
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         fail(

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from etl.collect.events import (
@@ -49,6 +50,7 @@ from etl.exchange.errors import (
     BinanceError,
     ExchangeUnavailable,
     RateLimited,
+    Stopped,
     UnknownSymbols,
     WeightBudgetExhausted,
 )
@@ -179,6 +181,7 @@ class Collector:
                 lambda: client.governor,
                 str(staging.path),
                 self.clock,
+                seen=lambda: self.exchange_seen,
             )
             self.listeners.append(self.screen)
             if self.settings.metrics_port is not None:
@@ -202,8 +205,10 @@ class Collector:
                     self.stats.rollups = launcher.launched
                     self.stats.rollups_failed = launcher.failed
                     self.stats.rollups_stopped = launcher.stopped
+                staging_path = staging.path
+                stack.close()  # the live table's last frame first, then the summary below it
                 if completed or self.stats.polls:  # ended by an error: what it did is still news
-                    self._summary(staging)
+                    self._summary(staging_path)
         return self.stats
 
     def _collect_polls(
@@ -224,7 +229,7 @@ class Collector:
         mark = (self.clock(), self.monotonic())
         try:
             while not self.stop.is_set():
-                wait = slot * interval - self.clock()
+                wait = min(slot * interval, end) - self.clock()
                 if wait > 0 and self.wait(wait):
                     break
                 if self.clock() >= end:
@@ -420,6 +425,8 @@ class Collector:
             info = self.client.validate_symbols(self.symbols, deadline=deadline)
         except UnknownSymbols as exc:
             raise exc.advise("fix the configured symbols") from None
+        except Stopped:  # stopping between retries: nothing was missed
+            return False
         except BinanceError as exc:
             self._missed(exc, began)
             return False
@@ -456,6 +463,8 @@ class Collector:
                 self._missed(exc, began)
                 return
             return self._poll(deadline)
+        except Stopped:  # stopping between retries: nothing was missed
+            return
         except BinanceError as exc:
             self._missed(exc, began)
             return
@@ -514,18 +523,18 @@ class Collector:
         since = began if starts_outage else None
         self._emit(Missed(self.clock(), exc, outage_since=since, offline=offline))
 
-    def _summary(self, staging: Staging) -> None:
+    def _summary(self, staging_path: Path) -> None:
         s = self.stats
         if self.settings.source == "trades":
             self.view.event(
                 f"stopped after {age(self.clock() - s.started)}: {s.ticks} trades stored in "
                 f"{s.polls_ok} batches, {s.duplicates} duplicates dropped, {s.caught_up} fetched "
                 f"over REST, {s.reconnects} reconnects, {s.holes} holes recorded, {s.skipped} bad "
-                f"messages skipped, {s.rollups} rollup(s) started; staging {staging.path}"
+                f"messages skipped, {s.rollups} rollup(s) started; staging {staging_path}"
             )
             return
         self.view.event(
             f"stopped after {age(self.clock() - s.started)}: {s.polls_ok} polls ok, "
             f"{s.polls_missed} missed, {s.ticks} ticks stored, {s.skipped} bad elements skipped, "
-            f"{s.rollups} rollup(s) started; staging {staging.path}"
+            f"{s.rollups} rollup(s) started; staging {staging_path}"
         )

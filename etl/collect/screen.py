@@ -99,9 +99,12 @@ class Screen:
         governor: Callable[[], WeightGovernor | None],
         staging_path: str,
         clock: Callable[[], float],
+        seen: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``seen()``: whether the exchange has answered yet (its limits are unknown before)."""
         self.view, self.settings, self.stats = view, settings, stats
         self.governor, self.staging_path, self.clock = governor, staging_path, clock
+        self.seen = seen
         self.bars = RunningMetrics()
         self.feed: TradeFeed | None = None
 
@@ -122,11 +125,15 @@ class Screen:
         elif self.stats.unreachable_since is not None:
             status = f"exchange unreachable since {iso(ms(self.stats.unreachable_since))}"
         s, now_ms = self.stats, ms(self.clock())
+        weight = f"{gov.used} / {gov.limit} this minute (budget {gov.allowed})"
+        if not self.seen():
+            status = status if s.unreachable_since is not None else "not reached yet"
+            weight = "- (the exchange's limit is read from it once it answers)"
         header = {
             "exchange": f"{self.settings.binance_url}: {status}",
             "polls": f"{s.polls_ok} ok, {s.polls_missed} missed, {s.ticks} ticks, "
             f"{s.skipped} bad elements skipped",
-            "weight": f"{gov.used} / {gov.limit} this minute (budget {gov.allowed})",
+            "weight": weight,
             "last error": s.last_error or "-",
             "staging": self.staging_path,
             "hour": f"{hour_label(self.bars.hour or hour_floor(now_ms))}, "

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -38,6 +39,12 @@ class CollectorView:
     """
 
     COLUMNS = ("symbol", "open", "high", "low", "last", "mean", "samples")
+    SHORT: ClassVar[dict[str, str]] = {
+        "samples": "n",
+        "trades/s": "/s",
+        "trades this hour": "this hour",
+        "last trade": "at",
+    }
     TRADE_COLUMNS = ("symbol", "last", "trades/s", "trades this hour", "last trade", "lag")
 
     def __init__(self, live: bool | None = None, out: Console | None = None) -> None:
@@ -130,12 +137,21 @@ class CollectorView:
         for row in rows:
             for name, value in zip(columns, row, strict=True):
                 self._widths[name] = max(self._widths.get(name, len(name)), len(value))
-        body = Table(title="this hour", title_justify="left")
+        # Boxed, the columns want their widths plus 3 each; on a narrow terminal the table
+        # drops its box and shortens its headers rather than a column.
+        wanted = sum(self._widths.get(n, len(n)) + 3 for n in columns) + 1
+        compact = wanted > self.out.width
+        body = Table(
+            title="this hour",
+            title_justify="left",
+            box=None if compact else box.HEAVY_HEAD,
+            padding=(0, 1),
+        )
         for name in columns:
             body.add_column(
-                name,
+                self.SHORT.get(name, name) if compact else name,
                 justify="left" if name == "symbol" else "right",
-                min_width=self._widths.get(name, len(name)),
+                min_width=self._widths.get(name, len(name)) if not compact else None,
                 no_wrap=True,
             )
         for row in rows:

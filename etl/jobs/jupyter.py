@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from etl.config import Settings
+from etl.errors import ConfigError
 from etl.staging import schema
 from etl.staging.db import StagingDb
 from etl.staging.lock import WriterLock
@@ -49,10 +50,16 @@ class Staging:
         it, so a second collector is told who has it, under whatever name it came."""
         self.lock = WriterLock(Path(path))
         if writer:
-            if create and not Path(path).exists():
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                Path(path).touch()  # an empty file is an empty SQLite database
-            self.lock.hold()
+            try:
+                if create and not Path(path).exists():
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    Path(path).touch()  # an empty file is an empty SQLite database
+                self.lock.hold()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot open the staging database {path} ({exc.strerror or exc}): set "
+                    "ETL_DATA_DIR or ETL_SQLITE_PATH to a writable place"
+                ) from None
         try:
             self.db = StagingDb(path, synchronous=synchronous, create=create)
         except BaseException:
