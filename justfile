@@ -31,6 +31,10 @@ retention *args:
 test *args: lint
     python -m pytest {{args}}
 
+# Everything but the tests marked slow (builds, installs, long stories): the quick loop.
+test-fast *args: lint
+    python -m pytest -m "not slow" {{args}}
+
 # ruff check and ruff format --check.
 lint:
     ruff check .

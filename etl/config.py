@@ -2,8 +2,8 @@
 
 Each setting is declared once, as a field of :class:`Settings` with its environment variable,
 parser (type and bounds), help text and metavar. That one declaration drives the dataclass, the
-environment, ``etl.toml``, the command-line options (before and after every command), the README's
-configuration table and validation.
+environment, ``etl.toml``, the command-line options (before and after every command), the
+configuration table of docs/configuration.md and validation.
 
 >>> s = load_settings(env={"ETL_SYMBOLS": "btcusdt,ETHUSDT", "ETL_INTERVAL_S": "2"})
 >>> s.symbols, s.interval_s
@@ -403,6 +403,18 @@ class Settings:
             staging_name=None,
         )
 
+    def command(self, *words: str) -> str:
+        """An ``etl`` command line for advice, keeping where these settings point when that is not
+        the default, so the advice works as written: ``etl --data-dir /srv/etl rollup``."""
+        flags: list[str] = []
+        if self.config_file is not None and self.config_file != Path("etl.toml"):
+            flags += ["--config", str(self.config_file)]
+        if self.data_dir != Path("data"):
+            flags += ["--data-dir", str(self.data_dir)]
+        if self.sqlite_path is not None:
+            flags += ["--sqlite-path", str(self.sqlite_path)]
+        return " ".join(["etl", *map(_quoted, flags), *words])
+
     @property
     def expected_samples_per_hour(self) -> float:
         return 3600.0 / self.interval_s
@@ -427,6 +439,13 @@ class Settings:
         return out
 
 
+def _quoted(word: str) -> str:
+    """A word as a shell reads it back (quoted when it holds spaces or shell characters)."""
+    import shlex
+
+    return shlex.quote(word)
+
+
 def _format(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(value)
@@ -443,7 +462,7 @@ def setting_fields() -> tuple[Field[Any], ...]:
 
 
 def shown_default(spec: Field[Any]) -> str:
-    """How a setting's default reads in help and in the README."""
+    """How a setting's default reads in help and in docs/configuration.md."""
     if spec.metadata["shown"]:
         return str(spec.metadata["shown"])
     default = spec.default
@@ -455,7 +474,7 @@ def shown_default(spec: Field[Any]) -> str:
 
 
 def markdown_table() -> list[str]:
-    """The README's configuration table, generated from the declarations."""
+    """The configuration table of docs/configuration.md, generated from the declarations."""
     lines = ["| key (toml) | env | default | meaning |", "|---|---|---|---|"]
     for spec in setting_fields():
         lines.append(

@@ -140,7 +140,8 @@ def test_the_demo_and_seed_demo_meet_in_one_place_and_say_how_to_look(open_dir: 
     assert done.returncode == 0, done.stderr
     demo_dir = open_dir / "data" / "demo"
     assert f"etl --data-dir {demo_dir} status" in done.stdout
-    assert "just notebook --demo" in done.stdout
+    # the advice keeps the data dir the demo was given (here from ETL_DATA_DIR)
+    assert f"etl --data-dir {open_dir / 'data'} notebook --demo" in done.stdout
     look = run_etl(["--data-dir", str(demo_dir), "status", "--json"], env)
     assert '"rows": 10' in look.stdout  # 2 polls of the 5 default symbols, where it said
 

@@ -312,8 +312,9 @@ def test_status_problems_wrap_whole_at_any_width_and_each_is_said_once(
     lines = done.stdout.splitlines()
     assert max(len(line) for line in lines) <= width
     flat = " ".join(re.sub(r"[│╭╮╰╯─┃━┏┓┗┛┡┩└┘┌┐├┤┬┴┼]", " ", line) for line in lines)
-    flat = re.sub(r"\d+ s ago", "N s ago", re.sub(r"\s+", " ", flat))  # two runs, two ages
+    # Folded lines may break a long path anywhere: compare without any space; two runs, two ages.
+    flat = re.sub(r"\d+sago", "Nsago", re.sub(r"\s+", "", flat))
     for problem in report["problems"]:
-        said = re.sub(r"\d+ s ago", "N s ago", re.sub(r"\s+", " ", problem))
+        said = re.sub(r"\d+sago", "Nsago", re.sub(r"\s+", "", problem))
         assert flat.count(said) == 1, (said, flat)
-    assert flat.count("PostgreSQL unreachable") == 1
+    assert flat.count("PostgreSQLunreachable") == 1

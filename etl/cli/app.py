@@ -319,7 +319,7 @@ def demo(
         settings.paths.mark_demo("demo")
         with shutdown.own_terminal():
             stats = Collector(settings).run(polls=polls, duration=duration)
-    _print(render.demo_done(settings.data_dir))
+    _print(render.demo_done(chosen, settings))
     _collected(stats, polls)
 
 
@@ -444,9 +444,10 @@ def seed_demo(
     from etl.jobs.demo_history import seed_demo as seed
     from etl.jobs.rollup import run_rollup
 
-    settings = settings_of(ctx).for_demo(keep_pg_dsn=use_pg_dsn)
+    home = settings_of(ctx)
+    settings = home.for_demo(keep_pg_dsn=use_pg_dsn)
     result = seed(settings, run_rollup, days=days, force=force)
-    _print(*render.rollup(result), render.seeded(settings.masked_dsn, settings.data_dir))
+    _print(*render.rollup(result), render.seeded(home, settings))
 
 
 @command(group=db_app, name="init")

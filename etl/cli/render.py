@@ -21,6 +21,7 @@ from etl.report import labelled
 if TYPE_CHECKING:  # only the types: a command loads the jobs it runs, not every job
     import polars as pl
 
+    from etl.config import Settings
     from etl.jobs.backfill import BackfillResult
     from etl.jobs.backup import BackupResult, RestoreResult
     from etl.jobs.db_access import Initialised
@@ -73,7 +74,7 @@ def rollup(result: RollupResult) -> list[RenderableType]:
         out.append(
             warning(
                 f"{result.rejected} staged row(s) could not be ticks and were moved to "
-                "ticks_rejected (README: Quarantine)"
+                "ticks_rejected (docs/how-it-works.md: The staging file)"
             )
         )
     out += [
@@ -279,18 +280,20 @@ def executed(done: Sequence[Executed]) -> list[RenderableType]:
     return [Text(f"ran {run.notebook.name} in {run.seconds:.1f} s: {run.html}") for run in done]
 
 
-def demo_done(data_dir: Any) -> Text:
+def demo_done(home: Settings, demo: Settings) -> Text:
+    """What ``etl demo`` made, and the commands to look at it (``home``: the settings it was
+    given, ``demo``: moved to the demo's data dir)."""
     return Text(
-        f"demo data in {data_dir}: see it with `etl --data-dir {data_dir} status`; "
-        "charts once an hour has closed: `just notebook --demo` (or `just seed-demo` for 60 "
-        "days of generated history now)"
+        f"demo data in {demo.data_dir}: see it with `{demo.command('status')}`; charts once an "
+        f"hour has closed: `{home.command('notebook', '--demo')}` (or "
+        f"`{home.command('seed-demo')}` for 60 days of generated history now)"
     )
 
 
-def seeded(where: str, data_dir: Any) -> Text:
+def seeded(home: Settings, demo: Settings) -> Text:
     return Text(
-        f"demo history in {where}: charts with `just notebook --demo`; status "
-        f"with `etl --data-dir {data_dir} status`"
+        f"demo history in {demo.masked_dsn}: charts with `{home.command('notebook', '--demo')}`; "
+        f"status with `{demo.command('status')}`"
     )
 
 

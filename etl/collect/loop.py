@@ -394,7 +394,8 @@ class Collector:
             "filling it in the background"
             if self.gap_filler
             else (
-                f"`etl backfill --since {iso(hour_floor(last))}` (or `etl collect --backfill`) fills it"
+                f"`{self.settings.command('backfill', '--since', iso(hour_floor(last)))}` (or "
+                f"`{self.settings.command('collect', '--backfill')}`) fills it"
             )
         )
         self.view.event(

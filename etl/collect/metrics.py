@@ -213,7 +213,9 @@ class _State(Collector):
         )
         yield _gauge("etl_staged_rows", "Ticks in the staging file.", rows)
         yield _gauge(
-            "etl_quarantined_rows", "Rows in ticks_rejected (see README, Quarantine).", rejected
+            "etl_quarantined_rows",
+            "Rows in ticks_rejected (docs/how-it-works.md, The staging file).",
+            rejected,
         )
         yield _gauge(
             "etl_staging_bytes",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -249,11 +249,19 @@ def problems_of(
     leaves on purpose are notes."""
     out: list[str] = []
     notes: list[str] = []
-    collector = "`etl demo`" if demo is not None else "`etl collect`"
+
+    def run(*words: str) -> str:  # advice that works as written, where these settings point
+        return f"`{settings.command(*words)}`"
+
+    def run_demo(*words: str) -> str:  # a demo's own commands take the data dir it lives in
+        home = replace(settings, data_dir=settings.data_dir.parent, sqlite_path=None)
+        return f"`{home.command(*words)}`"
+
+    collector = run_demo("demo") if demo is not None else run("collect")
     if st.problem and demo is not None and not st.exists:
         notes.append(
-            "a demo's data dir with no staging file: `etl demo` collects into it, "
-            "`etl seed-demo` made its history"
+            f"a demo's data dir with no staging file: {run_demo('demo')} collects into it, "
+            f"{run_demo('seed-demo')} made its history"
         )
     elif st.problem:
         out.append(st.problem)
@@ -278,7 +286,7 @@ def problems_of(
         fill = (
             "the demo's fake exchange made it"
             if demo is not None
-            else f"`etl backfill --since {first['from']}` fills those hours from klines"
+            else f"{run('backfill', '--since', first['from'])} fills those hours from klines"
         )
         out.append(
             f"{len(st.trade_holes_7d)} hole(s) in the trade ids in the last 7 days (first: "
@@ -290,13 +298,13 @@ def problems_of(
     if wh.overdue_hours:
         out.append(
             f"{len(wh.overdue_hours)} closed hour(s) staged but not rolled up "
-            f"(oldest {wh.overdue_hours[0]}): run `etl rollup`"
+            f"(oldest {wh.overdue_hours[0]}): run {run('rollup')}"
         )
     last = st.last_rollup or {}
     if last and not last.get("ok", True):
         out.append(
             f"the last rollup failed at {last.get('at')} ({last.get('error', 'see rollup.log')}): "
-            "run `etl rollup` to see why"
+            f"run {run('rollup')} to see why"
         )
     gaps, planned = _unplanned_gaps(wh, demo)
     if planned:
@@ -307,17 +315,17 @@ def problems_of(
     if gaps:
         listed = ", ".join(f"{s} {n}" for s, n in list(gaps.items())[:5])
         fill = (
-            "a demo's hours have bars only while `etl demo` runs (`etl seed-demo --force` "
-            "generates history again)"
+            f"a demo's hours have bars only while {run_demo('demo')} runs "
+            f"({run_demo('seed-demo', '--force')} generates history again)"
             if demo is not None
-            else "run `etl backfill`"
+            else f"run {run('backfill')}"
         )
         out.append(f"hours without a bar in the last {LOOKBACK_HOURS} h: {listed}: {fill}")
     if st.rejected:
         out.append(
             f"{st.rejected:,} staged row(s) quarantined in ticks_rejected "
             f"({st.rejected_reasons[0]['reason']}{', ...' if len(st.rejected_reasons) > 1 else ''}): "
-            "see README, Quarantine"
+            "see docs/how-it-works.md, The staging file"
         )
     if wh.bars_lost_7d:
         out.append(
@@ -326,7 +334,7 @@ def problems_of(
             "the same symbols?"
         )
     if wh.partitions_ahead is not None and wh.partitions_ahead < 2:
-        out.append("fewer than 2 monthly partitions ahead: run `etl db init`")
+        out.append(f"fewer than 2 monthly partitions ahead: run {run('db', 'init')}")
     if wh.default_partition_rows:
         out.append(f"{wh.default_partition_rows} row(s) in the default partition")
     if wh.changed_sql_files:
