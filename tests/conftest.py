@@ -3,6 +3,7 @@ project's fake exchange on 127.0.0.1. Nothing here mocks a database or the HTTP 
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -18,7 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import adbc_driver_postgresql.dbapi as pg
 import pytest
+from rich.console import Console
 
+from etl.collect.view import CollectorView
 from etl.config import Settings, load_settings
 from etl.exchange.fake.rest import FakeExchange
 from etl.hours import GRACE_MS, HOUR_MS
@@ -44,6 +47,17 @@ def _clear_of_an_hour_boundary() -> None:
         time.sleep((ready_ms - into_ms) / 1000)
     elif HOUR_MS - into_ms < HOUR_EDGE_S * 1000:
         time.sleep((HOUR_MS - into_ms + ready_ms) / 1000)
+
+
+class Recorder(CollectorView):
+    """A collector view that keeps its lines, to read."""
+
+    def __init__(self) -> None:
+        super().__init__(live=False, out=Console(file=io.StringIO(), width=200))
+
+    @property
+    def text(self) -> str:
+        return self.out.file.getvalue()  # type: ignore[attr-defined]
 
 
 class VirtualClock:

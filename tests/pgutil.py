@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 
+from etl.bars import TRADE_COLUMNS
 from etl.staging.store import Staging
+
+# Staging files and warehouse dumps made by earlier releases (and the scripts that made them).
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
+# Columns metrics_hourly gained after the first release (010: staging identity; 013: trades).
+ADDED_HOURLY_COLUMNS = ("staging_id", "interval_s", *TRADE_COLUMNS)
 
 
 def query(dsn: str, sql: str, params: list | None = None) -> pl.DataFrame:
@@ -57,3 +64,11 @@ def seed_ticks(
     with Staging(path) as st:
         st.ticks.append_frame(frame)
     return frame
+
+
+def restore_dump(dsn: str, dump: Path) -> None:
+    """Load a plain, gzipped pg_dump (psql meta-commands aside) into an empty database."""
+    text = gzip.decompress(dump.read_bytes()).decode()
+    script = "\n".join(line for line in text.splitlines() if not line.startswith("\\"))
+    with pg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executescript(script)

@@ -33,7 +33,7 @@ from etl.warehouse.embedded import embedded_server
 from etl.warehouse.tools import embedded_bin_dirs, split_password
 from tests.conftest import etl_env, one_line, run_etl, start, start_etl, wait_for
 from tests.pgutil import execute, query, seed_ticks, snapshot
-from tests.test_embedded_pg import gone
+from tests.test_warehouse import gone
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT"]

@@ -1,122 +1,385 @@
-"""The pure Polars transforms against independent plain-Python references (no database)."""
+"""The rollup from a real SQLite staging file into a real PostgreSQL: correctness, idempotence,
+crashes at every step, an unreachable server, concurrency and odd timestamps."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
+import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from etl.bars import hour_ledger, hourly_bars, kline_bars
-from tests.reference import HOUR_MS, hourly_reference, ms
+from etl.config import Settings
+from etl.hours import HOUR_MS, hour_floor
+from etl.jobs.rollup import run_rollup
+from etl.staging.store import Staging
+from tests.conftest import etl_env, run_etl
+from tests.pgutil import query, seed_ticks, snapshot
 
-BASE = 1_780_000_000_000 // HOUR_MS * HOUR_MS  # an hour in 2026
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
-# Offsets that sit on the edges: xx:00:00.000, xx:00:00.001, xx:59:59.999, and anywhere.
-edge_offsets = st.one_of(
-    st.sampled_from([0, 1, HOUR_MS - 1, HOUR_MS, HOUR_MS + 1, 2 * HOUR_MS - 1, 5 * HOUR_MS]),
-    st.integers(min_value=0, max_value=6 * HOUR_MS - 1),
+
+def staged_hours(path: Path) -> dict[int, int]:
+    with Staging(path) as st:
+        frame = st.ticks.read_window(-(2**62), 2**62)
+    counts = frame.group_by(hour=pl.col("ts") // HOUR_MS * HOUR_MS).len()
+    return dict(counts.iter_rows())
+
+
+def test_db_init_applies_sql_and_makes_partitions_ahead(pgs: Settings) -> None:
+    env = etl_env(pgs)
+    for _ in range(2):  # idempotent
+        done = run_etl(["db", "init"], env)
+        assert done.returncode == 0, done.stderr
+    parts = query(
+        pgs.pg_dsn,  # type: ignore[arg-type]
+        "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'metrics_hourly'::regclass ORDER BY 1",
+    )["name"].to_list()
+    today = datetime.now(UTC)
+    months = [(today.year * 12 + today.month - 1 + k) for k in range(3)]
+    expected = [f"metrics_hourly_{m // 12:04d}{m % 12 + 1:02d}" for m in months]
+    assert set(expected) <= set(parts)
+    kind = query(
+        pgs.pg_dsn, "SELECT relkind::text AS k FROM pg_class WHERE relname = 'metrics_hourly'"
+    )  # type: ignore[arg-type]
+    assert kind["k"].to_list() == ["p"]  # still partitioned
+
+
+REF_SQL = """
+SELECT symbol, to_timestamp(floor(ts / 3600000.0) * 3600) AS bucket,
+       (array_agg(price ORDER BY ts, seq))[1] AS open, max(price) AS high, min(price) AS low,
+       (array_agg(price ORDER BY ts DESC, seq DESC))[1] AS close, avg(price) AS mean,
+       count(*)::int AS samples
+FROM ref_ticks GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+offsets = st.one_of(
+    st.sampled_from([0, 1, HOUR_MS - 1, HOUR_MS, 2 * HOUR_MS - 1, 2 * HOUR_MS]),
+    st.integers(min_value=0, max_value=3 * HOUR_MS - 1),
 )
-prices = st.floats(min_value=1e-8, max_value=1e7, allow_nan=False, allow_infinity=False)
-tick_lists = st.lists(
-    st.tuples(st.sampled_from(["BTCUSDT", "ETHUSDT", "XRPUSDT"]), edge_offsets, prices),
-    min_size=1,
-    max_size=300,
+
+
+@hsettings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-
-
-def frame_of(
-    ticks: list[tuple[str, int, float]],
-) -> tuple[pl.DataFrame, list[tuple[int, str, int, float]]]:
-    rows = [
-        (seq, symbol, BASE + offset, price) for seq, (symbol, offset, price) in enumerate(ticks, 1)
-    ]
-    frame = pl.DataFrame(rows, schema=["seq", "symbol", "ts", "price"], orient="row")
-    return frame.sample(fraction=1.0, shuffle=True, seed=1), rows  # input order must not matter
-
-
-def assert_bars_match(bars: pl.DataFrame, expected: dict) -> None:
-    assert bars.height == len(expected)
-    for row in bars.iter_rows(named=True):
-        ref = expected[(row["symbol"], ms(row["bucket"]))]
-        for key in ("open", "high", "low", "close", "samples", "max_seq"):
-            assert row[key] == ref[key], (key, row, ref)
-        assert row["mean"] == pytest.approx(ref["mean"], rel=1e-9)
-        assert row["max_gap_s"] == pytest.approx(ref["max_gap_s"], abs=1e-9)
-        assert (ms(row["first_at"]), ms(row["last_at"])) == (ref["first_at"], ref["last_at"])
-
-
-@settings(max_examples=300, deadline=None)
-@given(tick_lists)
-def test_hourly_bars_match_the_reference(ticks: list[tuple[str, int, float]]) -> None:
-    frame, rows = frame_of(ticks)
-    expected = hourly_reference(rows)
-    assert_bars_match(hourly_bars(frame), expected)
-    # the fast path for staging reads, which arrive ordered by ts, seq
-    assert_bars_match(hourly_bars(frame.sort("ts", "seq"), ordered=True), expected)
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(prices, min_size=2, max_size=20))
-def test_equal_timestamps_resolve_by_write_order(values: list[float]) -> None:
-    frame, _rows = frame_of([("BTCUSDT", 1234, p) for p in values])
-    bar = hourly_bars(frame).row(0, named=True)
-    assert (bar["open"], bar["close"]) == (values[0], values[-1])
-
-
-def test_hour_edges() -> None:
-    frame, _rows = frame_of(
-        [("BTCUSDT", HOUR_MS - 1, 1.0), ("BTCUSDT", HOUR_MS, 2.0), ("BTCUSDT", 0, 3.0)]
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(SYMBOLS),
+            offsets,
+            st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False),
+        ),
+        min_size=1,
+        max_size=200,
     )
-    bars = hourly_bars(frame).sort("bucket")
-    assert bars["samples"].to_list() == [2, 1]
-    assert bars["close"].to_list() == [1.0, 2.0]  # 59:59.999 closes the first hour
-    assert bars["open"].to_list() == [3.0, 2.0]  # 00:00.000 opens the next
-    assert bars["bucket"].to_list() == [
-        datetime.fromtimestamp(BASE / 1000, UTC),
-        datetime.fromtimestamp((BASE + HOUR_MS) / 1000, UTC),
-    ]
-
-
-def test_single_sample_gap_counts_the_edges() -> None:
-    frame, _ = frame_of([("BTCUSDT", HOUR_MS // 2, 5.0)])
-    bar = hourly_bars(frame).row(0, named=True)
-    assert (bar["samples"], bar["max_gap_s"], bar["mean"]) == (1, 1800.0, 5.0)
-
-
-def test_empty_window_gives_empty_typed_bars() -> None:
-    empty = pl.DataFrame(
-        schema={"seq": pl.Int64, "symbol": pl.String, "ts": pl.Int64, "price": pl.Float64}
+)
+def test_committed_bars_match_a_sql_aggregate(
+    pgs: Settings, make_db: Callable[[], str], ticks: list[tuple[str, int, float]]
+) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    base = now_hour - 48 * HOUR_MS
+    dsn = make_db()
+    work = Path(tempfile.mkdtemp(dir=pgs.data_dir))
+    settings = replace(pgs, pg_dsn=dsn, data_dir=work, sqlite_path=work / "t.sqlite3")
+    frame = pl.DataFrame(
+        [(s, base + o, p) for s, o, p in ticks], schema=["symbol", "ts", "price"], orient="row"
     )
-    bars = hourly_bars(empty)
-    assert bars.is_empty()
-    assert bars.schema["samples"] == pl.Int32 and bars.schema["bucket"] == pl.Datetime("us", "UTC")
+    with Staging(settings.staging_path) as staging:
+        staging.ticks.append_frame(frame)
+        staged = staging.ticks.read_window(-(2**62), 2**62)
+    run_rollup(settings)
+    with pg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.adbc_ingest("ref_ticks", staged.to_arrow(), mode="create")
+    expected = query(dsn, REF_SQL)
+    got = query(
+        dsn,
+        "SELECT symbol, bucket, open, high, low, close, mean, samples FROM metrics_hourly ORDER BY 1, 2",
+    )
+    assert got.height == expected.height
+    for a, b in zip(got.iter_rows(named=True), expected.iter_rows(named=True), strict=True):
+        for key in ("symbol", "bucket", "open", "high", "low", "close", "samples"):
+            assert a[key] == b[key], (key, a, b)
+        assert a["mean"] == pytest.approx(b["mean"], rel=1e-9)
+    shutil.rmtree(work)
 
 
-def test_ledger_counts_ticks_and_max_seq_per_hour() -> None:
-    frame, _ = frame_of([("A", 0, 1.0), ("B", 5, 1.0), ("A", HOUR_MS, 1.0)])
-    ledger = hour_ledger(hourly_bars(frame), datetime(2026, 1, 1, tzinfo=UTC))
-    assert ledger.select("symbols", "rows", "ticks_read", "max_seq").rows() == [
-        (2, 2, 2, 2),
-        (1, 1, 1, 3),
+def test_rollup_twice_gives_identical_tables(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 5 * HOUR_MS, polls=4 * 720)
+    env = etl_env(pgs)
+    first = run_etl(["rollup"], env)
+    assert first.returncode == 0, first.stderr
+    before = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
+    assert len(before["hourly"]) == 4 * 3 and len(before["runs"]) == 4
+    second = run_etl(["rollup"], env)
+    assert second.returncode == 0
+    assert snapshot(pgs.pg_dsn) == before  # type: ignore[arg-type]
+    updated = query(pgs.pg_dsn, "SELECT count(DISTINCT updated_at) AS n FROM metrics_hourly")  # type: ignore[arg-type]
+    assert updated["n"][0] == 1  # the second run touched no row
+
+
+def test_rerun_rolls_up_committed_hours_again_to_the_same_result(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
+    run_rollup(pgs)
+    before = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
+    summary = run_rollup(pgs, rerun=True)
+    assert summary.hours == 2 and summary.bars == 0  # read again, nothing changed
+    assert snapshot(pgs.pg_dsn) == before  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("point", ["after_read", "before_commit", "after_commit", "before_purge"])
+def test_kill_9_at_any_point_then_rerun_converges(
+    pgs: Settings, make_db: Callable[[], str], tmp_path: Path, point: str
+) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    # 8 hours staged, 1 h raw retention: the run commits and purges most of them.
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 8 * HOUR_MS, polls=8 * 720)
+    pgs = replace(pgs, raw_retention_h=1.0, rollup_chunk_hours=3)
+    original = staged_hours(pgs.staging_path)
+
+    reference = replace(pgs, pg_dsn=make_db(), sqlite_path=tmp_path / "ref.sqlite3")
+    shutil.copy(pgs.staging_path, reference.sqlite_path)  # type: ignore[arg-type]
+    assert run_etl(["rollup"], etl_env(reference)).returncode == 0
+
+    crashed = run_etl(["rollup"], etl_env(pgs, ETL_CRASH_AT=point))
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    committed = {row[0] for row in snapshot(pgs.pg_dsn)["runs"]}  # type: ignore[arg-type]
+    now_staged = staged_hours(pgs.staging_path)
+    for hour, count in original.items():
+        if datetime.fromtimestamp(hour / 1000, UTC) not in committed:
+            assert now_staged.get(hour) == count  # nothing of an uncommitted hour is gone
+
+    rerun = run_etl(["rollup"], etl_env(pgs))
+    assert rerun.returncode == 0, rerun.stderr
+    assert snapshot(pgs.pg_dsn) == snapshot(reference.pg_dsn)  # type: ignore[arg-type]
+    assert staged_hours(pgs.staging_path) == staged_hours(reference.staging_path)
+
+
+def test_unreachable_postgres_exits_3_and_the_next_run_catches_up(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=3 * 720)
+    pgs = replace(pgs, raw_retention_h=0.5)
+    before = staged_hours(pgs.staging_path)
+    down = run_etl(["rollup"], etl_env(replace(pgs, pg_dsn="postgresql://etl@127.0.0.1:9/etl")))
+    assert down.returncode == 3
+    lines = down.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PostgreSQL unreachable" in lines[0]
+    assert "Traceback" not in down.stdout + down.stderr
+    assert staged_hours(pgs.staging_path) == before
+    up = run_etl(["rollup"], etl_env(pgs))
+    assert up.returncode == 0, up.stderr
+    assert len(snapshot(pgs.pg_dsn)["runs"]) == 3  # type: ignore[arg-type]
+
+
+def test_a_bad_dsn_is_a_configuration_error(pgs: Settings) -> None:
+    done = run_etl(
+        ["rollup"], etl_env(replace(pgs, pg_dsn="postgresql://etl@localhost:notaport/etl"))
+    )
+    assert done.returncode == 2, done.stderr
+    assert "bad PostgreSQL DSN" in done.stderr
+
+
+def test_two_rollups_started_together_give_one_result(
+    pgs: Settings, make_db: Callable[[], str], tmp_path: Path
+) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 6 * HOUR_MS, polls=6 * 720)
+    reference = replace(pgs, pg_dsn=make_db(), sqlite_path=tmp_path / "ref.sqlite3")
+    shutil.copy(pgs.staging_path, reference.sqlite_path)  # type: ignore[arg-type]
+    assert run_etl(["rollup"], etl_env(reference)).returncode == 0
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "etl", "rollup"],
+            env=etl_env(pgs),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
     ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    got = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
+    assert got == snapshot(reference.pg_dsn)  # type: ignore[arg-type]
+    assert len(got["runs"]) == 6 and len(got["hourly"]) == 18
 
 
-def test_kline_bars_aggregate_minutes_to_the_hour() -> None:
+def test_far_past_and_future_ticks_never_fail_the_batch(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=720)
+    y2001 = int(datetime(2001, 3, 4, 5, 6, tzinfo=UTC).timestamp() * 1000)
+    y2100 = int(datetime(2100, 1, 1, 0, 30, tzinfo=UTC).timestamp() * 1000)
+    with Staging(pgs.staging_path) as st:
+        st.ticks.append(["BTCUSDT"], [42.0], y2001)
+        st.ticks.append(["BTCUSDT"], [43.0], y2100)
+    keep = replace(pgs, hourly_retention_d=100_000.0)  # keep 2001's partition to look at it
+    summary = run_rollup(keep)
+    assert summary.future_ticks == 1
+    bars = query(
+        keep.pg_dsn,
+        "SELECT tableoid::regclass::text AS part, bucket, close FROM metrics_hourly WHERE bucket < '2002-01-01'",
+    )  # type: ignore[arg-type]
+    assert bars.rows() == [("metrics_hourly_200103", datetime(2001, 3, 4, 5, tzinfo=UTC), 42.0)]
+    assert len(snapshot(keep.pg_dsn)["hourly"]) == 3 + 1  # type: ignore[arg-type]
+    with Staging(pgs.staging_path) as st:
+        assert st.ticks.count_between(y2100, None) == 1  # set aside, still staged
+
+
+def test_the_open_hour_is_never_rolled_up(pgs: Settings) -> None:
+    from etl.warehouse.store import open_warehouse
+
+    now = int(time.time() * 1000)
+    with Staging(pgs.staging_path) as st:
+        st.ticks.append(["BTCUSDT"], [1.0], now - 1000)
+    with open_warehouse(pgs) as wh:  # the rollup finds nothing closed and leaves it untouched
+        wh.migrate()
+    summary = run_rollup(pgs)
+    assert summary.hours == 0
+    assert snapshot(pgs.pg_dsn)["hourly"] == []  # type: ignore[arg-type]
+
+
+def test_purge_follows_the_ledger_not_the_clock(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 6 * HOUR_MS, polls=6 * 720)
+    pgs = replace(pgs, raw_retention_h=3.0)
+    first = run_rollup(pgs)
+    assert first.purged == 3 * 720 * 3  # the three hours that ended more than 3 h ago
+    left = staged_hours(pgs.staging_path)
+    # hours ending more than 3 h ago are gone (the newest row is always kept), later ones stay
+    assert sorted(h for h, n in left.items() if n > 1) == [
+        now_hour - k * HOUR_MS for k in (3, 2, 1)
+    ]
+    # a late tick for a purged hour stays staged, and one for an unpurged hour is rolled up
+    with Staging(pgs.staging_path) as st:
+        st.ticks.append(["BTCUSDT"], [1.0], now_hour - 6 * HOUR_MS + 1)
+        st.ticks.append(["BTCUSDT"], [1e9], now_hour - 2 * HOUR_MS + 1)
+    summary = run_rollup(pgs)
+    assert summary.hours == 1 and summary.skipped_hours == [now_hour - 6 * HOUR_MS]
+    high = query(
+        pgs.pg_dsn,
+        "SELECT high FROM metrics_hourly WHERE symbol = 'BTCUSDT' AND bucket = $1",
+        [datetime.fromtimestamp((now_hour - 2 * HOUR_MS) / 1000, UTC)],
+    )  # type: ignore[arg-type]
+    assert high["high"][0] == 1e9
+    with Staging(pgs.staging_path) as st:
+        assert st.ticks.count_between(now_hour - 6 * HOUR_MS, now_hour - 5 * HOUR_MS) == 1
+
+
+def test_latest_price_view_gives_the_newest_close(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
+    run_rollup(pgs)
+    with Staging(pgs.staging_path) as st:
+        last = st.ticks.read_window(now_hour - 2 * HOUR_MS, now_hour - HOUR_MS).sort("ts", "seq")
+    expected = (
+        last.group_by("symbol").agg(pl.col("price").last(), pl.col("ts").last()).sort("symbol")
+    )
+    view = query(pgs.pg_dsn, "SELECT symbol, price, at FROM latest_price ORDER BY symbol")  # type: ignore[arg-type]
+    assert view["symbol"].to_list() == expected["symbol"].to_list()
+    assert view["price"].to_list() == expected["price"].to_list()
+    assert [int(t.timestamp() * 1000) for t in view["at"]] == expected["ts"].to_list()
+
+
+def test_collector_rolls_up_closed_hours_in_a_child_process(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    import io
+
+    from rich.console import Console
+
+    from etl.collect.loop import Collector
+    from etl.collect.view import CollectorView
+
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 3 * HOUR_MS, polls=2 * 720)
+    out = Console(file=io.StringIO(), width=200)
+    stats = Collector(pgs, rollup=True, view=CollectorView(live=False, out=out)).run(polls=10)
+    assert stats.rollups >= 1 and stats.polls_ok == 10
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "rollup started" in text
+    deadline = time.monotonic() + 60
+    while len(snapshot(pgs.pg_dsn)["runs"]) < 2:  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, (pgs.data_dir / "rollup.log").read_text()
+        time.sleep(0.5)
+    with Staging(pgs.staging_path) as st:
+        polled = st.ticks.read_window(now_hour, 2**62)
+    stamps = sorted(set(polled["ts"].to_list()))
+    assert len(stamps) == 10
+    assert max(ts % 200 for ts in stamps) < 150  # the rollup child did not delay the polls
+
+
+def test_no_rollup_starts_no_child(settings: Settings) -> None:
+    from etl.collect.loop import Collector
+    from etl.collect.view import CollectorView
+
+    stats = Collector(settings, rollup=False, view=CollectorView(live=False)).run(polls=2)
+    assert stats.rollups == 0
+    assert not (settings.data_dir / "rollup.log").exists()
+
+
+def test_rerun_keeps_bars_of_purged_hours(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 6 * HOUR_MS, polls=5 * 720)
+    pgs = replace(pgs, raw_retention_h=3.0)
+    run_rollup(pgs)  # hours -6 .. -4 purged (but for the newest row), -3 .. -2 still staged
+    before = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
+    with Staging(pgs.staging_path) as st:
+        st.ticks.append(
+            ["BTCUSDT"], [1e9], now_hour - 5 * HOUR_MS + 7
+        )  # a late tick in a purged hour
+    summary = run_rollup(pgs, rerun=True)
+    assert now_hour - 5 * HOUR_MS in summary.skipped_hours
+    assert summary.hours == 2  # only the hours whose ticks are all still staged
+    after = snapshot(pgs.pg_dsn)  # type: ignore[arg-type]
+    assert after["hourly"] == before["hourly"] and after["daily"] == before["daily"]
+
+
+def test_a_crash_between_purge_and_ledger_never_rolls_up_a_partial_hour(pgs: Settings) -> None:
+    now_hour = hour_floor(int(time.time() * 1000))
+    seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 5 * HOUR_MS, polls=4 * 720)
+    pgs = replace(pgs, raw_retention_h=2.0)
+    crashed = run_etl(["rollup"], etl_env(pgs, ETL_CRASH_AT="after_purge"))
+    assert crashed.returncode == -9
+    hourly = snapshot(pgs.pg_dsn)["hourly"]  # type: ignore[arg-type]
+    with Staging(pgs.staging_path) as st:  # ticks purged, ledger not told: then a late tick
+        st.ticks.append(["BTCUSDT"], [1e9], now_hour - 5 * HOUR_MS + 7)
+    summary = run_rollup(pgs)
+    assert summary.hours == 0 and now_hour - 5 * HOUR_MS in summary.skipped_hours
+    assert snapshot(pgs.pg_dsn)["hourly"] == hourly  # type: ignore[arg-type]
+    assert all(row[-1] for row in snapshot(pgs.pg_dsn)["runs"][:2])  # type: ignore[arg-type]
+
+
+def test_a_thin_poll_bar_never_replaces_a_kline_bar(pgs: Settings) -> None:
+    from etl.bars import kline_bars
+    from etl.warehouse.store import open_warehouse
+
+    now_hour = hour_floor(int(time.time() * 1000))
+    hour = now_hour - 3 * HOUR_MS
     minutes = pl.DataFrame(
         {
-            "open_ms": [BASE + m * 60_000 for m in range(60)] + [BASE + HOUR_MS],
-            "open": [float(m) for m in range(61)],
-            "high": [m + 0.5 for m in range(61)],
-            "low": [m - 0.5 for m in range(61)],
-            "close": [m + 0.25 for m in range(61)],
+            "open_ms": [hour + m * 60_000 for m in range(60)],
+            "open": [1.0] * 60,
+            "high": [2.0] * 60,
+            "low": [0.5] * 60,
+            "close": [1.5] * 60,
         }
     )
-    bars = kline_bars(minutes, "BTCUSDT").sort("bucket")
-    first = bars.row(0, named=True)
-    assert (first["open"], first["high"], first["low"], first["close"]) == (0.0, 59.5, -0.5, 59.25)
-    assert first["samples"] == 60 and first["max_gap_s"] == 0.0 and first["source"] == "kline"
-    assert first["mean"] == pytest.approx(sum(m + 0.25 for m in range(60)) / 60)
-    assert bars.row(1, named=True)["samples"] == 1
+    with open_warehouse(pgs) as wh:
+        wh.migrate()
+        wh.write_bars(kline_bars(minutes, "BTCUSDT"))
+    seed_ticks(pgs.staging_path, ["BTCUSDT"], hour, polls=10, interval_ms=1000)  # 10 of 18,000
+    summary = run_rollup(pgs)
+    assert summary.hours == 1 and summary.kline_kept == 1
+    kept = query(pgs.pg_dsn, "SELECT source, samples FROM metrics_hourly")  # type: ignore[arg-type]
+    assert kept.rows() == [("kline", 60)]

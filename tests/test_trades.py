@@ -237,25 +237,6 @@ def test_kill_9_of_the_collector_mid_stream_then_a_restart_gives_the_same_bars(
     assert_bars_are_the_candles(cfg, ex, [hour - HOUR_MS, hour])
 
 
-def test_a_staging_file_of_the_release_before_trades_upgrades_in_place_keeping_every_row(
-    tmp_path: Path,
-) -> None:
-    legacy = Path(__file__).resolve().parent / "fixtures" / "legacy" / "staging_v0_2.sqlite3"
-    path = tmp_path / "ticks.sqlite3"
-    path.write_bytes(legacy.read_bytes())
-    with Staging(path) as st:
-        assert st.upgraded_from == 2
-        assert st.meta()["schema_version"] == "3"
-        rows = st.ticks.read_window(0, 2**62)
-        assert rows.height == 270 and rows["seq"].to_list() == list(range(1, 271))
-        assert st.state.get("binance.ban") == {"until": 0, "status": 429}
-        assert st.state.intervals() == [(1_767_225_600_000, 60.0)]
-        assert not st.trades.exist()
-        st.ticks.append(["BTCUSDT"], [1.0], 1_767_231_000_000)  # poll ticks go on as before
-    with Staging(path) as st:
-        assert st.upgraded_from is None and st.ticks.count() == 271
-
-
 def test_settings_source_and_ws_url(tmp_path: Path) -> None:
     s = load_settings(env={"ETL_SOURCE": "TRADES", "ETL_WS_URL": "ws://127.0.0.1:9/"})
     assert (s.source, s.ws_url) == ("trades", "ws://127.0.0.1:9")

@@ -10,7 +10,6 @@ one-line errors, values refused, deterministic daily bars, a ban that survives a
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import math
 import os
@@ -30,7 +29,6 @@ import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 import pytest
 
-from etl.bars import TRADE_COLUMNS
 from etl.config import Settings
 from etl.hours import HOUR_MS, hour_floor
 from etl.jobs.rollup import run_rollup
@@ -38,31 +36,10 @@ from etl.staging.store import Staging
 from etl.warehouse.embedded import embedded_server
 from etl.warehouse.store import LEGACY_STAGING, open_warehouse
 from tests.conftest import etl_env, one_line, run_etl, start_etl, wait_for
-from tests.pgutil import query, seed_ticks, snapshot
+from tests.pgutil import ADDED_HOURLY_COLUMNS, LEGACY, query, restore_dump, seed_ticks, snapshot
+from tests.stagingutil import BAD_ROWS, outside_tool
 
-LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
-# Columns metrics_hourly gained after the previous release (010: staging identity; 013: trades).
-ADDED_HOURLY_COLUMNS = ("staging_id", "interval_s", *TRADE_COLUMNS)
-
-
-def outside_tool(
-    path: Path, *statements: str, params: list | None = None
-) -> subprocess.CompletedProcess:
-    """Another program writing the staging file with Python's own sqlite3 module (in its own
-    process: stdlib sqlite3 and ADBC must not share a file in one process)."""
-    script = (
-        "import json, sqlite3, sys\n"
-        "conn = sqlite3.connect(sys.argv[1])\n"
-        "for sql in json.loads(sys.argv[2]):\n"
-        "    conn.execute(sql)\n"
-        "conn.commit()\n"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", script, str(path), json.dumps(list(statements))],
-        capture_output=True,
-        text=True,
-    )
 
 
 # -- 1. staging identity: many staging files, one warehouse ------------------------------------
@@ -92,17 +69,6 @@ def test_two_staging_files_on_one_warehouse_each_roll_up_and_purge_only_their_ow
     )  # type: ignore[arg-type]
     assert ledger["n"].to_list() == [2, 2]  # one row per (staging file, hour)
     assert second.purged == 2 * 720 * 2 - 1  # B's own ledger: purged (the newest row stays)
-
-
-def test_staging_files_carry_a_stable_id_and_a_settable_name(tmp_path: Path) -> None:
-    path = tmp_path / "t.sqlite3"
-    with Staging(path) as st:
-        first = (st.id, st.name)
-    with Staging(path, name="collector-eu-1") as st:
-        assert st.id == first[0] and st.name == "collector-eu-1"
-    with Staging(path) as st:
-        assert (st.id, st.name) == (first[0], "collector-eu-1")  # the name is kept
-    assert re.fullmatch(r"[0-9a-f-]{36}", first[0]) and str(path.resolve()) in first[1]
 
 
 def test_a_bar_from_two_files_is_never_mixed_the_better_wins_and_the_loser_is_counted(
@@ -166,98 +132,10 @@ def test_demo_and_seed_demo_never_write_into_the_configured_warehouse(
     assert not (tmp_path / "data" / "ticks.sqlite3").exists()
 
 
-def _restore(dsn: str, dump: Path) -> None:
-    """Load a plain, gzipped pg_dump (psql meta-commands aside) into an empty database."""
-    text = gzip.decompress(dump.read_bytes()).decode()
-    script = "\n".join(line for line in text.splitlines() if not line.startswith("\\"))
-    with pg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
-        cur.executescript(script)
-
-
-def test_a_warehouse_of_the_previous_release_is_migrated_once_and_no_row_changes(
-    pg_dsn: str, settings: Settings
-) -> None:
-    _restore(pg_dsn, LEGACY / "warehouse_v0_1.sql.gz")
-    before = {
-        t: query(pg_dsn, f"SELECT * FROM {t} ORDER BY 1, 2").rows()
-        for t in ("metrics_hourly", "metrics_daily", "backfill_log", "reconciliation")
-    }
-    runs_before = query(pg_dsn, "SELECT * FROM rollup_runs ORDER BY hour").rows()
-    env = etl_env(replace(settings, pg_dsn=pg_dsn))
-    first = run_etl(["db", "init"], env)
-    assert first.returncode == 0, first.stderr
-    assert "010_staging_identity.sql" in first.stdout
-    again = run_etl(["db", "init"], env)
-    assert "applied nothing new" in again.stdout  # each file once
-    applied = query(pg_dsn, "SELECT name, checksum FROM etl_migrations ORDER BY name")
-    names = applied["name"].to_list()
-    assert names == sorted(p.name for p in (Path(__file__).parent.parent / "sql").glob("*.sql"))
-    assert all(len(c) == 64 for c in applied["checksum"])
-    after = {
-        t: query(pg_dsn, f"SELECT * FROM {t} ORDER BY 1, 2")
-        .drop([c for c in (*ADDED_HOURLY_COLUMNS,) if t == "metrics_hourly"])
-        .rows()
-        for t in before
-    }
-    assert after == before  # no row changed
-    runs = query(
-        pg_dsn, "SELECT *, staging_id::text AS staging FROM rollup_runs ORDER BY hour"
-    ).drop("staging_id")
-    assert set(runs["staging"]) == {LEGACY_STAGING}
-    assert runs.drop("staging", "staging_name", "bars_lost").rows() == runs_before
-    for function in ("etl_bar_replaces", "etl_hourly_partitions", "etl_bar_coverage"):
-        assert (
-            query(pg_dsn, f"SELECT count(*) AS n FROM pg_proc WHERE proname = '{function}'")["n"][0]
-            == 1
-        )
-
-
-@pytest.mark.parametrize(
-    ("dump", "pending"),
-    [
-        ("warehouse_v0_2.sql.gz", ["013_trade_bars.sql", "014_bar_rule_again.sql"]),
-        ("warehouse_v0_3.sql.gz", ["014_bar_rule_again.sql"]),
-    ],
-)
-def test_a_warehouse_with_the_ledger_upgrades_and_rolls_up_on(
-    pg_dsn: str, settings: Settings, dump: str, pending: list[str]
-) -> None:
-    """Warehouses made by the releases with the migrations ledger (before trade bars, and with
-    them; how: tests/fixtures/legacy/make_warehouse.py). Was: on a warehouse from before trade
-    bars, 011's new form was never applied, so every rollup and `etl status` failed with
-    "function etl_bar_replaces(...) does not exist"."""
-    _restore(pg_dsn, LEGACY / dump)
-    tables = ("metrics_hourly", "metrics_daily", "rollup_runs", "etl_migrations")
-    before = {t: query(pg_dsn, f"SELECT * FROM {t} ORDER BY 1, 2") for t in tables}
-    env = etl_env(replace(settings, pg_dsn=pg_dsn, symbols=tuple(SYMBOLS), interval_s=60.0))
-    first = run_etl(["db", "init"], env)
-    assert first.returncode == 0, first.stderr
-    assert all(name in first.stdout for name in pending), first.stdout
-    assert "changed since it was applied" not in first.stdout  # 014 supersedes any old 011
-    applied = query(pg_dsn, "SELECT name FROM etl_migrations ORDER BY name")["name"].to_list()
-    assert applied == before["etl_migrations"]["name"].to_list() + pending
-    for t in tables[:3]:  # no row changed (columns added since are left out)
-        after = query(pg_dsn, f"SELECT * FROM {t} ORDER BY 1, 2")
-        assert after.select(before[t].columns).rows() == before[t].rows(), t
-    for function in ("etl_bar_coverage", "etl_bar_tier", "etl_bar_rank", "etl_bar_replaces"):
-        n = query(pg_dsn, f"SELECT count(*) AS n FROM pg_proc WHERE proname = '{function}'")
-        assert n["n"][0] == 1, function  # one definition: no ambiguous call
-    looked = run_etl(["status", "--json"], env)
-    assert looked.returncode in (0, 1) and not looked.stderr, looked.stderr  # 1: no staging file
-    report = json.loads(looked.stdout)
-    assert report["warehouse"]["coverage_24h"] and report["warehouse"]["changed_sql_files"] == []
-    now_hour = hour_floor(int(time.time() * 1000))
-    seed_ticks(settings.staging_path, SYMBOLS, now_hour - HOUR_MS, polls=60, interval_ms=60_000)
-    rolled = run_etl(["rollup"], env)
-    assert rolled.returncode == 0, rolled.stderr
-    bars = query(pg_dsn, "SELECT count(*) AS n FROM metrics_hourly")["n"][0]
-    assert bars == before["metrics_hourly"].height + len(SYMBOLS)
-
-
 def test_a_staging_file_and_warehouse_of_the_previous_release_keep_every_tick_and_bar(
     pg_dsn: str, settings: Settings, tmp_path: Path
 ) -> None:
-    _restore(pg_dsn, LEGACY / "warehouse_v0_1.sql.gz")
+    restore_dump(pg_dsn, LEGACY / "warehouse_v0_1.sql.gz")
     path = tmp_path / "ticks.sqlite3"
     shutil.copy(LEGACY / "staging_v0_1.sqlite3", path)
     dump = outside_tool(path)  # (a no-op: just proves the old file opens with stdlib sqlite3)
@@ -406,17 +284,6 @@ def test_a_staging_file_renamed_under_a_running_collector_loses_nothing(
         assert st.ticks.count() == stored
 
 
-def test_the_filesystem_of_a_path_is_read_from_the_mount_table(tmp_path: Path) -> None:
-    """What refuses a staging file on NFS or SMB: the mount table names each path's
-    filesystem (here: proc and whatever holds /tmp, neither a network one)."""
-    from etl.staging.lock import NETWORK_FILESYSTEMS, filesystem_type, refuse_network_fs
-
-    assert filesystem_type(Path("/proc/self")) == "proc"
-    local = filesystem_type(tmp_path)
-    assert local is not None and local not in NETWORK_FILESYSTEMS
-    refuse_network_fs(tmp_path / "ticks.sqlite3")  # a local one passes
-
-
 def test_the_lock_dies_with_a_killed_collector_and_rollup_runs_beside_one(
     pgs: Settings,
 ) -> None:
@@ -527,24 +394,6 @@ def test_a_table_lock_held_elsewhere_ends_the_rollup_at_its_lock_timeout_with_no
         assert st.ticks.count() == 720 * len(SYMBOLS)  # nothing purged
     again = run_rollup(replace(pgs, raw_retention_h=0.0))
     assert again.hours == 1
-
-
-def test_a_statement_past_its_timeout_is_a_dependency_failure(pg_dsn: str) -> None:
-    from etl.errors import DependencyError
-    from etl.warehouse.connect import connect
-    from etl.warehouse.store import Warehouse
-
-    wh = Warehouse(connect(pg_dsn, statement_timeout_s=0.5), "test")
-    try:
-        started = time.monotonic()
-        with pytest.raises(DependencyError, match="did not finish in time"):
-            wh.execute("SELECT pg_sleep(5)")
-        with pytest.raises(DependencyError, match="did not finish in time"):
-            wh.query("SELECT pg_sleep(5)")
-        assert time.monotonic() - started < 4
-        assert wh.execute("SELECT 1") == [(1,)]  # the connection goes on
-    finally:
-        wh.close()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -675,36 +524,6 @@ def test_a_hung_rollup_child_is_stopped_and_the_next_hour_rolls_up_as_usual(
 
 
 # -- 4. bad rows written into staging by outside tools ------------------------------------------
-
-
-BAD_ROWS = [
-    "('BTCUSDT', 1790000000000, 'abc')",  # a text price
-    "(x'00', 1790000000000, 1.0)",  # a BLOB symbol
-    "('BTCUSDT', 1790000000000, x'00')",  # a BLOB price
-    "('ETHUSDT', 1790000000000, -5.0)",
-    "('ETHUSDT', 1790000000000, 0.0)",
-    "('ETHUSDT', 1790000000000, 9e999)",  # infinity
-    "('ETHUSDT', 1790000000000, NULL)",
-    "('btcusdt', 1790000000000, 1.0)",  # not the symbol rule
-    "('ETHUSDT', 'soon', 1.0)",
-    "('ETHUSDT', -1, 1.0)",
-]
-
-
-def test_a_staging_file_refuses_rows_that_cannot_be_ticks(tmp_path: Path) -> None:
-    path = tmp_path / "t.sqlite3"
-    with Staging(path):
-        pass
-    for row in BAD_ROWS:
-        done = outside_tool(path, f"INSERT INTO ticks VALUES {row}")
-        assert done.returncode != 0, row
-        assert re.search(r"constraint failed|cannot store", done.stderr), done.stderr
-    good = outside_tool(path, "INSERT INTO ticks VALUES ('BTCUSDT', 1790000000000, 60000.5)")
-    assert good.returncode == 0, good.stderr  # outside tools still write ticks(symbol, ts, price)
-    with Staging(path) as st:
-        assert st.ticks.read_window(0, 2**62).select("symbol", "ts", "price").rows() == [
-            ("BTCUSDT", 1790000000000, 60000.5)
-        ]
 
 
 def test_rows_past_the_constraints_are_quarantined_counted_and_never_purged(

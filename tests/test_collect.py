@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import math
 import re
-import time
 from dataclasses import replace
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -26,16 +24,7 @@ from etl.exchange.fake.rest import FakeExchange
 from etl.hours import closed_before, ms
 from etl.jobs.rollup import run_rollup
 from etl.staging.store import Staging
-from tests.conftest import VirtualClock
-
-
-class Recorder(CollectorView):
-    def __init__(self) -> None:
-        super().__init__(live=False, out=Console(file=io.StringIO(), width=200))
-
-    @property
-    def text(self) -> str:
-        return self.out.file.getvalue()  # type: ignore[attr-defined]
+from tests.conftest import Recorder, VirtualClock
 
 
 def collect(
@@ -260,16 +249,6 @@ def test_gap_since_last_tick_is_reported_with_the_command(
         st.ticks.append(["BTCUSDT"], [1.0], int((vclock.now - 30 * 3600) * 1000))
     _, view = collect(settings, vclock, polls=1)
     assert "no ticks staged since" in view.text and "etl backfill --since" in view.text  # type: ignore[union-attr]
-
-
-def test_staging_file_is_wal_on_disk(settings: Settings) -> None:
-    Collector(settings, rollup=False, view=Recorder()).run(polls=1)
-    path = Path(settings.staging_path)
-    assert path.exists() and path.stat().st_size > 0
-    with Staging(path) as st, st.db.cursor() as cur:
-        cur.execute("PRAGMA journal_mode")
-        assert cur.fetchone()[0] == "wal"
-    time.sleep(0)
 
 
 def test_the_wall_clock_stepping_back_an_hour_and_forward_a_day_stores_no_tick_in_a_wrong_hour(

@@ -8,13 +8,12 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from etl.bars import UTC_US, edge_missing, id_gaps, trade_bars
+from etl.bars import edge_missing, id_gaps, trade_bars
 from etl.collect.trade_feed import Chain, runs
 from etl.config import Settings
 from etl.exchange.fake.rest import FakeExchange
@@ -24,7 +23,6 @@ from etl.exchange.stream import MAX_STREAMS, TradeStream, stream_groups, stream_
 from etl.hours import HOUR_MS, hour_floor
 from etl.jobs.rollup import run_rollup
 from etl.staging.store import Staging
-from etl.warehouse.store import open_warehouse
 from tests.pgutil import query, seed_ticks
 
 H = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -266,79 +264,3 @@ def test_a_complete_trade_bar_beats_a_poll_bar_and_one_with_a_hole_does_not(
             0.5 * 720,
         )
         assert (row["ids_missing"], row["coverage"]) == (0, 1.0)
-
-
-def test_the_rollups_pick_within_one_file_is_the_warehouse_rule(
-    settings: Settings, pg_dsn: str
-) -> None:
-    """A file that held poll ticks and trades in one hour gives one bar: the one
-    ``etl_bar_replaces`` would keep, over random pairs of thin, full, holed and complete bars."""
-    with open_warehouse(replace(settings, pg_dsn=pg_dsn)) as wh:
-        wh.migrate()
-    rng = random.Random(5)
-    cases = []
-    for case in range(300):
-        pair = []
-        for source in rng.sample(["poll", "trade"], 2):
-            samples = rng.choice([0, 1, 300, 647, 648, 700, 720, 3600])
-            interval = rng.choice([None, 1.0, 5.0, 60.0]) if source == "poll" else None
-            missing = rng.choice([None, 0, 0, 1, 7]) if source == "trade" else None
-            pair.append((case, source, samples, interval, missing))
-        cases.append(pair)
-
-    def lit(v: object) -> str:
-        return "NULL" if v is None else repr(v) if not isinstance(v, str) else f"'{v}'"
-
-    rows = ", ".join(f"({a[0]}, {', '.join(lit(v) for v in (*a[1:], *b[1:]))})" for a, b in cases)
-    decided = query(
-        pg_dsn,
-        "SELECT c AS case_no, "
-        "etl_bar_replaces(bs, NULL, bn, bi, as_, NULL, an, ai, 5.0, 0.9, bm, am) AS b_over_a, "
-        "etl_bar_replaces(as_, NULL, an, ai, bs, NULL, bn, bi, 5.0, 0.9, am, bm) AS a_over_b "
-        f"FROM (VALUES {rows}) AS v(c, as_, an, ai, am, bs, bn, bi, bm) ORDER BY c",
-    )
-    base = datetime(2026, 1, 1, tzinfo=UTC)
-    frame = pl.DataFrame(
-        [
-            {
-                "symbol": "BTCUSDT",
-                "bucket": base + timedelta(hours=case),
-                "open": 1.0,
-                "high": 1.0,
-                "low": 1.0,
-                "close": 1.0,
-                "mean": 1.0,
-                "samples": samples,
-                "first_at": base + timedelta(hours=case),
-                "last_at": base + timedelta(hours=case),
-                "max_gap_s": 0.0,
-                "source": source,
-                "interval_s": interval,
-                "ids_missing": missing,
-            }
-            for pair in cases
-            for case, source, samples, interval, missing in pair
-        ],
-        schema_overrides={
-            "bucket": UTC_US,
-            "first_at": UTC_US,
-            "last_at": UTC_US,
-            "samples": pl.Int32,
-            "interval_s": pl.Float64,
-            "ids_missing": pl.Int32,
-        },
-    )
-    with open_warehouse(replace(settings, pg_dsn=pg_dsn, interval_s=5.0)) as wh:
-        wh.write_bars(frame)  # both bars of each hour in one write, as the rollup's
-    kept = query(pg_dsn, "SELECT source FROM metrics_hourly ORDER BY bucket")
-    assert kept.height == len(cases)  # one bar per hour
-    compared = 0
-    for (a, b), sql, ours in zip(
-        cases, decided.iter_rows(named=True), kept.iter_rows(named=True), strict=True
-    ):
-        if sql["b_over_a"] == sql["a_over_b"]:
-            continue  # a tie: the warehouse keeps whichever came first
-        compared += 1
-        want = b if sql["b_over_a"] else a
-        assert ours["source"] == want[1], (a, b, sql)
-    assert compared > 200
