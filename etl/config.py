@@ -22,8 +22,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
+from etl import dsn as dsns
+from etl import redact
 from etl.datadir import DataDir
 from etl.errors import ConfigError
 
@@ -37,20 +39,10 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 def mask_dsn(dsn: str) -> str:
     """Hide the password of a DSN (URI or ``key=value`` form) so it can be printed.
 
-    Works on malformed URIs too (no parsing that could fail): the text between ``user:`` and the
-    last ``@`` of the authority, and every ``password=`` value, become ``***``.
+    Read by libpq's rules (:mod:`etl.dsn`) and rebuilt with each secret as ``***``; a
+    malformed DSN has everything that may hold a piece of its password hidden.
     """
-    if "://" in dsn:
-        scheme, rest = dsn.split("://", 1)
-        main, sep, query = rest.partition("?")
-        if "@" in main:  # the last '@' before the query ends the user info, whatever it holds
-            userinfo, host = main.rsplit("@", 1)
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            main = f"{userinfo}@{host}"
-        query = re.sub(r"(?i)(password=)[^&]*", r"\1***", query)
-        return f"{scheme}://{main}{sep}{query}"
-    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+    return dsns.mask(dsn)
 
 
 # -- parsers: text (or a TOML value) in, typed value out; ValueError names what is wrong -------
@@ -137,24 +129,19 @@ def _url_of(kind: str, *schemes: str) -> Callable[[Any], str]:
 
 
 def _dsn(value: Any) -> str | None:
+    """A DSN libpq reads as its author meant (:meth:`etl.dsn.Dsn.check`), in either form."""
     text = str(value).strip()
     if not text:
         return None
-    if "://" not in text:
-        return text  # key=value form: libpq checks it, and a bad key is a configuration error
-    if not text.startswith(("postgresql://", "postgres://")):
-        raise ValueError(f"{mask_dsn(text)!r} is not a PostgreSQL URI (postgresql://...)")
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 (raises on a port that is not a number)
-    except ValueError as exc:
-        raise ValueError(f"bad PostgreSQL DSN {mask_dsn(text)}: {exc}") from None
-    for key, val in parse_qsl(parts.query):
-        if key == "sslmode" and val not in _SSLMODES:
-            raise ValueError(
-                f"bad PostgreSQL DSN {mask_dsn(text)}: sslmode={val!r} is not one of "
-                f"{', '.join(_SSLMODES)}"
-            )
+    parsed = dsns.parse(text)
+    if parsed.problem:
+        raise ValueError(f"bad PostgreSQL DSN {parsed.masked()}: {parsed.problem}")
+    sslmode = parsed.params.get("sslmode")
+    if sslmode is not None and sslmode not in _SSLMODES:
+        raise ValueError(
+            f"bad PostgreSQL DSN {parsed.masked()}: sslmode={sslmode!r} is not one of "
+            f"{', '.join(_SSLMODES)}"
+        )
     return text
 
 
@@ -210,7 +197,8 @@ def _setting(
     """Declare a setting: its default, environment variable, parser, help and metavar.
 
     ``shown`` is how the default reads in help and docs when it is computed from others;
-    ``secret`` keeps it out of ``repr``.
+    ``secret`` (a DSN) keeps it out of ``repr``, and its passwords out of all output
+    (:mod:`etl.redact`).
     """
     return field(
         default=default,
@@ -222,6 +210,7 @@ def _setting(
             "metavar": metavar,
             "shown": shown,
             "empty_means_unset": empty_means_unset,
+            "secret": secret,
         },
     )
 
@@ -546,6 +535,10 @@ def load_settings(
 
     values: dict[str, Any] = {}
     for spec in setting_fields():
+        if spec.metadata["secret"]:  # every source's, the ones overridden too: all are secrets
+            for _label, raw in _sources(spec, overrides, env, toml, toml_path):
+                if isinstance(raw, str):
+                    redact.remember_dsn(raw.strip(), env)
         for label, raw in _sources(spec, overrides, env, toml, toml_path):
             if raw is None:
                 continue

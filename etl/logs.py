@@ -3,7 +3,8 @@
 Log records go to standard output: readable lines on a terminal (with colour), plain
 ``YYYY-MM-DD HH:MM:SS message`` lines when piped, or JSON lines (``--log-format json``) that
 journald, Docker and Loki take as they are. Errors that end a command are not log records: they
-are one line on standard error (``etl.console.error``).
+are one line on standard error (``etl.console.error``). Every handler scrubs the passwords the
+process knows of (:mod:`etl.redact`) from what it writes, the JSON fields included.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
+
+from etl import redact
 
 FORMATS = ("auto", "rich", "plain", "json")
 _STYLES = {logging.WARNING: "yellow", logging.ERROR: "red", logging.CRITICAL: "bold red"}
@@ -46,7 +49,7 @@ class PlainHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             stream = self.stream or sys.stdout
-            stream.write(f"{_when(record)} {_prefix(record)}{record.getMessage()}\n")
+            stream.write(redact.scrub(f"{_when(record)} {_prefix(record)}{record.getMessage()}\n"))
             stream.flush()
         except Exception:  # a log line must never take the process down
             self.handleError(record)
@@ -60,7 +63,7 @@ class RichHandler(logging.Handler):
         from etl.console import console
 
         try:
-            line = Text(f"{_when(record)} {_prefix(record)}{record.getMessage()}")
+            line = Text(redact.scrub(f"{_when(record)} {_prefix(record)}{record.getMessage()}"))
             line.stylize(_STYLES.get(record.levelno, ""))
             console.print(line, soft_wrap=True, markup=False, highlight=False)
         except Exception:
@@ -87,7 +90,9 @@ class JsonHandler(logging.Handler):
                 **getattr(record, FIELDS, {}),
             }
             stream = self.stream or sys.stdout
-            stream.write(json.dumps(out, default=str) + "\n")
+            # After dumping: JSON escapes a password (quotes, non-ASCII), and redact knows
+            # those spellings too.
+            stream.write(redact.scrub(json.dumps(out, default=str)) + "\n")
             stream.flush()
         except Exception:
             self.handleError(record)

@@ -24,8 +24,8 @@ from typing import Annotated, Any
 
 import typer
 
-from etl import logs, shutdown
-from etl.config import Settings, load_settings, mask_dsn, setting_fields, shown_default
+from etl import logs, redact, shutdown
+from etl.config import Settings, load_settings, setting_fields, shown_default
 from etl.errors import DependencyError, EtlError, ExitCode
 from etl.hours import parse_range
 
@@ -498,7 +498,11 @@ def db_url(
     """
     from etl.jobs.db_access import warehouse_url
 
-    print(warehouse_url(settings_of(ctx), show_password=show_password))
+    url = warehouse_url(settings_of(ctx), show_password=show_password)
+    # Asked for, the password is shown: past the scrubbing of standard output.
+    out = redact.unscrubbed(sys.stdout) if show_password else sys.stdout
+    out.write(url + "\n")
+    out.flush()
 
 
 @command(group=db_app, name="serve")
@@ -609,23 +613,6 @@ def notebook(
     os.execve(lab.argv[0], lab.argv, lab.env)
 
 
-def _scrub(text: str, argv: list[str]) -> str:
-    """Mask every DSN password we could know of in a traceback."""
-    import os
-
-    candidates = [os.environ.get("ETL_PG_DSN", "")]
-    candidates += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--pg-dsn"]
-    candidates += [a.split("=", 1)[1] for a in argv if a.startswith("--pg-dsn=")]
-    for dsn in filter(None, candidates):
-        text = text.replace(dsn, mask_dsn(dsn))
-        if "://" in dsn and "@" in dsn:
-            userinfo = dsn.split("://", 1)[1].rpartition("@")[0]
-            secret = userinfo.partition(":")[2]
-            if len(secret) >= 3:
-                text = text.replace(secret, "***")
-    return text
-
-
 class _Absent(importlib.abc.MetaPathFinder):
     """Makes a package look uninstalled to this process."""
 
@@ -649,6 +636,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line and an exit code for every expected failure."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    # Every password this run may meet is known before anything is printed, and all output
+    # is scrubbed of them: errors, tracebacks, logs, results, a rollup child's log.
+    redact.remember_invocation(argv)
+    redact.install()
     _without("pandas")
     shutdown.install()
 
@@ -656,8 +647,8 @@ def main(argv: list[str] | None = None) -> None:
         from etl.console import error
 
         if debug:
-            sys.stderr.write(_scrub(traceback.format_exc(), argv))
-        error(_scrub(message, argv))
+            sys.stderr.write(redact.scrub(traceback.format_exc()))
+        error(redact.scrub(message))
         sys.exit(code)
 
     try:

@@ -99,10 +99,6 @@ def run_shell(settings: Settings, psql_args: Sequence[str] = ()) -> int:
                         proc.wait(5)
 
 
-def has_password(dsn: str) -> bool:
-    return split_password(dsn)[1] is not None
-
-
 def warehouse_url(settings: Settings, *, show_password: bool = False) -> str:
     """The warehouse's connection URI, its password masked unless ``show_password``. Nothing is
     started: an external DSN is given as configured, the embedded server's only while it runs
@@ -116,7 +112,7 @@ def warehouse_url(settings: Settings, *, show_password: bool = False) -> str:
             f"the embedded PostgreSQL in {server.pgdata} is not running: `etl db serve` keeps it "
             "up until Ctrl-C (run it in another terminal), or `etl db shell` opens psql on it"
         )
-    return dsn if show_password or not has_password(dsn) else mask_dsn(dsn)
+    return dsn if show_password else mask_dsn(dsn)  # a DSN with no password is left as it is
 
 
 def serve(settings: Settings, ready: Callable[[str], None], stop: threading.Event) -> None:

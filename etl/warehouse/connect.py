@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 import adbc_driver_manager
 
+from etl import dsn as dsns
+from etl import redact
 from etl.config import mask_dsn
 from etl.errors import ConfigError, DependencyError, EtlError
 
@@ -33,32 +33,31 @@ def with_timeouts(dsn: str, connect_timeout_s: float) -> str:
     """The DSN with libpq's connect timeout and TCP keepalives, unless it sets them itself.
 
     ``connect_timeout`` bounds the whole start-up, so a server that accepts and never answers
-    is given up on; keepalives notice a peer that vanished mid-query.
+    is given up on; keepalives notice a peer that vanished mid-query. Where the query starts is
+    libpq's reading (a password may hold a '?').
+
+    >>> with_timeouts("postgresql://u:a?b@db/etl?connect_timeout=5", 10).split("&")[:2]
+    ['postgresql://u:a?b@db/etl?connect_timeout=5', 'keepalives=1']
     """
-    extra = {
-        "connect_timeout": str(max(2, round(connect_timeout_s))),
-        "keepalives": "1",
-        "keepalives_idle": "30",
-        "keepalives_interval": "10",
-        "keepalives_count": "3",
-    }
-    if "://" in dsn:
-        query = dsn.partition("?")[2]
-        present = {k for k, _ in parse_qsl(query)}
-        add = "&".join(f"{k}={v}" for k, v in extra.items() if k not in present)
-        if not add:
-            return dsn
-        return f"{dsn}{'&' if query else '?'}{add}" if "?" in dsn else f"{dsn}?{add}"
-    present = set(re.findall(r"(\w+)\s*=", dsn))
-    return " ".join([dsn, *(f"{k}={v}" for k, v in extra.items() if k not in present)])
+    return dsns.parse(dsn).with_params(
+        {
+            "connect_timeout": str(max(2, round(connect_timeout_s))),
+            "keepalives": "1",
+            "keepalives_idle": "30",
+            "keepalives_interval": "10",
+            "keepalives_count": "3",
+        }
+    )
 
 
-def first_line(exc: BaseException, *dsns: str) -> str:
+def first_line(exc: BaseException, *dsns_used: str) -> str:
+    """The first line of an error's message, every DSN in it masked and every known password
+    scrubbed (libpq quotes parts of a DSN it cannot read)."""
     text = str(exc).strip()
     reason = text.splitlines()[0] if text else type(exc).__name__
-    for dsn in dsns:
+    for dsn in dsns_used:
         reason = reason.replace(dsn, mask_dsn(dsn))
-    return reason
+    return redact.scrub(reason)
 
 
 def connect(
@@ -71,6 +70,8 @@ def connect(
     """
     import adbc_driver_postgresql.dbapi as pg
 
+    redact.remember_dsn(dsn)  # whoever built it, its password never reaches output
+    dsns.parse(dsn).check()  # libpq would quote pieces of a password it misreads
     full = with_timeouts(dsn, connect_timeout_s)
     try:
         conn = pg.connect(full)
@@ -90,6 +91,8 @@ def probe(dsn: str, sql: str, *, timeout_s: float) -> list[tuple[Any, ...]]:
     import adbc_driver_postgresql
     from adbc_driver_manager import _lib
 
+    redact.remember_dsn(dsn)
+    dsns.parse(dsn).check()
     full = with_timeouts(dsn, timeout_s)
     try:
         database = _lib.AdbcDatabase(driver=adbc_driver_postgresql._driver_path(), uri=full)

