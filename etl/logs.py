@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.text import Text
-
 from etl import redact
 
 FORMATS = ("auto", "rich", "plain", "json")
@@ -60,6 +58,8 @@ class RichHandler(logging.Handler):
     appear above a live table instead of tearing it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from rich.text import Text
+
         from etl.console import console
 
         try:

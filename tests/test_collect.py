@@ -248,7 +248,10 @@ def test_gap_since_last_tick_is_reported_with_the_command(
     with Staging(settings.staging_path) as st:
         st.ticks.append(["BTCUSDT"], [1.0], int((vclock.now - 30 * 3600) * 1000))
     _, view = collect(settings, vclock, polls=1)
-    assert "no ticks staged since" in view.text and "etl backfill --since" in view.text  # type: ignore[union-attr]
+    text = view.text  # type: ignore[union-attr]
+    # The command keeps the user's data dir: `etl --data-dir D backfill --since ...`.
+    assert "no ticks staged since" in text
+    assert f"--data-dir {settings.data_dir} backfill --since" in text
 
 
 def test_the_wall_clock_stepping_back_an_hour_and_forward_a_day_stores_no_tick_in_a_wrong_hour(

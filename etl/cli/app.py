@@ -10,120 +10,96 @@ Every setting is an option before the command and after it (``etl --symbols BTCU
 
 from __future__ import annotations
 
-import functools
-import importlib.abc
-import inspect
 import json
 import logging
+import os
 import sys
 import traceback
-import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import click
 
 from etl import logs, redact, shutdown
 from etl.config import Settings, load_settings, setting_fields, shown_default
 from etl.errors import DependencyError, EtlError, ExitCode
 from etl.hours import parse_range
 
-app = typer.Typer(
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    help="Binance price pipeline: collect ticks, roll them up hourly, keep years of history.\n\n"
-    "Settings come from flags (before or after the command), ETL_* variables, etl.toml, "
-    "then defaults. Exit codes: 0 ok, 1 degraded (status), 2 bad configuration or input, "
-    "3 a dependency unavailable.",
-)
-db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The warehouse.")
-app.add_typer(db_app, name="db")
-
+# click, not typer: typer's current release builds a pydantic validator for every option, which
+# costs 80 ms of every command's start (docs/performance.md); the options here need none of it.
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _SETTINGS = {spec.name for spec in setting_fields()}
+_EPILOG = "Every setting (--symbols, --data-dir, --pg-dsn, ...) is taken here too: see etl --help."
 
 
-def _setting_parameters(*, hidden: bool = False) -> list[inspect.Parameter]:
+def _setting_options(*, hidden: bool = False) -> list[click.Option]:
     """One ``--name`` option per declared setting, with its metavar, env var and default.
-    ``hidden``: taken, but not listed in the help (a command's help points to ``etl --help``)."""
-    params = []
+    ``hidden``: taken, but not listed in the help (a command's help points to ``etl --help``).
+    The value stays text: :func:`etl.config.load_settings` parses and checks it."""
+    options = []
     for spec in setting_fields():
         meta = spec.metadata
-        option = typer.Option(
-            f"--{spec.name.replace('_', '-')}",
-            metavar=meta["metavar"],
-            help=f"{meta['help'][0].upper()}{meta['help'][1:]}. "
-            f"[env: {meta['env']}; default: {shown_default(spec)}]",
-            show_default=False,
-            rich_help_panel="Settings",
-            hidden=hidden,
-        )
-        params.append(
-            inspect.Parameter(
-                spec.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=None,
-                annotation=Annotated[str | None, option],
+        options.append(
+            click.Option(
+                [f"--{spec.name.replace('_', '-')}", spec.name],
+                metavar=meta["metavar"],
+                help=f"{meta['help'][0].upper()}{meta['help'][1:]}. "
+                f"[env: {meta['env']}; default: {shown_default(spec)}]",
+                hidden=hidden,
             )
         )
-    return params
+    return options
 
 
-def _resolved(func: Callable) -> inspect.Signature:
-    """The signature with its annotations evaluated (this module postpones them), options and
-    all: typer reads ``Annotated[..., typer.Option(...)]`` objects, not strings."""
-    hints = typing.get_type_hints(func, include_extras=True)
-    signature = inspect.signature(func)
-    return signature.replace(
-        parameters=[
-            p.replace(annotation=hints.get(p.name, p.annotation))
-            for p in signature.parameters.values()
-        ]
-    )
-
-
-def _common_parameters() -> list[inspect.Parameter]:
+def _common_options() -> list[click.Option]:
     """``--config`` and ``--debug``: taken after a command's name as well as before it."""
-    root = _resolved(_root).parameters
-    return [root[name].replace(kind=inspect.Parameter.KEYWORD_ONLY) for name in ("config", "debug")]
+    return [
+        click.Option(
+            ["--config"],
+            metavar="FILE",
+            help="Path of etl.toml. [env: ETL_CONFIG; default: ./etl.toml]",
+        ),
+        click.Option(["--debug"], is_flag=True, help="Show tracebacks (passwords still masked)."),
+    ]
 
 
 def command(
-    group: typer.Typer = app, name: str | None = None, *, passthrough: bool = False
-) -> Callable[[Callable], Callable]:
-    """Register a command that also takes every setting as an option after its name.
-    ``passthrough``: options the command does not know are handed on (``ctx.args``)."""
+    group: click.Group | None = None, name: str | None = None, *, passthrough: bool = False
+) -> Callable[[Callable], click.Command]:
+    """Register ``func(ctx, **its options)`` as a command that also takes every setting (and
+    ``--config``, ``--debug``) after its name. ``passthrough``: options the command does not
+    know are handed on (``ctx.args``)."""
 
-    def register(func: Callable) -> Callable:
-        signature = _resolved(func)
+    def register(func: Callable) -> click.Command:
+        own = list(reversed(getattr(func, "__click_params__", [])))
 
-        @functools.wraps(func)
-        def wrapper(ctx: typer.Context, **kwargs: Any) -> Any:
-            given = {k: kwargs.pop(k) for k in list(kwargs) if k in _SETTINGS}
+        def callback(**kwargs: Any) -> Any:
+            ctx = click.get_current_context()
             root = ctx.find_root().obj
+            given = {k: kwargs.pop(k) for k in list(kwargs) if k in _SETTINGS}
             root["overrides"].update({k: v for k, v in given.items() if v is not None})
             config, debug = kwargs.pop("config", None), kwargs.pop("debug", False)
             root["config"] = config if config is not None else root["config"]
             root["debug"] = root["debug"] or debug
             return func(ctx, **kwargs)
 
-        parameters = [
-            *signature.parameters.values(),
-            *_common_parameters(),
-            *_setting_parameters(hidden=True),
-        ]
-        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
-        extra = {"allow_extra_args": True, "ignore_unknown_options": True} if passthrough else {}
-        epilog = "Every setting (--symbols, --data-dir, --pg-dsn, ...) is taken here too: see etl --help."
-        return group.command(name, context_settings=extra, epilog=epilog)(wrapper)
+        settings = {"allow_extra_args": True, "ignore_unknown_options": True} if passthrough else {}
+        cmd = click.Command(
+            name or func.__name__.replace("_", "-"),
+            callback=callback,
+            params=[*own, *_common_options(), *_setting_options(hidden=True)],
+            help=func.__doc__,
+            epilog=_EPILOG,
+            context_settings=settings,
+        )
+        (group or app).add_command(cmd)
+        return cmd
 
     return register
 
 
-def settings_of(ctx: typer.Context, **extra: Any) -> Settings:
+def settings_of(ctx: click.Context, **extra: Any) -> Settings:
     """The resolved settings for this command; sets up logging in the chosen format."""
     obj = ctx.find_root().obj
     settings = load_settings({**obj["overrides"], **extra}, config_path=obj["config"])
@@ -158,25 +134,8 @@ def _print(*renderables: Any) -> None:
         console.print(item, soft_wrap=isinstance(item, str | Text))
 
 
-def _root(
-    ctx: typer.Context,
-    config: Annotated[
-        str | None,
-        typer.Option(
-            metavar="FILE", help="Path of etl.toml. [env: ETL_CONFIG; default: ./etl.toml]"
-        ),
-    ] = None,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks (passwords still masked).")
-    ] = False,
-    show_version: Annotated[
-        bool,
-        typer.Option(
-            "--version", help="The package's version, and the warehouse's schema version."
-        ),
-    ] = False,
-    **settings: Any,
-) -> None:
+def _root(config: str | None, debug: bool, show_version: bool, **settings: Any) -> None:
+    ctx = click.get_current_context()
     ctx.obj = {
         "config": config,
         "debug": debug,
@@ -186,48 +145,63 @@ def _root(
         from etl.cli import render
         from etl.jobs.versions import versions
 
-        _print(*render.versions(versions(settings_of(ctx))))
-        raise typer.Exit(0)
+        # Plain lines, whatever the log format: scripts read `etl --version | head -1`.
+        print("\n".join(render.versions(versions(settings_of(ctx)))))
+        ctx.exit(0)
     if ctx.invoked_subcommand is None:
         print(ctx.get_help())
-        raise typer.Exit(0)
+        ctx.exit(0)
 
 
-_root_signature = _resolved(_root)
-_root.__signature__ = _root_signature.replace(  # type: ignore[attr-defined]
-    parameters=[
-        *(p for p in _root_signature.parameters.values() if p.kind != p.VAR_KEYWORD),
-        *_setting_parameters(),
-    ]
+app = click.Group(
+    "etl",
+    callback=_root,
+    invoke_without_command=True,
+    context_settings=_CONTEXT,
+    params=[
+        *_common_options(),
+        click.Option(
+            ["--version", "show_version"],
+            is_flag=True,
+            help="The package's version, and the warehouse's schema version.",
+        ),
+        *_setting_options(),
+    ],
+    help="Binance price pipeline: collect ticks, roll them up hourly, keep years of history.\n\n"
+    "Settings come from flags (before or after the command), ETL_* variables, etl.toml, "
+    "then defaults. Exit codes: 0 ok, 1 degraded (status), 2 bad configuration or input, "
+    "3 a dependency unavailable.",
 )
-_root.__annotations__ = {p.name: p.annotation for p in _root.__signature__.parameters.values()}  # type: ignore[attr-defined]
-app.callback(invoke_without_command=True)(_root)
+db_app = click.Group("db", no_args_is_help=True, help="The warehouse.")
+app.add_command(db_app)
 
 
 # -- commands ----------------------------------------------------------------------------------
 
-Polls = Annotated[int | None, typer.Option(min=1, metavar="N", help="Stop after N polls.")]
-Duration = Annotated[
-    float | None, typer.Option(min=0, metavar="SECONDS", help="Stop after this many seconds.")
-]
-Since = Annotated[
-    str | None,
-    typer.Option(
-        metavar="TIME", help="First hour, ISO 8601 (UTC if no zone), e.g. 2026-01-05T00:00Z."
-    ),
-]
-Until = Annotated[
-    str | None, typer.Option(metavar="TIME", help="End of the range (exclusive), ISO 8601.")
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-UsePgDsn = Annotated[
-    bool,
-    typer.Option(
-        "--use-pg-dsn",
-        help="Write demo data into the configured ETL_PG_DSN too (by default a demo keeps its "
-        "own embedded server in <data_dir>/demo).",
-    ),
-]
+polls_option = click.option(
+    "--polls", type=click.IntRange(min=1), metavar="N", help="Stop after N polls."
+)
+duration_option = click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Stop after this many seconds.",
+)
+since_option = click.option(
+    "--since",
+    metavar="TIME",
+    help="First hour, ISO 8601 (UTC if no zone), e.g. 2026-01-05T00:00Z.",
+)
+until_option = click.option(
+    "--until", metavar="TIME", help="End of the range (exclusive), ISO 8601."
+)
+json_option = click.option("--json", "json_output", is_flag=True, help="Print JSON for scripts.")
+use_pg_dsn_option = click.option(
+    "--use-pg-dsn",
+    is_flag=True,
+    help="Write demo data into the configured ETL_PG_DSN too (by default a demo keeps its "
+    "own embedded server in <data_dir>/demo).",
+)
 
 
 def _collected(stats: Any, polls: int | None) -> None:
@@ -240,19 +214,16 @@ def _collected(stats: Any, polls: int | None) -> None:
 
 
 @command()
+@polls_option
+@duration_option
+@click.option("--no-rollup", is_flag=True, help="Do not roll up hours as they close.")
+@click.option(
+    "--backfill",
+    is_flag=True,
+    help="Fill the gap since the last tick from klines, in the background.",
+)
 def collect(
-    ctx: typer.Context,
-    polls: Polls = None,
-    duration: Duration = None,
-    no_rollup: Annotated[
-        bool, typer.Option("--no-rollup", help="Do not roll up hours as they close.")
-    ] = False,
-    backfill: Annotated[
-        bool,
-        typer.Option(
-            "--backfill", help="Fill the gap since the last tick from klines, in the background."
-        ),
-    ] = False,
+    ctx: click.Context, polls: int | None, duration: float | None, no_rollup: bool, backfill: bool
 ) -> None:
     """Collect prices into the SQLite staging store until stopped (Ctrl-C / SIGTERM): poll the
     ticker every interval (the default), or with --source trades store every aggregate trade
@@ -275,19 +246,23 @@ def collect(
 
 
 @command()
+@polls_option
+@duration_option
+@click.option(
+    "--exchange-symbols",
+    type=click.IntRange(min=5),
+    default=200,
+    show_default=True,
+    metavar="N",
+    help="Symbols the fake exchange lists: real spot pairs first, then made-up ones.",
+)
+@use_pg_dsn_option
 def demo(
-    ctx: typer.Context,
-    polls: Polls = None,
-    duration: Duration = None,
-    exchange_symbols: Annotated[
-        int,
-        typer.Option(
-            min=5,
-            metavar="N",
-            help="Symbols the fake exchange lists: real spot pairs first, then made-up ones.",
-        ),
-    ] = 200,
-    use_pg_dsn: UsePgDsn = False,
+    ctx: click.Context,
+    polls: int | None,
+    duration: float | None,
+    exchange_symbols: int,
+    use_pg_dsn: bool,
 ) -> None:
     """Collect offline from the built-in fake exchange into <data_dir>/demo, at a 1 s interval
     (or, with --source trades, every trade from its streams). The exchange's URLs from the
@@ -324,12 +299,10 @@ def demo(
 
 
 @command()
-def rollup(
-    ctx: typer.Context,
-    since: Since = None,
-    until: Until = None,
-    rerun: Annotated[bool, typer.Option("--rerun", help="Roll up committed hours again.")] = False,
-) -> None:
+@since_option
+@until_option
+@click.option("--rerun", is_flag=True, help="Roll up committed hours again.")
+def rollup(ctx: click.Context, since: str | None, until: str | None, rerun: bool) -> None:
     """Roll up closed hours with staged ticks into PostgreSQL; then daily bars, purge, retention.
 
     Example: etl rollup --since 2026-01-05T00:00Z --until 2026-01-06T00:00Z
@@ -346,7 +319,8 @@ def rollup(
 
 
 @command()
-def status(ctx: typer.Context, json_output: Json = False) -> None:
+@json_option
+def status(ctx: click.Context, json_output: bool) -> None:
     """The whole pipeline on one screen, and a health check for supervisors.
 
     Exit 0 healthy, 1 degraded (problems listed), 3 a part cannot be reached.
@@ -365,11 +339,13 @@ def status(ctx: typer.Context, json_output: Json = False) -> None:
         )
     else:
         _print(render.status(report))
-    raise typer.Exit(report.exit_code)
+    ctx.exit(report.exit_code)
 
 
 @command()
-def backfill(ctx: typer.Context, since: Since = None, until: Until = None) -> None:
+@since_option
+@until_option
+def backfill(ctx: click.Context, since: str | None, until: str | None) -> None:
     """Fill hours without a bar (or with a thin one) from 1-minute klines (source = 'kline').
 
     Example: etl backfill --since 2026-01-05 --symbols BTCUSDT
@@ -384,14 +360,19 @@ def backfill(ctx: typer.Context, since: Since = None, until: Until = None) -> No
 
 
 @command()
+@click.option(
+    "--hours",
+    type=click.IntRange(1, 1000),
+    default=24,
+    show_default=True,
+    metavar="N",
+    help="Closed hours to compare.",
+)
+@since_option
+@until_option
+@json_option
 def reconcile(
-    ctx: typer.Context,
-    hours: Annotated[
-        int, typer.Option(min=1, max=1000, metavar="N", help="Closed hours to compare.")
-    ] = 24,
-    since: Since = None,
-    until: Until = None,
-    json_output: Json = False,
+    ctx: click.Context, hours: int, since: str | None, until: str | None, json_output: bool
 ) -> None:
     """Compare poll and trade bars with the exchange's 1h candles (deviations in basis points).
 
@@ -411,12 +392,8 @@ def reconcile(
 
 
 @command()
-def retention(
-    ctx: typer.Context,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List what would be dropped; change nothing.")
-    ] = False,
-) -> None:
+@click.option("--dry-run", is_flag=True, help="List what would be dropped; change nothing.")
+def retention(ctx: click.Context, dry_run: bool) -> None:
     """Apply (or list) the retention policy for hourly partitions.
 
     Example: etl retention --dry-run
@@ -428,14 +405,17 @@ def retention(
 
 
 @command(name="seed-demo")
-def seed_demo(
-    ctx: typer.Context,
-    days: Annotated[int, typer.Option(min=1, max=3650, metavar="N", help="Days of history.")] = 60,
-    force: Annotated[
-        bool, typer.Option("--force", help="Seed even if bars exist in the range.")
-    ] = False,
-    use_pg_dsn: UsePgDsn = False,
-) -> None:
+@click.option(
+    "--days",
+    type=click.IntRange(1, 3650),
+    default=60,
+    show_default=True,
+    metavar="N",
+    help="Days of history.",
+)
+@click.option("--force", is_flag=True, help="Seed even if bars exist in the range.")
+@use_pg_dsn_option
+def seed_demo(ctx: click.Context, days: int, force: bool, use_pg_dsn: bool) -> None:
     """Generate realistic history offline into <data_dir>/demo, through the real rollup.
 
     Example: etl seed-demo --days 14
@@ -451,7 +431,7 @@ def seed_demo(
 
 
 @command(group=db_app, name="init")
-def db_init(ctx: typer.Context) -> None:
+def db_init(ctx: click.Context) -> None:
     """Apply the sql/ files not applied yet (every rollup does it too); make partitions ahead.
 
     Example: etl db init
@@ -463,13 +443,8 @@ def db_init(ctx: typer.Context) -> None:
 
 
 @command(group=db_app, name="shell")
-def db_shell(
-    ctx: typer.Context,
-    psql_args: Annotated[
-        list[str] | None,
-        typer.Argument(metavar="[-- PSQL_ARGS...]", help="More arguments for psql, after --."),
-    ] = None,
-) -> None:
+@click.argument("psql_args", nargs=-1, metavar="[-- PSQL_ARGS...]")
+def db_shell(ctx: click.Context, psql_args: tuple[str, ...]) -> None:
     """psql on the configured warehouse, embedded or external (exits with psql's exit code).
 
     The embedded server is started for the session and stopped after it (unless another etl
@@ -479,17 +454,12 @@ def db_shell(
     """
     from etl.jobs.db_access import run_shell
 
-    code = run_shell(settings_of(ctx), psql_args or [])
-    raise typer.Exit(code)
+    ctx.exit(run_shell(settings_of(ctx), list(psql_args)))
 
 
 @command(group=db_app, name="url")
-def db_url(
-    ctx: typer.Context,
-    show_password: Annotated[
-        bool, typer.Option("--show-password", help="Print the password instead of ***.")
-    ] = False,
-) -> None:
+@click.option("--show-password", is_flag=True, help="Print the password instead of ***.")
+def db_url(ctx: click.Context, show_password: bool) -> None:
     """Print the warehouse's connection URI (its password masked unless --show-password).
 
     The embedded server's URI works while it runs: keep it up with `etl db serve`.
@@ -506,7 +476,7 @@ def db_url(
 
 
 @command(group=db_app, name="serve")
-def db_serve(ctx: typer.Context) -> None:
+def db_serve(ctx: click.Context) -> None:
     """Keep the embedded PostgreSQL up until Ctrl-C (or SIGTERM), for psql and other clients.
 
     Example: etl db serve   (then, in another terminal: psql "$(etl db url)")
@@ -523,14 +493,11 @@ def db_serve(ctx: typer.Context) -> None:
 
 
 @command()
-def backup(
-    ctx: typer.Context,
-    dest: Annotated[
-        Path, typer.Argument(metavar="DEST", help="A new (or empty) directory for the backup.")
-    ],
-    json_output: Json = False,
-) -> None:
-    """Back up the staging file and the warehouse into DEST while the collector keeps running.
+@click.argument("dest", type=click.Path(path_type=Path), metavar="DEST")
+@json_option
+def backup(ctx: click.Context, dest: Path, json_output: bool) -> None:
+    """Back up the staging file and the warehouse into DEST (a new or empty directory) while
+    the collector keeps running.
 
     DEST gets ticks.sqlite3 (SQLite online backup API), warehouse.dump (pg_dump -Fc) and
     manifest.json (versions, identity, row counts, sha256 of each file). Rollups wait while
@@ -552,11 +519,9 @@ def backup(
 
 
 @command()
-def restore(
-    ctx: typer.Context,
-    src: Annotated[Path, typer.Argument(metavar="SRC", help="A directory written by etl backup.")],
-) -> None:
-    """Restore a backup into an empty data dir (and its embedded server, or ETL_PG_DSN's empty
+@click.argument("src", type=click.Path(path_type=Path), metavar="SRC")
+def restore(ctx: click.Context, src: Path) -> None:
+    """Restore a backup (SRC, a directory written by etl backup) into an empty data dir (and its embedded server, or ETL_PG_DSN's empty
     database). Refuses a data dir that is not empty.
 
     Example: etl restore /backups/etl-2026-01-05 --data-dir /srv/etl/data
@@ -568,25 +533,19 @@ def restore(
 
 
 @command(passthrough=True)
-def notebook(
-    ctx: typer.Context,
-    demo_data: Annotated[
-        bool, typer.Option("--demo", help="Open the demo data (<data_dir>/demo).")
-    ] = False,
-    execute: Annotated[
-        bool,
-        typer.Option(
-            "--execute", help="Run every notebook headless and write it as HTML (no JupyterLab)."
-        ),
-    ] = False,
-    html: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="DIR",
-            help="Where --execute writes the HTML [default: <data_dir>/notebooks/html]",
-        ),
-    ] = None,
-) -> None:
+@click.option("--demo", "demo_data", is_flag=True, help="Open the demo data (<data_dir>/demo).")
+@click.option(
+    "--execute",
+    is_flag=True,
+    help="Run every notebook headless and write it as HTML (no JupyterLab).",
+)
+@click.option(
+    "--html",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Where --execute writes the HTML [default: <data_dir>/notebooks/html]",
+)
+def notebook(ctx: click.Context, demo_data: bool, execute: bool, html: Path | None) -> None:
     """JupyterLab on the notebooks, reading this configuration's warehouse (or the demo's).
 
     The notebooks that ship with etl are copied to <data_dir>/notebooks on first use (your
@@ -597,8 +556,6 @@ def notebook(
 
     Example: etl notebook --execute --demo --html /tmp/charts
     """
-    import os
-
     from etl.cli import render
     from etl.jobs.jupyter import execute_notebooks, lab_command
 
@@ -613,8 +570,8 @@ def notebook(
     os.execve(lab.argv[0], lab.argv, lab.env)
 
 
-class _Absent(importlib.abc.MetaPathFinder):
-    """Makes a package look uninstalled to this process."""
+class _Absent:
+    """Makes a package look uninstalled to this process (a ``sys.meta_path`` finder)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -653,15 +610,18 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         code = app(args=argv, prog_name="etl", standalone_mode=False)
-        if isinstance(code, int) and code:  # typer.Exit(code), returned without standalone mode
+        if isinstance(code, int) and code:  # ctx.exit(code), returned without standalone mode
             sys.exit(code)
     except EtlError as exc:
         fail(str(exc), exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
+    except (KeyboardInterrupt, click.Abort):
         fail("interrupted", ExitCode.INTERRUPTED)
-    except typer.TyperException as exc:  # usage errors: unknown option, bad value, ...
+    except BrokenPipeError:  # `etl status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # as a shell reports a pipeline's writer ended by SIGPIPE
+    except click.exceptions.NoArgsIsHelpError as exc:  # `etl db`: what it has, not an error
+        print(exc.ctx.get_help())
+    except click.ClickException as exc:  # usage errors: unknown option, bad value, ...
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         where = getattr(getattr(exc, "ctx", None), "command_path", None) or "etl"
         fail(f"{message} (see `{where} --help`)", getattr(exc, "exit_code", 0) or ExitCode.CONFIG)
