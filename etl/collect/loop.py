@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from etl.collect.events import CollectorStats, Event, FeedCounts, Listener, Missed, Polled, Stored
-from etl.collect.metrics import CollectorMetrics
+from etl.collect.metrics import CollectorMetrics, MetricsServer
 from etl.collect.rollup_child import RollupLauncher
 from etl.collect.screen import PollLines, Screen
 from etl.collect.trade_feed import FLUSH_S, TradeFeed
@@ -127,6 +127,7 @@ class Collector:
         self.stats = CollectorStats(started=clock())
         self.exchange_seen = False
         self.instruments: CollectorMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
         self.metrics_url: str | None = None
         self.trade_options = trade_options or {}
         self.feed: TradeFeed | None = None
@@ -304,7 +305,7 @@ class Collector:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _serve_metrics(self, staging: Staging) -> Any:
+    def _serve_metrics(self, staging: Staging) -> MetricsServer:
         """Start ``/metrics`` (Prometheus); returns the server, to shut down on the way out."""
         self.instruments = CollectorMetrics()
         self.listeners.append(self.instruments)
@@ -320,6 +321,7 @@ class Collector:
                 f"cannot serve metrics on {self.settings.metrics_host}:"
                 f"{self.settings.metrics_port} ({exc.strerror}): choose another ETL_METRICS_PORT"
             ) from None
+        self.metrics_server = server
         host, port = server.server_address[:2]
         self.metrics_url = f"http://{host}:{port}/metrics"
         self.view.event(f"Prometheus metrics at {self.metrics_url}")
