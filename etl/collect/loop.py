@@ -23,7 +23,16 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from etl.collect.events import CollectorStats, Event, FeedCounts, Listener, Missed, Polled, Stored
+from etl.collect.events import (
+    CollectorStats,
+    Event,
+    FeedCounts,
+    Listener,
+    Missed,
+    Polled,
+    Stored,
+    not_stored,
+)
 from etl.collect.metrics import CollectorMetrics, MetricsServer
 from etl.collect.rollup_child import RollupLauncher
 from etl.collect.screen import PollLines, Screen
@@ -53,7 +62,15 @@ GapFiller = Callable[[BinanceClient, int, threading.Event, Callable[[str], None]
 
 def _totals(feed: TradeFeed) -> FeedCounts:
     fs = feed.stats
-    return FeedCounts(fs.trades, fs.duplicates, fs.skipped, fs.caught_up, fs.holes, fs.reconnects)
+    return FeedCounts(
+        trades=fs.trades,
+        duplicates=fs.duplicates,
+        skipped=dict(fs.skipped),  # a copy: the feed's goes on counting
+        caught_up=fs.caught_up,
+        holes=fs.holes,
+        reconnects=fs.reconnects,
+        messages=fs.messages,
+    )
 
 
 @contextmanager
@@ -466,8 +483,9 @@ class Collector:
             self.view.event(
                 f"stopped after {age(self.clock() - s.started)}: {s.ticks} trades stored in "
                 f"{s.polls_ok} batches, {s.duplicates} duplicates dropped, {s.caught_up} fetched "
-                f"over REST, {s.reconnects} reconnects, {s.holes} holes recorded, {s.skipped} bad "
-                f"messages skipped, {s.rollups} rollup(s) started; staging {staging.path}"
+                f"over REST, {s.reconnects} reconnects, {s.holes} holes recorded, stream "
+                f"messages not stored: {not_stored(s.stream_skipped)} (of {s.messages}), "
+                f"{s.rollups} rollup(s) started; staging {staging.path}"
             )
             return
         self.view.event(

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import queue
 import resource
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler
@@ -33,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from etl.collect.events import Event, FeedCounts, Missed, Polled, RollupEnded, Stored
 from etl.errors import ConfigError
+from etl.exchange.parse import SKIP_REASONS
 from etl.hours import parse_time, seconds
 from etl.staging.state import LAST_ROLLUP_KEY
 
@@ -97,6 +99,22 @@ class CollectorMetrics:
             "Trades fetched over REST to fill what the streams missed (source trades).",
             registry=r,
         )
+        self.stream_messages = Counter(
+            "etl_stream_messages",
+            "Messages received on the trade streams (source trades): each is a trade stored or "
+            "counted in etl_stream_messages_skipped_total.",
+            registry=r,
+        )
+        self.stream_skipped = Counter(
+            "etl_stream_messages_skipped",
+            "Trade stream messages not stored, by reason: bad_json, not_trade (a reply or a "
+            "notice), bad_trade (invalid fields), unknown_symbol, duplicate (already staged), "
+            "not_written (its batch's write failed; fetched again over REST).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in SKIP_REASONS:
+            self.stream_skipped.labels(reason)
         self.dropped = Counter(
             "etl_metrics_requests_dropped",
             "Connections to /metrics closed without an answer, by reason: timeout (no whole "
@@ -143,6 +161,10 @@ class CollectorMetrics:
             self.trade_holes.inc(event.totals.holes - before.holes)
             self.reconnects.inc(event.totals.reconnects - before.reconnects)
             self.caught_up.inc(event.totals.caught_up - before.caught_up)
+            self.stream_messages.inc(event.totals.messages - before.messages)
+            for reason, n in event.totals.skipped.items():
+                if n != before.skipped.get(reason, 0):
+                    self.stream_skipped.labels(reason).inc(n - before.skipped.get(reason, 0))
             self._totals = event.totals
             self.last_tick_ms.update(event.last_trade_ms)
         elif isinstance(event, RollupEnded):
@@ -309,6 +331,38 @@ class _Exchange(WSGIRequestHandler):
         pass  # a line per scrape would drown the collector's own lines
 
 
+class _Worker:
+    """One daemon thread that runs calls in turn. Not a ThreadPoolExecutor: its threads are
+    joined at interpreter exit, so a render stuck in the staging file would hold up the
+    collector's exit; this one is waited for a bounded time only."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple] | None] = (
+            queue.SimpleQueue()
+        )
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._calls.put((future, fn, args))
+        return future
+
+    def stop(self, timeout: float) -> None:
+        self._calls.put(None)
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def _run(self) -> None:
+        while (call := self._calls.get()) is not None:
+            future, fn, args = call
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the awaiting connection
+                future.set_exception(exc)
+
+
 @dataclass(eq=False)
 class _Conn:
     task: asyncio.Task[None]
@@ -369,7 +423,7 @@ class MetricsServer:
         self._arrived = 0.0  # when the request being answered arrived (the worker's)
         self._last: tuple[Any, float, str, list[Any], bytes] | None = None  # the last render
         self._open: dict[_Conn, None] = {}  # insertion-ordered: the oldest first
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-render")
+        self._worker = _Worker("metrics-render")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -396,6 +450,7 @@ class MetricsServer:
         self._loop = loop
         self._thread = threading.Thread(target=run, name="metrics-http", daemon=True)
         self._thread.start()
+        self._worker.thread.start()
         if not ready.wait(10):
             raise RuntimeError("the metrics server did not start")
         return self
@@ -422,7 +477,7 @@ class MetricsServer:
         thread.join(5)
         if not thread.is_alive():
             loop.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._worker.stop(5)
         self._sock.close()
         self._loop = self._thread = None
 
@@ -460,7 +515,7 @@ class MetricsServer:
             peer = writer.get_extra_info("peername") or ("", 0)
             arrived = time.monotonic()
             answer, bad = await asyncio.wrap_future(
-                self._pool.submit(self._answer, head, peer, arrived)
+                self._worker.submit(self._answer, head, peer, arrived)
             )
             if bad or not answer:
                 self._drop("bad_request")

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from etl.collect.events import CollectorStats, Event, Missed, Polled
+from etl.collect.events import CollectorStats, Event, Missed, Polled, not_stored
 from etl.collect.running import RunningMetrics
 from etl.collect.view import CollectorView
 from etl.console import age
@@ -126,6 +126,7 @@ class Screen:
             "streams": f"{self.settings.ws_url}: {status}",
             "trades": f"{s.ticks} stored, {s.duplicates} duplicates dropped, {s.caught_up} "
             f"fetched over REST, {s.reconnects} reconnects, {s.holes} holes",
+            "not stored": f"{not_stored(s.stream_skipped)} (of {s.messages} stream messages)",
             "weight": f"{gov.used} / {gov.limit} this minute (budget {gov.allowed})",
             "last error": s.last_error or "-",
             "staging": self.staging_path,
