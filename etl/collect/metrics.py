@@ -456,7 +456,8 @@ class MetricsServer:
         return self
 
     def shutdown(self) -> None:
-        """Stop listening, close every connection, end both threads (within a few seconds)."""
+        """Stop listening, close every connection, end both threads: at once, or within about
+        5 s if a render is stuck (every command answers a signal within 5 s)."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             self._sock.close()
@@ -469,15 +470,15 @@ class MetricsServer:
             for task in tasks:
                 task.cancel()
             if tasks:
-                await asyncio.wait(tasks, timeout=2)
+                await asyncio.wait(tasks, timeout=1)
 
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(close(), loop).result(5)
+            asyncio.run_coroutine_threadsafe(close(), loop).result(2)
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
+        thread.join(1)
         if not thread.is_alive():
             loop.close()
-        self._worker.stop(5)
+        self._worker.stop(2)
         self._sock.close()
         self._loop = self._thread = None
 
