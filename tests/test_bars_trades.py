@@ -23,6 +23,7 @@ from etl.exchange.stream import MAX_STREAMS, TradeStream, stream_groups, stream_
 from etl.hours import HOUR_MS, hour_floor
 from etl.jobs.rollup import run_rollup
 from etl.staging.store import Staging
+from tests.conftest import VirtualClock
 from tests.pgutil import query, seed_ticks
 
 H = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -167,12 +168,21 @@ def test_parsers_keep_good_trades_and_count_bad_ones() -> None:
         '"p":"60262.05","q":"0.001","f":100,"l":102,"T":1,"m":true,"M":true}}'
     )
     bad_price = good.replace('"60262.05"', '"-1"')
-    frame, skipped = parse_trade_events([good, "not json", bad_price, good.replace("12", "13")])
+    reply = '{"result":null,"id":1,"x":"\\"e\\":\\"aggTrade\\""}'  # the mark, in a string
+    frame, skipped = parse_trade_events(
+        [good, "not json", bad_price, good.replace("12", "13"), reply]
+    )
     assert frame.rows() == [
         ("BTCUSDT", 1, 60262.05, 12, 0.001, 3),
         ("BTCUSDT", 1, 60262.05, 13, 0.001, 3),
     ]
-    assert skipped == 2
+    assert skipped == {"bad_json": 1, "not_trade": 1, "bad_trade": 1}
+    wrong_kind = good.replace('"a":12', '"a":"twelve"')  # JSON, but a field Polars cannot read
+    assert parse_trade_events([good, wrong_kind])[1] == {
+        "bad_json": 0,
+        "not_trade": 0,
+        "bad_trade": 1,
+    }
     rest, skipped = parse_agg_trades(
         [
             {"a": 2, "p": "1", "q": "1", "f": 1, "l": 1, "T": 5},
@@ -182,6 +192,45 @@ def test_parsers_keep_good_trades_and_count_bad_ones() -> None:
         "ETHUSDT",
     )
     assert rest.rows() == [("ETHUSDT", 5, 1.0, 2, 1.0, 1)] and skipped == 2
+
+
+def test_the_trade_stream_reads_json_in_any_formatting_and_counts_what_holds_no_trade(
+    vclock: VirtualClock,
+) -> None:
+    """Was: a stream whose JSON had spaces after ``:`` gave 0 trades and "0 bad messages
+    skipped" (a byte pre-filter dropped every message, uncounted). Now indented JSON over
+    several lines gives every trade, and the messages with none are counted by reason."""
+    symbols = ["BTCUSDT", "ETHUSDT"]
+    rules = StreamRules(json_style="pretty", ping_interval=1.0)
+    with FakeExchange(symbols, clock=vclock, ws=rules, trades_per_minute=60) as ex:
+        first = {s: ex.market.last_trade_id(s) + 1 for s in symbols}
+        stream = TradeStream(ex.ws_url, symbols, exchange_ms=lambda: int(vclock.now * 1000))
+        stream.start()
+        lines: list[bytes] = []
+        skipped: dict[str, int] = {}
+        try:
+            ex.stream.wait_for_connections(1)  # type: ignore[union-attr]
+            for text in ("not json", '{"result": null, "id": 1}', '{"e": "aggTrade"}'):
+                ex.inject_ws("message", text=text)
+            vclock.now += 120
+            ex.pump()
+            deadline = time.monotonic() + 10
+            while len(lines) < 240 or sum(skipped.values()) < 3:
+                assert time.monotonic() < deadline, (len(lines), skipped)
+                drained = stream.drain()
+                lines += drained.lines
+                for reason, n in drained.skipped.items():
+                    skipped[reason] = skipped.get(reason, 0) + n
+                time.sleep(0.05)
+        finally:
+            stream.stop()
+        last = {s: ex.market.last_trade_id(s) for s in symbols}
+    assert skipped == {"bad_json": 1, "not_trade": 2}  # a raw event is not the combined stream's
+    trades, bad = parse_trade_events(lines)
+    assert bad == {"bad_json": 0, "not_trade": 0, "bad_trade": 0}
+    for symbol in symbols:
+        ids = trades.filter(pl.col("symbol") == symbol)["agg_id"].to_list()
+        assert ids == list(range(first[symbol], last[symbol] + 1))
 
 
 def test_more_than_1024_symbols_take_more_connections_each_within_the_limit() -> None:

@@ -357,3 +357,39 @@ def test_a_fault_waits_for_a_matching_connection(ex: FakeExchange, vclock: Virtu
         mine, theirs = drain(ws), drain(other)
     assert mine[0] == mine[1] and mine[1] != mine[2]
     assert len({m["a"] for m in theirs}) == len(theirs)
+
+
+def test_json_style_writes_the_same_events_spaced_or_over_several_lines(
+    vclock: VirtualClock,
+) -> None:
+    """Binance writes compact JSON; JSON with spaces, or indented, says the same. The fake can
+    send either, for clients that must read any."""
+    texts: dict[str, list[str]] = {}
+    for style in ("compact", "spaced", "pretty"):
+        clock = VirtualClock(vclock.now)
+        with (
+            FakeExchange(SYMBOLS, clock=clock, ws=StreamRules(json_style=style)) as exchange,
+            open_ws(exchange, COMBINED) as ws,
+        ):
+            advance(exchange, clock, 60)
+            got = []
+            while True:
+                try:
+                    got.append(ws.recv(timeout=0.3))
+                except TimeoutError:
+                    break
+        texts[style] = [t if isinstance(t, str) else t.decode() for t in got]
+    assert texts["compact"] and all('"e":"aggTrade"' in t for t in texts["compact"])
+    assert all('"e": "aggTrade"' in t and "\n" not in t for t in texts["spaced"])
+    assert all('"e": "aggTrade"' in t and "\n" in t for t in texts["pretty"])
+    parsed = {style: [json.loads(t) for t in got] for style, got in texts.items()}
+    assert parsed["spaced"] == parsed["compact"] == parsed["pretty"]
+    with pytest.raises(ValueError, match="json_style"):
+        StreamRules(json_style="yaml")
+
+
+def test_fault_message_sends_any_text(ex: FakeExchange) -> None:
+    with open_ws(ex, COMBINED) as ws:
+        fault = ex.inject_ws("message", text='{"e":"aggTrade", oops', times=2)
+        assert [ws.recv(timeout=2), ws.recv(timeout=2)] == ['{"e":"aggTrade", oops'] * 2
+    assert fault.hit == [1]

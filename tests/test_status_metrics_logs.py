@@ -3,13 +3,17 @@ schema, values for people), honest coverage, Prometheus metrics scraped for real
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,8 +21,14 @@ from pathlib import Path
 import jsonschema
 import polars as pl
 import pytest
+import requests
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 
+from etl.collect.loop import Collector
+from etl.collect.metrics import CollectorMetrics
+from etl.collect.view import CollectorView
 from etl.config import Settings
 from etl.hours import HOUR_MS, hour_floor, iso
 from etl.jobs.rollup import run_rollup
@@ -318,3 +328,157 @@ def test_status_problems_wrap_whole_at_any_width_and_each_is_said_once(
         said = re.sub(r"\d+sago", "Nsago", re.sub(r"\s+", "", problem))
         assert flat.count(said) == 1, (said, flat)
     assert flat.count("PostgreSQLunreachable") == 1
+
+
+# -- the /metrics endpoint under abuse ----------------------------------------------------------
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def dropped(text: str, reason: str) -> float:
+    return samples_of(text)[("etl_metrics_requests_dropped_total", (("reason", reason),))]
+
+
+def idle_clients(host: str, port: int, n: int) -> list[socket.socket]:
+    """``n`` connections that never finish a request: every other one sends half a request line."""
+    out = []
+    for k in range(n):
+        sock = socket.create_connection((host, port), timeout=10)
+        if k % 2:
+            sock.sendall(b"GET /metr")
+        out.append(sock)
+    return out
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closed ``sock`` (EOF or reset) within ``within`` seconds."""
+    sock.settimeout(max(within, 0.01))
+    try:
+        return sock.recv(1 << 16) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_flood_of_idle_connections_and_a_burst_of_scrapes_add_no_thread(
+    settings: Settings,
+) -> None:
+    """Was: 400 idle half-sent connections held 415 threads in the collector, and 22 of 200
+    parallel scrapes timed out (the old server: a thread per connection, no read timeout, no
+    cap). Now: a flood of 500 idle connections and 200 scrapes at once add no thread, every
+    scrape is answered, the polls go on, and the idle ones are closed once their request time is
+    up, each counted. Latencies are in bench/metrics_bench.py, not asserted here."""
+    cfg = replace(settings, metrics_port=0)
+    out = Console(file=io.StringIO(), width=200)
+    collector = Collector(cfg, rollup=False, view=CollectorView(live=False, out=out))
+    runner = threading.Thread(target=collector.run, name="collector", daemon=True)
+    runner.start()
+    idle: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while collector.metrics_url is None or collector.stats.polls_ok < 3:
+            assert time.monotonic() < deadline and runner.is_alive(), out.file.getvalue()  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        url = collector.metrics_url
+        host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+
+        def threads() -> int:  # the process's threads but the scrapers of this test
+            return sum(not t.name.startswith("scraper") for t in threading.enumerate())
+
+        assert requests.get(url, timeout=10).status_code == 200  # the server's threads exist
+        before, polls_before = threads(), collector.stats.polls_ok
+        idle = idle_clients(host, int(port), 500)
+        during = [threads()]
+        scraped = requests.get(url, timeout=10)  # answered at all, flood or not
+        assert scraped.status_code == 200 and "etl_polls_total" in scraped.text
+
+        def scrape(_: int) -> int:
+            during.append(threads())
+            return requests.get(url, timeout=10).status_code
+
+        with ThreadPoolExecutor(200, thread_name_prefix="scraper") as pool:
+            codes = list(pool.map(scrape, range(200)))
+        during.append(threads())
+        assert codes == [200] * 200
+        # The fake exchange's HTTP server may start a thread for a new poll connection: slack 5.
+        assert max(during) <= before + 5, (before, max(during))
+        server = collector.metrics_server
+        assert server is not None and server.open_connections <= server.max_connections
+        # Every idle one is closed: evicted to make room, or cut at the request timeout.
+        waited_until = time.monotonic() + server.request_timeout_s + 10
+        still_open = [s for s in idle if not closed_by_server(s, waited_until - time.monotonic())]
+        assert not still_open, f"{len(still_open)} idle connections still open"
+        text = requests.get(url, timeout=10).text
+        assert dropped(text, "timeout") + dropped(text, "evicted") == 500
+        assert dropped(text, "evicted") >= 500 - server.max_connections
+        assert dropped(text, "refused") == 0
+        assert collector.stats.polls_ok > polls_before  # the polls went on through it all
+    finally:
+        for sock in idle:
+            sock.close()
+        collector.stop.set()
+        runner.join(20)
+    assert not runner.is_alive()
+    assert not [t for t in threading.enumerate() if t.name.startswith("metrics-")]
+
+
+def test_the_metrics_endpoint_evicts_cuts_slow_clients_and_counts_every_drop(
+    tmp_path: Path,
+) -> None:
+    """The bounds one by one, on a server with a cap of 8 and a 0.5 s request timeout: the
+    oldest idle connection makes room for a new one, a client sending a byte at a time is cut at
+    the timeout, a huge or malformed head is refused; each is counted under its reason. The
+    answer is prometheus_client's exposition of the registry, as before."""
+    with Staging(tmp_path / "t.sqlite3") as st:
+        metrics = CollectorMetrics()
+        metrics.watch(st, lambda: None, time.time)
+        server = metrics.serve(0, "127.0.0.1", max_connections=8, request_timeout_s=0.5)
+        host, port = server.server_address
+        request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        try:
+            idle = idle_clients(host, port, 8)
+            deadline = time.monotonic() + 5
+            while server.open_connections < 8:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            newest = socket.create_connection((host, port), timeout=5)
+            newest.sendall(request)
+            answer = b"".join(iter(lambda: newest.recv(1 << 16), b""))
+            assert answer.startswith(b"HTTP/1.0 200 OK\r\n")
+            body = answer.split(b"\r\n\r\n", 1)[1].decode()
+            names = {f.name for f in text_string_to_metric_families(body)}
+            expected = generate_latest(metrics.registry).decode()
+            assert names == {f.name for f in text_string_to_metric_families(expected)}
+            assert closed_by_server(idle[0], 2)  # the oldest made room for it
+            slow = socket.create_connection((host, port), timeout=5)
+            began = time.monotonic()
+            with pytest.raises(OSError):
+                for byte in request:
+                    slow.send(bytes([byte]))
+                    time.sleep(0.05)  # 38 bytes: 1.9 s if it were let through
+                    if closed_by_server(slow, 0.0):
+                        raise ConnectionResetError
+            assert time.monotonic() - began < 1.8
+            big = socket.create_connection((host, port), timeout=5)
+            big.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 40_000 + b"\r\n\r\n")
+            assert closed_by_server(big, 2)
+            garbage = socket.create_connection((host, port), timeout=5)
+            garbage.sendall(b"GET /metrics HTTX/1.1\r\n\r\n")
+            reply = b"".join(iter(lambda: garbage.recv(1 << 16), b""))
+            assert b"Error code: 400" in reply  # the standard library's answer (as HTTP/0.9)
+            assert all(closed_by_server(s, 2) for s in idle[1:])  # cut at the request timeout
+            text = generate_latest(metrics.registry).decode()
+            assert dropped(text, "evicted") == 1
+            assert dropped(text, "timeout") == 7 + 1  # the other idle ones and the slow one
+            assert dropped(text, "too_large") == 1 and dropped(text, "bad_request") == 1
+            assert dropped(text, "refused") == 0
+        finally:
+            server.shutdown()
+    assert not [t for t in threading.enumerate() if t.name.startswith("metrics-")]

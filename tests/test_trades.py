@@ -8,10 +8,12 @@ at ``SPEED`` times real time, so an hour of trades streams in about half a minut
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -313,3 +315,270 @@ def test_a_pong_proves_delivery_only_once_the_messages_before_it_are_read() -> N
     proof.received = 9  # more arrive; the second pong needed only five
     assert proof.consume() is None and proof.consume() == 2_000
     assert proof.pong(3_000) is None and [proof.consume() for _ in range(4)][-1] == 3_000
+
+
+# -- every stream message accounted for ---------------------------------------------------------
+
+
+def staged_ids(path: Path) -> dict[str, list[int]]:
+    """Every staged trade id, per symbol, in order."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute(
+            "SELECT s.symbol, t.agg_id FROM tick_rows t JOIN symbols s ON s.id = t.sym "
+            "WHERE t.agg_id IS NOT NULL ORDER BY s.symbol, t.agg_id"
+        ).fetchall()
+    out: dict[str, list[int]] = {}
+    for symbol, agg_id in rows:
+        out.setdefault(symbol, []).append(agg_id)
+    return out
+
+
+def test_a_stream_in_spaced_json_gives_bars_equal_to_the_candles(
+    settings: Settings, pg_dsn: str, hour: int
+) -> None:
+    """Was: a stream whose JSON had spaces after ``:`` stored 0 of about 6,000 trades and said
+    "0 bad messages skipped": the byte pre-filter dropped every message. Now JSON in any
+    formatting is parsed, and the whole hour comes from the stream."""
+    clock = FastClock(hour / 1000 - 900)
+    rules = replace(RULES, json_style="spaced")
+    with FakeExchange(SYMBOLS, trades_per_minute=30, clock=clock, ws=rules) as ex:
+        cfg = replace(
+            settings,
+            symbols=SYMBOLS,
+            binance_url=ex.url,
+            ws_url=ex.ws_url,
+            source="trades",
+            pg_dsn=pg_dsn,
+        )
+        out = Console(file=io.StringIO(), width=300)
+        collector = Collector(
+            cfg,
+            rollup=False,
+            view=CollectorView(live=False, out=out),
+            trade_options={"timings": TIMINGS, "exchange_clock": clock, "hole_after_s": 60.0},
+        )
+        done = threading.Thread(target=collector.run, daemon=True)
+        done.start()
+        wait_until(clock, hour + HOUR_MS + 90_000)
+        collector.stop.set()
+        done.join(30)
+        assert not done.is_alive()
+        assert_bars_are_the_candles(cfg, ex, [hour - HOUR_MS, hour])
+    feed = collector.feed
+    assert feed is not None
+    made = sum(
+        len(ex.market.trades(s, m))
+        for s in SYMBOLS
+        for m in range(hour // 60_000, hour // 60_000 + 60)
+    )
+    assert feed.stats.streamed > made / 2  # the stream's own trades, not only the catch-up's
+    skipped = collector.stats.stream_skipped
+    assert skipped["bad_json"] == skipped["not_trade"] == skipped["bad_trade"] == 0, skipped
+    assert feed.stats.messages == feed.stats.streamed + sum(skipped.values())
+
+
+# Messages the stream must not store, by the reason each is counted under. The first contains
+# Binance's compact aggTrade mark (the fast path), so the batch parser meets it.
+BAD_MESSAGES = {
+    "bad_json": [
+        '{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1,"s":"BTCUSDT","a":',
+        "hello",
+    ],
+    "not_trade": [
+        '{"result": null, "id": 7}',
+        '{"stream": "btcusdt@kline_1m", "data": {"e": "kline", "s": "BTCUSDT"}}',
+    ],
+    "bad_trade": [
+        '{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1,"s":"BTCUSDT","a":900000001,'
+        '"p":"0","q":"1","f":1,"l":1,"T":1,"m":true,"M":true}}'
+    ],
+    "unknown_symbol": [
+        '{"stream": "dogeusdt@aggTrade", "data": {"e": "aggTrade", "E": 1, "s": "DOGEUSDT", '
+        '"a": 900000002, "p": "0.1", "q": "1", "f": 1, "l": 1, "T": 1, "m": true, "M": true}}'
+    ],
+}
+
+
+def test_every_stream_message_not_stored_is_counted_by_reason_where_an_operator_looks(
+    settings: Settings, fast: tuple[FakeExchange, FastClock], hour: int
+) -> None:
+    """Malformed JSON, messages that are no trade, a trade with a price of 0, a trade of a
+    symbol not collected, duplicates: none is stored, each is counted under its reason in the
+    summary line, the live table's header and /metrics, and every message received is either a
+    trade stored or one of those."""
+    ex, clock = fast
+    cfg = replace(
+        settings,
+        symbols=SYMBOLS,
+        binance_url=ex.url,
+        ws_url=ex.ws_url,
+        source="trades",
+        metrics_port=0,
+    )
+    screen = io.StringIO()
+    collector = Collector(
+        cfg,
+        rollup=False,
+        view=CollectorView(live=True, out=Console(file=screen, width=300, force_terminal=True)),
+        trade_options={"timings": TIMINGS, "exchange_clock": clock, "hole_after_s": 60.0},
+    )
+    done = threading.Thread(target=collector.run, daemon=True)
+    done.start()
+    try:
+        wait_until(clock, hour - 600_000)
+        faults = {
+            reason: [ex.inject_ws("message", text=t, stream="btcusdt@aggTrade") for t in texts]
+            for reason, texts in BAD_MESSAGES.items()
+        }
+        doubled = ex.inject_ws("duplicate", times=5)
+        deadline = time.monotonic() + 20
+        while not all(f.hit for fs in faults.values() for f in fs) or not doubled.hit:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # A fault hits every connection open (two while one replaces the other).
+        expected = {r: sum(len(f.hit) for f in fs) for r, fs in faults.items()}
+        while any(collector.stats.stream_skipped.get(r, 0) < n for r, n in expected.items()):
+            assert time.monotonic() < deadline, collector.stats.stream_skipped
+            time.sleep(0.05)
+        assert collector.metrics_url is not None
+        scraped = requests.get(collector.metrics_url, timeout=10).text
+    finally:
+        collector.stop.set()
+        done.join(30)
+    assert not done.is_alive()
+    skipped = collector.stats.stream_skipped
+    assert {r: skipped[r] for r in expected} == expected
+    assert skipped["duplicate"] >= 5 and skipped["not_written"] == 0
+    feed = collector.feed
+    assert feed is not None  # every message is a trade stored or counted under a reason
+    assert feed.stats.messages == feed.stats.streamed + sum(feed.stats.skipped.values())
+    metric = {
+        line.split()[0]: float(line.split()[1])
+        for line in scraped.splitlines()
+        if line and not line.startswith("#")
+    }
+    for reason, n in expected.items():
+        assert metric[f'etl_stream_messages_skipped_total{{reason="{reason}"}}'] == n, reason
+    assert metric['etl_stream_messages_skipped_total{reason="duplicate"}'] >= 5
+    drawn = screen.getvalue()
+    (summary,) = [line for line in drawn.splitlines() if "stopped after" in line]
+    for reason, n in expected.items():
+        assert f"{n} {reason}" in summary, (reason, summary)
+        assert f"{n} {reason}" in drawn.replace(summary, ""), reason  # the live table's header
+    assert "not stored" in drawn
+    staged = staged_ids(cfg.staging_path)
+    assert set(staged) == set(SYMBOLS)  # no DOGEUSDT
+    assert not {900000001, 900000002} & {a for ids in staged.values() for a in ids}
+    for symbol, ids in staged.items():  # and nothing else: the exchange's trades, once each
+        assert len(ids) == len(set(ids)) and ids[-1] <= ex.market.last_trade_id(symbol)
+
+
+def test_a_first_start_checks_the_trades_streamed_before_the_rest_start_is_known(
+    settings: Settings, hour: int
+) -> None:
+    """On a symbol's first start, the stream delivers trades before the catch-up has learnt
+    where the hour began. Here REST answers 503 at first and the stream drops once, so each
+    symbol holds two runs of streamed trades with a gap between them and nothing before: those
+    are stored, but no cursor claims them until the REST start is known; then the catch-up
+    fetches the hour from its first trade through the gap, and the ids are continuous."""
+    start_hour = hour - HOUR_MS  # the fake's clock starts 40 minutes before ``hour``
+    clock = FastClock(hour / 1000 - 2400)
+    # 100 a minute: the hour so far is more than one page of 1,000, so the catch-up pages up to
+    # the first streamed trade and must come back for the gap above it.
+    with FakeExchange(SYMBOLS, trades_per_minute=100, clock=clock, ws=RULES) as ex:
+        cfg = replace(
+            settings, symbols=SYMBOLS, binance_url=ex.url, ws_url=ex.ws_url, source="trades"
+        )
+        outage = ex.inject("status", path="/api/v3/aggTrades", status=503, times=10**6)
+        collector = Collector(
+            cfg,
+            rollup=False,
+            view=CollectorView(live=False, out=Console(file=io.StringIO(), width=300)),
+            trade_options={"timings": TIMINGS, "exchange_clock": clock, "hole_after_s": 120.0},
+        )
+        done = threading.Thread(target=collector.run, daemon=True)
+        done.start()
+        try:
+            deadline = time.monotonic() + 30
+            # REST answers nothing yet: every trade staged came from the stream.
+            while collector.feed is None or collector.feed.stats.trades < 3 * len(SYMBOLS):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            feed = collector.feed
+            dropped = ex.inject_ws("drop")
+            while not dropped.hit:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            # Trades after the reconnect, above a gap, for every symbol (or a chain that took
+            # a start from the stream alone, which the next lines refuse).
+            chains = feed.chains.values
+            while any(len(c.clone().above) < 2 for c in chains()):
+                assert time.monotonic() < deadline, [c.above for c in chains()]
+                if any(c.last_id is not None for c in chains()):
+                    break
+                time.sleep(0.05)
+            with Staging(cfg.staging_path) as st:
+                assert st.trades.cursors().height == 0  # streamed and stored, claimed by none
+            assert all(c.last_id is None and not c.verified for c in chains())
+            assert all(len(c.clone().above) >= 2 for c in chains())  # a gap among them
+            outage.times = 0
+            with ex._lock:
+                ex.state.faults.clear()
+            while feed.unverified():
+                assert time.monotonic() < deadline + 60, [c.above for c in feed.chains.values()]
+                time.sleep(0.05)
+            wait_until(clock, int(clock() * 1000) + 120_000)
+        finally:
+            collector.stop.set()
+            done.join(30)
+        assert not done.is_alive()
+        assert int(clock() * 1000) < hour  # all of it within the hour it started in
+        staged = staged_ids(cfg.staging_path)
+        with Staging(cfg.staging_path) as st:
+            cursors = {r["symbol"]: r for r in st.trades.cursors().iter_rows(named=True)}
+            assert st.trades.holes().height == 0
+        for symbol in SYMBOLS:
+            first = ex.market.last_trade_id(symbol, start_hour - 1) + 1
+            ids = staged[symbol]
+            assert ids == list(range(first, ids[-1] + 1)), symbol  # from the hour's first trade
+            assert cursors[symbol]["since_ms"] == start_hour
+            assert cursors[symbol]["last_id"] == ids[-1]
+    assert collector.stats.holes == 0 and collector.stats.caught_up > 0
+
+
+def test_a_first_start_rest_cannot_fetch_is_said_and_starts_at_the_first_trade_streamed(
+    settings: Settings, fast: tuple[FakeExchange, FastClock]
+) -> None:
+    """REST never answers: the streamed trades are not taken as the hour's start silently. The
+    chain starts at the first trade streamed, from that trade's time (the hour's bar counts
+    its unknown start), and a warning says so."""
+    ex, clock = fast
+    cfg = replace(settings, symbols=SYMBOLS, binance_url=ex.url, ws_url=ex.ws_url, source="trades")
+    ex.inject("status", path="/api/v3/aggTrades", status=503, times=10**6)
+    out = io.StringIO()
+    collector = Collector(
+        cfg,
+        rollup=False,
+        view=CollectorView(live=False, out=Console(file=out, width=400)),
+        trade_options={"timings": TIMINGS, "exchange_clock": clock, "hole_after_s": 1.0},
+    )
+    done = threading.Thread(target=collector.run, daemon=True)
+    done.start()
+    try:
+        deadline = time.monotonic() + 30
+        while out.getvalue().count("could not be fetched") < len(SYMBOLS):
+            assert time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+    finally:
+        collector.stop.set()
+        done.join(30)
+    staged = staged_ids(cfg.staging_path)
+    with Staging(cfg.staging_path) as st:
+        cursors = {r["symbol"]: r for r in st.trades.cursors().iter_rows(named=True)}
+        assert st.trades.holes().height == 0
+    for symbol in SYMBOLS:
+        first = staged[symbol][0]  # only streamed trades: REST gave nothing
+        (warning,) = [line for line in out.getvalue().splitlines() if f"{symbol}: where" in line]
+        assert f"id {first} at" in warning, warning
+        (trade,) = [t for t in ex.market.agg_trades(symbol, from_id=first, limit=1)]
+        assert cursors[symbol]["since_ms"] == trade.T  # complete from that trade, not before

@@ -46,14 +46,26 @@ class Missed:
 
 @dataclass(frozen=True)
 class FeedCounts:
-    """The trade feed's running totals (source trades)."""
+    """The trade feed's running totals (source trades); ``skipped``: the stream's messages not
+    stored, by reason (:data:`etl.exchange.parse.SKIP_REASONS`), of ``messages`` received."""
 
     trades: int = 0
     duplicates: int = 0
-    skipped: int = 0
+    skipped: Mapping[str, int] = field(default_factory=dict)
     caught_up: int = 0
     holes: int = 0
     reconnects: int = 0
+    messages: int = 0
+
+
+def not_stored(skipped: Mapping[str, int]) -> str:
+    """Stream messages not stored, as words: the reasons that happened, largest first.
+
+    >>> not_stored({"bad_json": 2, "duplicate": 5, "not_trade": 0}), not_stored({})
+    ('5 duplicate, 2 bad_json', 'none')
+    """
+    seen = sorted(((n, r) for r, n in skipped.items() if n), key=lambda x: -x[0])
+    return ", ".join(f"{n} {reason}" for n, reason in seen) or "none"
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,8 @@ class CollectorStats:
     holes: int = 0
     reconnects: int = 0
     clock_steps: int = 0
+    messages: int = 0  # stream messages received
+    stream_skipped: dict[str, int] = field(default_factory=dict)  # not stored, by reason
 
     @property
     def polls(self) -> int:
@@ -148,8 +162,11 @@ class CollectorStats:
             self.clock_steps += 1
 
     def take(self, totals: FeedCounts) -> None:
-        """The trade feed's totals as this run's (source trades)."""
-        self.ticks, self.duplicates, self.skipped = totals.trades, totals.duplicates, totals.skipped
+        """The trade feed's totals as this run's (source trades); ``skipped``: every stream
+        message not stored, whatever the reason."""
+        self.ticks, self.duplicates = totals.trades, totals.duplicates
+        self.stream_skipped, self.messages = dict(totals.skipped), totals.messages
+        self.skipped = sum(totals.skipped.values())
         self.caught_up, self.holes, self.reconnects = (
             totals.caught_up,
             totals.holes,

@@ -34,8 +34,9 @@ from etl.collect.events import (
     Missed,
     Polled,
     Stored,
+    not_stored,
 )
-from etl.collect.metrics import CollectorMetrics
+from etl.collect.metrics import CollectorMetrics, MetricsServer
 from etl.collect.rollup_child import RollupLauncher
 from etl.collect.screen import PollLines, Screen
 from etl.collect.trade_feed import FLUSH_S, TradeFeed
@@ -65,7 +66,15 @@ GapFiller = Callable[[BinanceClient, int, threading.Event, Callable[[str], None]
 
 def _totals(feed: TradeFeed) -> FeedCounts:
     fs = feed.stats
-    return FeedCounts(fs.trades, fs.duplicates, fs.skipped, fs.caught_up, fs.holes, fs.reconnects)
+    return FeedCounts(
+        trades=fs.trades,
+        duplicates=fs.duplicates,
+        skipped=dict(fs.skipped),  # a copy: the feed's goes on counting
+        caught_up=fs.caught_up,
+        holes=fs.holes,
+        reconnects=fs.reconnects,
+        messages=fs.messages,
+    )
 
 
 @contextmanager
@@ -142,6 +151,7 @@ class Collector:
         self.stats = CollectorStats(started=clock())
         self.exchange_seen = False
         self.instruments: CollectorMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
         self.metrics_url: str | None = None
         self.trade_options = trade_options or {}
         self.feed: TradeFeed | None = None
@@ -346,7 +356,7 @@ class Collector:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _serve_metrics(self, staging: Staging) -> Any:
+    def _serve_metrics(self, staging: Staging) -> MetricsServer:
         """Start ``/metrics`` (Prometheus); returns the server, to shut down on the way out."""
         self.instruments = CollectorMetrics()
         self.listeners.append(self.instruments)
@@ -362,6 +372,7 @@ class Collector:
                 f"cannot serve metrics on {self.settings.metrics_host}:"
                 f"{self.settings.metrics_port} ({exc.strerror}): choose another ETL_METRICS_PORT"
             ) from None
+        self.metrics_server = server
         host, port = server.server_address[:2]
         self.metrics_url = f"http://{host}:{port}/metrics"
         self.view.event(f"Prometheus metrics at {self.metrics_url}")
@@ -530,8 +541,9 @@ class Collector:
             self.view.event(
                 f"stopped after {age(self.clock() - s.started)}: {s.ticks} trades stored in "
                 f"{s.polls_ok} batches, {s.duplicates} duplicates dropped, {s.caught_up} fetched "
-                f"over REST, {s.reconnects} reconnects, {s.holes} holes recorded, {s.skipped} bad "
-                f"messages skipped, {s.rollups} rollup(s) started; staging {staging_path}"
+                f"over REST, {s.reconnects} reconnects, {s.holes} holes recorded, stream "
+                f"messages not stored: {not_stored(s.stream_skipped)} (of {s.messages}), "
+                f"{s.rollups} rollup(s) started; staging {staging_path}"
             )
             return
         self.view.event(

@@ -16,6 +16,7 @@ from etl.collect.events import (
     Event,
     Missed,
     Polled,
+    not_stored,
 )
 from etl.collect.running import RunningMetrics
 from etl.collect.view import CollectorView
@@ -152,6 +153,7 @@ class Screen:
             "streams": f"{self.settings.ws_url}: {status}",
             "trades": f"{s.ticks} stored, {s.duplicates} duplicates dropped, {s.caught_up} "
             f"fetched over REST, {s.reconnects} reconnects, {s.holes} holes",
+            "not stored": f"{not_stored(s.stream_skipped)} (of {s.messages} stream messages)",
             "weight": f"{gov.used} / {gov.limit} this minute (budget {gov.allowed})",
             "last error": s.last_error or "-",
             "staging": self.staging_path,

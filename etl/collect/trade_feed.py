@@ -16,7 +16,12 @@ range, logged, and jumped over; its hours then have bars with ``ids_missing`` > 
 ``etl backfill`` replaces with kline bars.
 
 On a symbol's first start the catch-up begins at the start of the current hour
-(``startTime``), so the first hour's bar is complete too.
+(``startTime``), so the first hour's bar is complete too. Trades the stream delivers before that
+start is known are stored but wait in ``above``, claimed by no cursor, until the catch-up has
+fetched from the hour's first trade up to them (docs/trades.md, "A first start is checked").
+
+Every stream message is a trade stored or counted under a reason in ``FeedStats.skipped``
+(:data:`etl.exchange.parse.SKIP_REASONS`).
 """
 
 from __future__ import annotations
@@ -36,9 +41,16 @@ import polars as pl
 from etl.exchange.client import BinanceClient
 from etl.exchange.endpoints import AGG_TRADES_LIMIT
 from etl.exchange.errors import BinanceError, RateLimited
-from etl.exchange.parse import TRADE_FRAME_SCHEMA, parse_trade_events
+from etl.exchange.parse import (
+    DUPLICATE,
+    NOT_WRITTEN,
+    SKIP_REASONS,
+    TRADE_FRAME_SCHEMA,
+    UNKNOWN_SYMBOL,
+    parse_trade_events,
+)
 from etl.exchange.stream import Drained, StreamTimings, TradeStream
-from etl.hours import hour_floor, ms, now_ms
+from etl.hours import hour_floor, iso, ms, now_ms
 from etl.staging.store import Staging
 from etl.staging.trades import CURSOR_SCHEMA
 
@@ -232,18 +244,24 @@ class CatchUp:
         next_id = job.from_id
         if next_id is None:
             hour = hour_floor(self.exchange_ms())
-            first = self._page(job, give_up_at, start_ms=hour)
-            if first is None:
-                return
-            if first.height:
-                head = first.row(0, named=True)
-                start = (head["agg_id"] - 1, hour - 1, hour)
-            else:  # nothing traded yet this hour: the chain begins after the latest trade
+            while True:
+                first = self._page(job, give_up_at, start_ms=hour)
+                if first is None:
+                    return
+                if first.height:
+                    head = first.row(0, named=True)
+                    start = (head["agg_id"] - 1, hour - 1, hour)
+                    break
+                # Nothing traded yet this hour: the chain begins after the latest trade...
                 recent = self._page(job, give_up_at, limit=1)
                 if recent is None:
                     return
                 last = recent.row(0, named=True) if recent.height else {"agg_id": -1, "ts": 0}
-                start = (last["agg_id"], last["ts"], hour)
+                if last["ts"] < hour:
+                    start = (last["agg_id"], last["ts"], hour)
+                    break
+                # ... unless the hour's first trades came between the two requests: starting
+                # after the latest would skip them unseen. Read the hour from its start again.
             self._emit(_Result("start", job.sym, start=start))
             if first.height:
                 self._emit(_Result("page", job.sym, frame=first))
@@ -266,12 +284,22 @@ class CatchUp:
 
 @dataclass
 class FeedStats:
-    trades: int = 0  # newly staged
-    duplicates: int = 0
-    skipped: int = 0  # malformed messages
+    """The feed's running totals. Every stream message is either a trade stored from the stream
+    or skipped under a reason: ``messages == streamed + sum(skipped.values())``."""
+
+    trades: int = 0  # newly staged, from either source
+    duplicates: int = 0  # trades dropped as already staged, from either source
     caught_up: int = 0  # trades fetched over REST
     holes: int = 0
     reconnects: int = 0
+    messages: int = 0  # stream messages received
+    streamed: int = 0  # trades the stream delivered first and were staged
+    # stream messages not stored, by reason (etl.exchange.parse.SKIP_REASONS)
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+
+    def skip(self, reasons: dict[str, int]) -> None:
+        for reason, n in reasons.items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
 
 
 # The live table's rows: one per symbol.
@@ -426,32 +454,47 @@ class TradeFeed:
         changed: set[int] = set()
         drained = self.stream.drain()
         results = self.catch_up.drain()
+        # Every stream message ends up stored or counted under a reason: the reader's (not JSON,
+        # not a trade), the parser's, then an unknown symbol, a duplicate, or a failed write.
+        self.stats.messages += len(drained.lines) + sum(drained.skipped.values())
+        skipped = dict(drained.skipped)
+        unstored = len(drained.lines)  # stream messages not yet stored nor counted
         try:
-            stream, skipped = parse_trade_events(drained.lines)
-            self.stats.skipped += skipped
+            parsed, reasons = parse_trade_events(drained.lines)
+            stream = parsed.join(self.sym_of, on="symbol", how="inner")
+            reasons[UNKNOWN_SYMBOL] = parsed.height - stream.height
+            for reason, n in reasons.items():
+                skipped[reason] = skipped.get(reason, 0) + n
+            unstored = stream.height
             pages = [r.frame for r in results if r.kind == "page" and r.frame is not None]
-            stream, *pages = [
-                f.join(self.sym_of, on="symbol", how="inner") for f in (stream, *pages)
-            ]
+            pages = [f.join(self.sym_of, on="symbol", how="inner") for f in pages]
             batch = pl.concat([stream, *pages]) if pages else stream
             self._advance(batch, stream, results, drained, holes, changed, now)
             cursors, with_live = self._cursors(changed, now)
             hole_frame = pl.DataFrame(holes) if holes else None
-            inserted = self.staging.trades.append(
-                batch.select("sym", *[c for c in TRADE_FRAME_SCHEMA if c != "symbol"]),
+            columns = ["sym", *[c for c in TRADE_FRAME_SCHEMA if c != "symbol"]]
+            streamed, paged = self.staging.trades.append_parts(
+                [stream.select(columns), pl.concat(pages).select(columns) if pages else stream[:0]],
                 cursors,
                 hole_frame,
             )
         except BaseException:
             # Not stored: the cursors must not claim it, and what this batch held (stream lines,
-            # pages, a catch-up's end) is gone, so every symbol checks its chain again.
+            # pages, a catch-up's end) is gone, so every symbol checks its chain again (the
+            # catch-up fetches the lost trades again; the stream's copies are counted).
+            skipped[NOT_WRITTEN] = skipped.get(NOT_WRITTEN, 0) + unstored
+            self.stats.skip(skipped)
             self.chains = before
             for chain in before.values():
                 chain.verified, chain.job, chain.pending_since = False, False, now
             raise
+        skipped[DUPLICATE] = skipped.get(DUPLICATE, 0) + stream.height - streamed
+        self.stats.skip(skipped)
+        inserted = streamed + paged
         if with_live:
             self._live_written = now
         self.stats.trades += inserted
+        self.stats.streamed += streamed
         self.stats.duplicates += batch.height - inserted
         self.stats.caught_up += sum(p.height for p in pages)
         self.activity.update(batch, stream, now)
@@ -504,8 +547,21 @@ class TradeFeed:
                     chain.pending_since = now
             elif r.kind == "gave_up":
                 chain.job = False
+                first_streamed = (
+                    chain.above[0][0] if chain.last_id is None and chain.above else None
+                )
                 hole = chain.jump()
                 changed.add(r.sym)
+                if first_streamed is not None:
+                    # No hole to record (nothing is known before it), but where the hour began
+                    # is unknown: its bar counts a missing id. Say why, once.
+                    self.event(
+                        f"{chain.symbol}: where this hour's trades begin could not be fetched "
+                        f"({r.detail[:200] or 'catch-up gave up'}): its trades are complete "
+                        f"from the first one streamed, id {first_streamed} at "
+                        f"{iso(chain.since_ms)}; the time before that is marked incomplete",
+                        logging.WARNING,
+                    )
                 if hole is not None:
                     after, before_id, from_ms, to_ms = hole
                     holes.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -161,16 +162,60 @@ def parse_agg_trades(data: Any, symbol: str) -> tuple[pl.DataFrame, int]:
     return good.sort("agg_id").cast(TRADE_FRAME_SCHEMA), len(data) - len(rows) + dropped  # type: ignore[arg-type]
 
 
-def parse_trade_events(lines: Sequence[str | bytes]) -> tuple[pl.DataFrame, int]:
-    """Combined-stream ``aggTrade`` messages (``{"stream": ..., "data": {...}}``, one per item)
-    as trades (``TRADE_FRAME_SCHEMA``), parsed in bulk; and the number skipped.
+# Why a message of the trade stream was not stored, each counted (the collector's summary, its
+# live table, etl_stream_messages_skipped_total{reason}): not JSON at all; JSON but no aggTrade
+# event (a reply, a notice such as serverShutdown, a raw event outside the combined stream's
+# envelope); an aggTrade whose fields cannot be a trade (no id, a price of 0...); a trade of a
+# symbol not collected; a trade already staged; a trade whose batch could not be written (the
+# catch-up fetches it again over REST).
+BAD_JSON = "bad_json"
+NOT_TRADE = "not_trade"
+BAD_TRADE = "bad_trade"
+UNKNOWN_SYMBOL = "unknown_symbol"
+DUPLICATE = "duplicate"
+NOT_WRITTEN = "not_written"
+SKIP_REASONS = (BAD_JSON, NOT_TRADE, BAD_TRADE, UNKNOWN_SYMBOL, DUPLICATE, NOT_WRITTEN)
+
+
+def classify_message(data: bytes) -> str | None:
+    """Why a stream message that is not a trade line is not one (``BAD_JSON`` or
+    ``NOT_TRADE``), or None if it is an aggTrade event after all (written another way).
+
+    >>> classify_message(b'{"result": null, "id": 1}'), classify_message(b'{"e":')
+    ('not_trade', 'bad_json')
+    >>> classify_message(b'{"stream": "x", "data": {"e": "aggTrade"}}') is None
+    True
+    """
+    try:
+        msg: Any = json.loads(data)
+    except ValueError:  # UnicodeDecodeError too
+        return BAD_JSON
+    return None if is_trade_message(msg) else NOT_TRADE
+
+
+def is_trade_message(msg: Any) -> bool:
+    """Whether a parsed stream message is an aggTrade event in the combined stream's envelope."""
+    event = msg.get("data") if isinstance(msg, dict) else None
+    return isinstance(event, dict) and event.get("e") == "aggTrade"
+
+
+def parse_trade_events(lines: Sequence[str | bytes]) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Combined-stream ``aggTrade`` messages (``{"stream": ..., "data": {...}}``, one per item,
+    each on one line) as trades (``TRADE_FRAME_SCHEMA``), parsed in bulk; and how many were
+    skipped, by reason (``BAD_JSON``, ``NOT_TRADE``, ``BAD_TRADE``).
 
     The hot path of the trade collector: the lines are joined and parsed by Polars' NDJSON
     reader in one go. A batch it cannot read (a malformed line) is parsed line by line, so one
     bad message costs only itself.
+
+    >>> frame, skipped = parse_trade_events([b'{"data":{"e":"aggTrade","s":"X","a":1,'
+    ...     b'"p":"2","q":"1","f":1,"l":1,"T":5}}', b'{"data":{"e":"aggTrade"}}', b'nope'])
+    >>> frame.height, skipped
+    (1, {'bad_json': 1, 'not_trade': 0, 'bad_trade': 1})
     """
+    skipped = dict.fromkeys((BAD_JSON, NOT_TRADE, BAD_TRADE), 0)
     if not lines:
-        return pl.DataFrame(schema=TRADE_FRAME_SCHEMA), 0
+        return pl.DataFrame(schema=TRADE_FRAME_SCHEMA), skipped
     schema = {"data": pl.Struct(_EVENT_FIELDS)}
     texts = [x if isinstance(x, bytes) else x.encode() for x in lines]
     try:
@@ -181,11 +226,15 @@ def parse_trade_events(lines: Sequence[str | bytes]) -> tuple[pl.DataFrame, int]
             try:
                 good.append(pl.read_ndjson(text, schema=schema))
             except Exception:
-                continue
+                # JSON that Polars cannot read into the schema is a trade with a field of the
+                # wrong kind, or not a trade; anything else is not JSON.
+                skipped[classify_message(text) or BAD_TRADE] += 1
         raw = pl.concat(good).unnest("data") if good else pl.DataFrame(schema=_EVENT_FIELDS)
-    raw = raw.filter(pl.col("e") == "aggTrade")
-    trades, dropped = _trade_columns(raw)
-    return trades.cast(TRADE_FRAME_SCHEMA), len(texts) - raw.height + dropped  # type: ignore[arg-type]
+    events = raw.filter(pl.col("e") == "aggTrade")
+    skipped[NOT_TRADE] += raw.height - events.height
+    trades, dropped = _trade_columns(events)
+    skipped[BAD_TRADE] += dropped
+    return trades.cast(TRADE_FRAME_SCHEMA), skipped  # type: ignore[arg-type]
 
 
 def parse_exchange_info(data: Any) -> ExchangeInfo:

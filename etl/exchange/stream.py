@@ -22,8 +22,12 @@ trade made before about ``t`` is in hand. That time, on the exchange's clock, is
 an hour's last trade really was its last. A pong that does not come within ``pong_timeout_s``
 means a dead or silent connection: it is closed and replaced.
 
-Messages are not parsed here: an ``aggTrade`` line is kept as it came and parsed in bulk by
-:func:`etl.exchange.parse.parse_trade_events`; anything else is looked at as JSON.
+Messages are not parsed here when they need not be: a line in Binance's compact JSON that holds
+``"e":"aggTrade"`` is kept as it came and parsed in bulk by
+:func:`etl.exchange.parse.parse_trade_events` (the fast path, a byte search). Anything else is
+parsed as JSON: an aggTrade event written another way (spaces, several lines) is kept too,
+rewritten compact; what is not one is counted by reason (``bad_json``, ``not_trade``) and handed
+over with the lines, so that no message goes unaccounted.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.frames import Frame, Opcode
 
+from etl.exchange.parse import BAD_JSON, NOT_TRADE, is_trade_message
+
 log = logging.getLogger("etl.collector")
 # The library logs every connection opened and closed at INFO; the feed says what matters.
 _ws_log = logging.getLogger("etl.exchange.stream.websockets")
@@ -50,7 +56,7 @@ _ws_log.setLevel(logging.WARNING)
 
 MAX_STREAMS = 1024
 LIFETIME_S = 24 * 3600.0
-_TRADE_MARK = b'"e":"aggTrade"'
+_TRADE_MARK = b'"e":"aggTrade"'  # the fast path: Binance writes compact JSON, one line a message
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)  # with fin: a whole message in
 
 
@@ -151,14 +157,16 @@ class _Group:
 
 @dataclass
 class Drained:
-    """What :meth:`TradeStream.drain` hands over: raw ``aggTrade`` lines, what happened, and
-    per group the delivery proof taken before the lines (so it never claims a line not in
-    hand)."""
+    """What :meth:`TradeStream.drain` hands over: ``aggTrade`` lines (one message each, on one
+    line), the other messages counted by why they hold no trade (``bad_json``, ``not_trade``),
+    what happened, and per group the delivery proof taken before the lines (so it never claims
+    a line not in hand)."""
 
     lines: list[bytes]
     events: list[StreamEvent]
     live_ms: dict[int, int]
     groups: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def stream_groups(symbols: Sequence[str], per_connection: int = MAX_STREAMS) -> list[list[str]]:
@@ -204,6 +212,7 @@ class TradeStream:
         ]
         self._lock = threading.Lock()
         self._lines: list[bytes] = []
+        self._skipped: dict[str, int] = {}
         self._events: list[StreamEvent] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -256,8 +265,9 @@ class TradeStream:
         with self._lock:
             live = {g.index: g.live_ms for g in self.groups}
             lines, self._lines = self._lines, []
+            skipped, self._skipped = self._skipped, {}
             events, self._events = self._events, []
-        return Drained(lines, events, live, {g.index: g.symbols for g in self.groups})
+        return Drained(lines, events, live, {g.index: g.symbols for g in self.groups}, skipped)
 
     def open_groups(self) -> list[int]:
         return [g.index for g in self.groups if g.conn is not None]
@@ -349,14 +359,14 @@ class TradeStream:
         try:
             async for message in conn:
                 data = message if isinstance(message, bytes) else message.encode()
-                if _TRADE_MARK in data:
-                    with self._lock:
+                # A compact line goes as it came; one with a newline would split in the NDJSON
+                # batch, so it takes the slow path like any other message.
+                if _TRADE_MARK not in data or b"\n" in data:
+                    data = self._other(group, data)
+                with self._lock:
+                    if data is not None:
                         self._lines.append(data)
-                        self._consumed(group, conn)
-                else:
-                    self._other(group, data)
-                    with self._lock:
-                        self._consumed(group, conn)
+                    self._consumed(group, conn)
         except ConnectionClosed as exc:
             return f"closed ({exc})"
         finally:
@@ -372,16 +382,27 @@ class TradeStream:
         if live is not None and group.conn is conn:
             group.live_ms = max(group.live_ms, live)
 
-    def _other(self, group: _Group, data: bytes) -> None:
+    def _other(self, group: _Group, data: bytes) -> bytes | None:
+        """A message off the fast path: an aggTrade event written another way, as a compact
+        line; anything else counted (and a ``serverShutdown`` notice acted on): None."""
         try:
             msg: Any = json.loads(data)
-        except ValueError:
-            return
+        except ValueError:  # UnicodeDecodeError too
+            self._skip(BAD_JSON)
+            return None
+        if is_trade_message(msg):  # one compact line, as the batch parser reads them
+            return json.dumps(msg, separators=(",", ":")).encode()
+        self._skip(NOT_TRADE)
         event = msg.get("data", msg) if isinstance(msg, dict) else None
         if isinstance(event, dict) and event.get("e") == "serverShutdown":
             self._event("shutdown", group, "serverShutdown: replacing the connection")
             if group.replace is not None:
                 group.replace.set()
+        return None
+
+    def _skip(self, why: str) -> None:
+        with self._lock:
+            self._skipped[why] = self._skipped.get(why, 0) + 1
 
     async def _heartbeat(self, group: _Group, conn: ClientConnection) -> None:
         t = self.timings

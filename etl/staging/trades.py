@@ -5,6 +5,8 @@ A partial unique index on ``(sym, agg_id)`` drops a trade seen twice."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import polars as pl
 import pyarrow as pa
 
@@ -63,11 +65,25 @@ class Trades:
         A trade already staged (same symbol and id) is skipped. ADBC's ingest cannot skip a
         conflicting row, so the batch goes to a temporary table and on from there.
         """
-        inserted = 0
+        return sum(self.append_parts([trades], cursors, holes))
+
+    def append_parts(
+        self,
+        parts: Sequence[pl.DataFrame],
+        cursors: pl.DataFrame | None = None,
+        holes: pl.DataFrame | None = None,
+    ) -> list[int]:
+        """:meth:`append` of several frames of trades in one transaction, in order; the trades
+        each newly stored. A trade in two parts is credited to the first (the trade feed passes
+        the stream's trades first, so it can say which of the stream's messages were
+        duplicates)."""
+        inserted = [0] * len(parts)
         with self.db.transaction() as cur:
             if not self._trade_tables:
                 ensure_trade_tables(cur)
-            if trades.height:
+            for k, trades in enumerate(parts):
+                if not trades.height:
+                    continue
                 table = trades.select(TRADE_SCHEMA.names).to_arrow().cast(TRADE_SCHEMA)
                 cur.adbc_ingest("trade_batch", table, mode="replace", temporary=True)
                 cur.execute(
@@ -77,7 +93,7 @@ class Trades:
                     "ON CONFLICT (sym, agg_id) WHERE agg_id IS NOT NULL DO NOTHING"
                 )
                 cur.execute("SELECT changes()")
-                inserted = int(cur.fetchone()[0])
+                inserted[k] = int(cur.fetchone()[0])
             if cursors is not None and cursors.height:
                 cur.adbc_ingest(
                     "cursor_batch",

@@ -218,7 +218,7 @@ class FakeExchange:
 
     def inject_ws(self, kind: str, **kwargs: Any) -> WsFault:
         """A WebSocket fault (see :class:`etl.exchange.fake.stream.WsFault`): ``drop``, ``silence``,
-        ``duplicate``, ``reorder``, ``shutdown`` or ``rotate``."""
+        ``duplicate``, ``reorder``, ``shutdown``, ``rotate`` or ``message`` (any text)."""
         if self.stream is None:
             raise RuntimeError("this FakeExchange was made with ws=False")
         return self.stream.inject(kind, **kwargs)

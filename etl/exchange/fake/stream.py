@@ -16,7 +16,9 @@ symbols and the same trades as its REST API. The documented behaviour of Binance
 * a connection lives ``max_lifetime`` (24 h) at most;
 * a ``serverShutdown`` event precedes a planned disconnect.
 
-Events are pushed by a pump: every ``pump_interval`` seconds of real time it sends each trade
+Events are written in Binance's compact JSON, or with ``StreamRules.json_style`` spaced or
+indented over several lines (JSON all the same, which a client must read too). Events are pushed
+by a pump: every ``pump_interval`` seconds of real time it sends each trade
 that happened since the last pump, up to the exchange clock's now, with ``E`` that now. With a
 virtual clock, move the clock and call :meth:`StreamServer.pump` (``FakeExchange.pump``) to have
 the trades up to the new now on their way before it returns. Connection timers (pings, pong
@@ -55,7 +57,15 @@ from etl.hours import ms
 if TYPE_CHECKING:
     from etl.exchange.fake.market import Market
 
-WS_FAULT_KINDS = ("drop", "silence", "duplicate", "reorder", "shutdown", "rotate")
+WS_FAULT_KINDS = ("drop", "silence", "duplicate", "reorder", "shutdown", "rotate", "message")
+# How events are written (StreamRules.json_style): Binance's compact JSON, or the same values
+# with spaces after ``,`` and ``:``, or indented over several lines: JSON all the same, which a
+# client must read as well.
+JSON_STYLES: dict[str, dict[str, Any]] = {
+    "compact": {"separators": (",", ":")},
+    "spaced": {"separators": (", ", ": ")},
+    "pretty": {"indent": 2},
+}
 _COUNTED = {Opcode.PING, Opcode.PONG, Opcode.TEXT, Opcode.BINARY}
 _ALL = 10**9  # no limit on the trades a pump may push
 
@@ -74,7 +84,8 @@ class WsFault:
     that time are lost), ``duplicate`` (the next ``times`` events are each sent twice),
     ``reorder`` (the next ``times`` pairs of consecutive events are swapped), ``shutdown`` (a
     ``serverShutdown`` event, then a close after ``delay`` s), ``rotate`` (the close that ends a
-    connection's lifetime, now).
+    connection's lifetime, now), ``message`` (``text`` sent as it is, ``times`` times: a
+    malformed message, an event of another kind, a trade of a symbol not subscribed...).
     """
 
     kind: str
@@ -82,6 +93,7 @@ class WsFault:
     times: int = 1
     duration: float | None = None
     delay: float = 0.2
+    text: str = ""
     hit: list[int] = field(default_factory=list)  # ids of the connections it hit once fired
 
     def __post_init__(self) -> None:
@@ -172,6 +184,11 @@ class StreamRules:
     max_streams: int = 1024
     max_messages_per_s: int = 5
     pump_interval: float = 0.05
+    json_style: str = "compact"  # a key of JSON_STYLES: how events are written
+
+    def __post_init__(self) -> None:
+        if self.json_style not in JSON_STYLES:
+            raise ValueError(f"json_style must be one of {', '.join(JSON_STYLES)}")
 
 
 class StreamServer:
@@ -496,6 +513,10 @@ class StreamServer:
                     broadcast([state.ws], event)
                     state.events += 1
                     state.close_at = (now + fault.delay, 1001, "Server shutdown", "shutdown")
+                elif fault.kind == "message":
+                    for _ in range(fault.times):
+                        broadcast([state.ws], fault.text)
+                    state.events += fault.times
 
     async def _keepalive(self, states: list[_State], now: float) -> None:
         for state in states:
@@ -578,6 +599,9 @@ class StreamServer:
             doubled = min(state.duplicate_left, len(texts))
             state.duplicate_left -= doubled
             texts = [t for text in texts[:doubled] for t in (text, text)] + texts[doubled:]
+        if self.rules.json_style != "compact":  # the same values, written another way
+            style = JSON_STYLES[self.rules.json_style]
+            texts = [json.dumps(json.loads(text), **style) for text in texts]
         for text in texts:
             broadcast([state.ws], text)
         state.events += len(texts)
