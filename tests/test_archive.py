@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import polars as pl
@@ -200,3 +198,309 @@ def test_bars_rebuilt_from_the_archive_equal_the_live_bars_bit_for_bit(
     # into the live warehouse, the same bars again change nothing
     same = run_rebuild(archived, since_ms=hours_ago, until_ms=hours_ago + 5 * HOUR_MS)
     assert same.bars == 0 and bars_of(archived.pg_dsn) == live  # type: ignore[arg-type]
+
+
+CRASH_POINTS = [
+    "archive_partial",
+    "archive_written",
+    "archive_manifest",
+    "archive_recorded",
+    "before_purge",
+    "after_purge",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_9_at_each_archive_step_leaves_no_file_or_a_whole_one_and_loses_no_tick(
+    archived: Settings, hours_ago: int, point: str
+) -> None:
+    hours = [hours_ago + k * HOUR_MS for k in range(5)]
+    original = all_rows(archived.staging_path, hours)
+    purging = replace(archived, raw_retention_h=0.5)
+    crashed = run_etl(["rollup"], etl_env(purging, ETL_CRASH_AT=point))
+    assert crashed.returncode == -9, crashed.stdout + crashed.stderr
+    root = Path(archived.archive_dir)  # type: ignore[arg-type]
+    for path in root.rglob("*.parquet"):  # every file a reader sees is whole
+        assert pl.read_parquet(path).height > 0
+    with Staging(archived.staging_path) as st:
+        recorded = st.archive_log.archived()
+    left = all_rows(archived.staging_path, hours)
+    for hour in hours:
+        if hour not in recorded:  # not archived: not one of its ticks is gone
+            mine = original.filter(
+                (pl.col("seq") > 0) & (pl.col("ts") // HOUR_MS * HOUR_MS == hour)
+            )
+            assert left.filter(pl.col("ts") // HOUR_MS * HOUR_MS == hour).equals(mine)
+    rerun = run_etl(["rollup"], etl_env(purging))
+    assert rerun.returncode == 0, rerun.stderr
+    assert archived_rows(archived.archive_dir).equals(original)  # type: ignore[arg-type]
+    with Staging(archived.staging_path) as st:
+        assert st.archive_log.archived().keys() == set(hours)
+        assert st.ticks.count() == 1
+    assert not list(root.rglob(".*.tmp"))
+    assert not Archive(archived.archive_dir).unrecorded(  # type: ignore[arg-type]
+        Archive(archived.archive_dir).manifests(),
+        None,
+        None,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.slow
+def test_an_unwritable_archive_stops_the_purge_exits_3_and_status_is_degraded(
+    archived: Settings, hours_ago: int, tmp_path: Path
+) -> None:
+    hours = [hours_ago + k * HOUR_MS for k in range(5)]
+    original = all_rows(archived.staging_path, hours)
+    (tmp_path / "a-file").write_text("not a folder")
+    broken = replace(archived, raw_retention_h=0.5, archive_dir=str(tmp_path / "a-file" / "x"))
+    done = run_etl(["rollup"], etl_env(broken))
+    assert done.returncode == 3, done.stderr
+    line = one_line(done)
+    assert "cannot write the archive at" in line and "a-file/x/source=" in line
+    assert "the ticks stay staged" in line
+    assert all_rows(archived.staging_path, hours).equals(original)
+    status = run_etl(["status", "--json"], etl_env(broken))
+    report = json.loads(status.stdout)
+    jsonschema.validate(report, STATUS_SCHEMA)
+    assert status.returncode == 1 and report["health"] == "degraded"
+    assert report["archive"]["overdue_hours"] and report["archive"]["hours"] == 0
+    assert any("not archived" in p for p in report["problems"])
+    assert any(
+        "last rollup failed" in p and "cannot write the archive" in p for p in report["problems"]
+    )
+    fixed = run_etl(["rollup"], etl_env(replace(broken, archive_dir=archived.archive_dir)))
+    assert fixed.returncode == 0, fixed.stderr
+    assert archived_rows(archived.archive_dir).equals(original)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 40 KiB file system of its own (tmpfs): a real full disk. Needs root and mount."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_archive_disk_stops_the_purge_with_exit_3_and_loses_no_tick(
+    archived: Settings, hours_ago: int, small_disk: Path, tmp_path: Path
+) -> None:
+    hours = [hours_ago + k * HOUR_MS for k in range(5)]
+    original = all_rows(archived.staging_path, hours)
+    full = replace(archived, raw_retention_h=0.5, archive_dir=str(small_disk / "archive"))
+    done = run_etl(["rollup"], etl_env(full))
+    assert done.returncode == 3, done.stderr
+    assert "the archive is full" in one_line(done)
+    assert all_rows(archived.staging_path, hours).equals(original)  # nothing purged
+    with Staging(archived.staging_path) as st:
+        recorded = st.archive_log.archived()
+    assert 0 < len(recorded) < 5  # some hours fitted, and were recorded; none purged
+    moved = tmp_path / "bigger"
+    shutil.copytree(small_disk / "archive", moved)
+    again = run_etl(["rollup"], etl_env(replace(full, archive_dir=str(moved))))
+    assert again.returncode == 0, again.stderr
+    assert archived_rows(str(moved)).equals(original)
+
+
+@pytest.mark.slow
+def test_a_tampered_or_truncated_archive_file_is_refused_naming_it(
+    archived: Settings, hours_ago: int, make_db: Callable[[], str], tmp_path: Path
+) -> None:
+    run_rollup(replace(archived, raw_retention_h=0.5))
+    root = Path(archived.archive_dir)  # type: ignore[arg-type]
+    poll = sorted(root.glob("source=poll/date=*/hour=*/*.parquet"))[2]
+    data = bytearray(poll.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit
+    poll.write_bytes(bytes(data))
+    env = etl_env(replace(archived, pg_dsn=make_db(), symbols=("BTCUSDT", "SOLUSDT")))
+    since = ["--since", _iso(hours_ago), "--until", _iso(hours_ago + 5 * HOUR_MS)]
+    for args in (["rollup", "--from-archive"], ["export", "ticks", "--out", str(tmp_path / "x")]):
+        done = run_etl([*args, *since], env)
+        assert done.returncode == 2, done.stderr
+        line = one_line(done)
+        assert str(poll) in line and "does not match its checksum" in line
+    untouched = query(env["ETL_PG_DSN"], "SELECT to_regclass('metrics_hourly') IS NULL AS new")
+    assert untouched["new"][0]  # checked before anything was written: the warehouse untouched
+    poll.write_bytes(bytes(data[: len(data) // 2]))  # now truncated
+    done = run_etl(["rollup", "--from-archive", *since], env)
+    assert done.returncode == 2 and str(poll) in one_line(done)
+
+
+def _iso(ms: int) -> str:
+    from etl.hours import iso
+
+    return iso(ms)
+
+
+STATUS_SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
+
+
+@pytest.mark.slow
+def test_status_shows_the_archive_its_newest_hour_and_hours_not_archived_yet(
+    archived: Settings, hours_ago: int
+) -> None:
+    run_rollup(replace(archived, raw_retention_h=4.0))  # two hours archived and purged
+    done = run_etl(["status", "--json"], etl_env(replace(archived, raw_retention_h=4.0)))
+    report = json.loads(done.stdout)
+    jsonschema.validate(report, STATUS_SCHEMA)
+    ar = report["archive"]
+    assert ar["enabled"] and ar["target"] == archived.archive_dir
+    assert (ar["hours"], ar["files"]) == (2, 4)
+    assert ar["bytes"] == sum(p.stat().st_size for p in Path(ar["target"]).rglob("*.parquet"))
+    assert ar["newest_hour"] == _iso(hours_ago + HOUR_MS)
+    assert ar["unarchived_hours"] == [_iso(hours_ago + k * HOUR_MS) for k in (2, 3, 4)]
+    assert ar["overdue_hours"] == [] and ar["problem"] is None
+    text = run_etl(["status"], etl_env(replace(archived, raw_retention_h=4.0))).stdout
+    assert "archive" in text and "3 hour(s) rolled up, not archived yet" in text
+
+
+# -- object storage: an S3-compatible server on 127.0.0.1 ---------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """moto's S3 in server mode on 127.0.0.1, standing in for Amazon S3 (or MinIO, R2, ...):
+    the same HTTP API, reached through the usual AWS variables. The AWS variables of the test
+    process and its children point at it."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[s3] is in the dev extras")
+    boto3 = pytest.importorskip("boto3", reason="boto3 is in the dev extras")
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    boto3.client("s3").create_bucket(Bucket="ticks")
+    try:
+        yield env
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_an_s3_archive_is_written_read_back_and_rebuilds_the_bars(
+    pgs: Settings, s3: dict[str, str], make_db: Callable[[], str], hours_ago: int, tmp_path: Path
+) -> None:
+    import boto3
+
+    settings = replace(pgs, archive_dir="s3://ticks/etl/archive", interval_s=5.0)
+    stage(settings.staging_path, hours_ago, 3)
+    hours = [hours_ago + k * HOUR_MS for k in range(3)]
+    original = all_rows(settings.staging_path, hours)
+    run_rollup(replace(settings, raw_retention_h=1000.0))
+    done = run_etl(["rollup"], {**etl_env(replace(settings, raw_retention_h=0.5)), **s3})
+    assert done.returncode == 0, done.stderr
+    listed = boto3.client("s3").list_objects_v2(Bucket="ticks", Prefix="etl/archive/")
+    keys = sorted(o["Key"] for o in listed["Contents"])
+    assert len([k for k in keys if k.endswith(".parquet")]) == 6
+    assert len([k for k in keys if "/_manifests/" in k]) == 3
+    assert archived_rows(settings.archive_dir).equals(original)  # type: ignore[arg-type]
+    live = bars_of(settings.pg_dsn)  # type: ignore[arg-type]
+    rebuilt = replace(settings, pg_dsn=make_db())
+    again = run_rebuild(rebuilt, since_ms=hours_ago, until_ms=hours_ago + 3 * HOUR_MS)
+    assert again.files == 6 and bars_of(rebuilt.pg_dsn) == live  # type: ignore[arg-type]
+    out = tmp_path / "out"
+    ticks = run_etl(
+        ["export", "ticks", "--since", _iso(hours_ago), "--out", str(out), "--of", "trade"],
+        {**etl_env(replace(settings, symbols=tuple(TRADED))), **s3},
+    )
+    assert ticks.returncode == 0, ticks.stderr
+    assert pl.read_parquet(out / "ticks-trade.parquet").height == original["agg_id"].count()
+    gone = run_etl(["rollup"], {**etl_env(replace(settings, archive_dir="s3://no-bucket/x")), **s3})
+    assert gone.returncode == 0  # nothing left to purge: the archive is not even touched
+
+
+# -- the engines people scale to read it --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_polars_and_duckdb_read_the_archive_and_agree_with_the_warehouse(
+    archived: Settings, hours_ago: int
+) -> None:
+    duckdb = pytest.importorskip("duckdb", reason="duckdb is in the dev extras")
+    hours = [hours_ago + k * HOUR_MS for k in range(5)]
+    staged = all_rows(archived.staging_path, hours)
+    run_rollup(replace(archived, raw_retention_h=0.5))
+    root = archived.archive_dir
+    hour = hours_ago + 2 * HOUR_MS
+    from etl.hours import utc
+
+    at = utc(hour)
+    bar = query(
+        archived.pg_dsn,  # type: ignore[arg-type]
+        "SELECT open, high, low, close, volume, trades, samples FROM metrics_hourly "
+        "WHERE symbol = 'XRPUSDT' AND bucket = $1",
+        [at],
+    ).row(0)
+
+    # Polars (the query docs/archive.md shows)
+    lazy = pl.scan_parquet(f"{root}/**/*.parquet", hive_partitioning=True)
+    counts = lazy.group_by("source").len().collect().sort("source")
+    assert counts.rows() == [
+        ("poll", staged["agg_id"].null_count()),
+        ("trade", staged["agg_id"].count()),
+    ]
+    polars_bar = (
+        lazy.filter(
+            (pl.col("source") == "trade")
+            & (pl.col("date") == at.date())
+            & (pl.col("hour") == at.hour)
+            & (pl.col("symbol") == "XRPUSDT")
+        )
+        .sort("agg_id")
+        .select(
+            pl.col("price").first().alias("open"),
+            pl.col("price").max().alias("high"),
+            pl.col("price").min().alias("low"),
+            pl.col("price").last().alias("close"),
+            pl.col("qty").sum().alias("volume"),
+            pl.col("trades").sum().alias("trades"),
+            pl.len().alias("samples"),
+        )
+        .collect()
+        .row(0)
+    )
+    assert polars_bar == bar
+
+    # DuckDB (the query docs/archive.md shows)
+    con = duckdb.connect()
+    total = con.sql(
+        f"SELECT source, count(*) FROM read_parquet('{root}/*/*/*/*.parquet', "
+        "hive_partitioning = true) GROUP BY source ORDER BY source"
+    ).fetchall()
+    assert total == counts.rows()
+    duck_bar = con.sql(
+        f"""
+        SELECT arg_min(price, agg_id), max(price), min(price), arg_max(price, agg_id),
+               sum(qty), sum(trades), count(*)
+        FROM read_parquet('{root}/source=trade/*/*/*.parquet', hive_partitioning = true)
+        WHERE symbol = 'XRPUSDT' AND date = DATE '{at.date()}' AND hour = {at.hour}
+        """
+    ).fetchone()
+    assert duck_bar[:4] == bar[:4] and duck_bar[5:] == bar[5:]
+    assert duck_bar[4] == pytest.approx(bar[4], rel=1e-12)  # a sum in another order

@@ -41,6 +41,13 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The warehouse.")
 app.add_typer(db_app, name="db")
+export_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Bars of any width and archived ticks, as Parquet, CSV or freqtrade files "
+    "(docs/archive.md).",
+)
+app.add_typer(export_app, name="export")
 
 _SETTINGS = {spec.name for spec in setting_fields()}
 
@@ -297,16 +304,31 @@ def rollup(
     since: Since = None,
     until: Until = None,
     rerun: Annotated[bool, typer.Option("--rerun", help="Roll up committed hours again.")] = False,
+    from_archive: Annotated[
+        bool,
+        typer.Option(
+            "--from-archive",
+            help="Make the bars of the archived hours in --since .. --until again from the "
+            "archive (ETL_ARCHIVE_DIR), every file checked against its sha256 first.",
+        ),
+    ] = False,
 ) -> None:
-    """Roll up closed hours with staged ticks into PostgreSQL; then daily bars, purge, retention.
+    """Roll up closed hours with staged ticks into PostgreSQL; then archive (if ETL_ARCHIVE_DIR
+    is set), purge, retention.
 
     Example: etl rollup --since 2026-01-05T00:00Z --until 2026-01-06T00:00Z
+
+    Example: etl rollup --from-archive --since 2026-01-05 --until 2026-01-06
     """
     from etl.cli import render
     from etl.console import BarProgress
-    from etl.jobs.rollup import run_rollup
+    from etl.jobs.rollup import run_rebuild, run_rollup
 
     lo, hi = parse_range(since, until)
+    if from_archive:
+        rebuilt = run_rebuild(settings_of(ctx), since_ms=lo, until_ms=hi, progress=BarProgress())
+        _print(*render.rebuild(rebuilt))
+        return
     result = run_rollup(
         settings_of(ctx), since_ms=lo, until_ms=hi, rerun=rerun, progress=BarProgress()
     )
@@ -411,6 +433,102 @@ def seed_demo(
     settings = settings_of(ctx).for_demo(keep_pg_dsn=use_pg_dsn)
     result = seed(settings, run_rollup, days=days, force=force)
     _print(*render.rollup(result), render.seeded(settings.masked_dsn, settings.data_dir))
+
+
+Width = Annotated[
+    str,
+    typer.Option(
+        metavar="1m|5m|15m|1h|4h|1d|1w",
+        help="Bar width: 1h and wider from the hourly bars, below 1h from archived trades.",
+    ),
+]
+Out = Annotated[Path, typer.Option(metavar="DIR", help="Folder for the files (made if need be).")]
+NeededSince = Annotated[
+    str,
+    typer.Option(metavar="TIME", help="Start, ISO 8601 (UTC if no zone), e.g. 2026-01-05T00:00Z."),
+]
+
+
+@command(group=export_app, name="bars")
+def export_bars(
+    ctx: typer.Context,
+    since: NeededSince,
+    until: Until = None,
+    width: Width = "1h",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="parquet|csv|freqtrade",
+            help="freqtrade: its download-data feather files (BTC_USDT-1h.feather) for --datadir.",
+        ),
+    ] = "parquet",
+    out: Out = Path("export"),
+) -> None:
+    """Bars of --symbols from --since to --until (widened to whole bars), a file per symbol.
+
+    Example: etl export bars --symbols BTCUSDT,ETHUSDT --since 2026-01-01 --width 4h --format freqtrade --out user_data/data/binance
+    """
+    from etl.cli import render
+    from etl.console import BarProgress
+    from etl.hours import now_ms
+    from etl.jobs.export import export_bars as run
+
+    settings = settings_of(ctx)
+    lo, hi = parse_range(since, until)
+    assert lo is not None
+    result = run(
+        settings,
+        symbols=settings.symbols,
+        since_ms=lo,
+        until_ms=hi if hi is not None else now_ms(),
+        width=width,
+        fmt=fmt,
+        out=out,
+        progress=BarProgress(),
+    )
+    _print(*render.exported(result))
+
+
+@command(group=export_app, name="ticks")
+def export_ticks(
+    ctx: typer.Context,
+    since: NeededSince,
+    until: Until = None,
+    of: Annotated[
+        str,
+        typer.Option("--of", metavar="poll|trade|all", help="Which ticks: poll samples, trades."),
+    ] = "all",
+    fmt: Annotated[str, typer.Option("--format", metavar="parquet|csv")] = "parquet",
+    out: Out = Path("export"),
+) -> None:
+    """The archived ticks of --symbols from --since to --until, a file per source (every
+    archive file checked against its sha256 first).
+
+    Example: etl export ticks --symbols BTCUSDT --since 2026-01-05 --until 2026-01-06 --format csv
+    """
+    from etl.cli import render
+    from etl.console import BarProgress
+    from etl.errors import ConfigError
+    from etl.hours import now_ms
+    from etl.jobs.export import export_ticks as run
+
+    if of not in ("poll", "trade", "all"):
+        raise ConfigError(f"--of {of!r} must be poll, trade or all")
+    settings = settings_of(ctx)
+    lo, hi = parse_range(since, until)
+    assert lo is not None
+    result = run(
+        settings,
+        symbols=settings.symbols,
+        since_ms=lo,
+        until_ms=hi if hi is not None else now_ms(),
+        sources=("poll", "trade") if of == "all" else (of,),
+        fmt=fmt,
+        out=out,
+        progress=BarProgress(),
+    )
+    _print(*render.ticks_exported(result))
 
 
 @command(group=db_app, name="init")
