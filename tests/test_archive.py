@@ -129,7 +129,6 @@ def archived(pgs: Settings, tmp_path: Path, hours_ago: int) -> Settings:
     return settings
 
 
-@pytest.mark.slow
 def test_archive_before_purge_keeps_every_staged_row_and_records_each_file(
     archived: Settings, hours_ago: int
 ) -> None:
@@ -166,7 +165,6 @@ def test_archive_before_purge_keeps_every_staged_row_and_records_each_file(
     assert not list(root.rglob(".*.tmp"))
 
 
-@pytest.mark.slow
 def test_an_archived_hour_is_not_written_twice(archived: Settings, hours_ago: int) -> None:
     first = run_rollup(replace(archived, raw_retention_h=4.0))  # archives and purges 2 hours
     assert first.archive is not None and first.archive.hours == 2
@@ -180,7 +178,6 @@ def test_an_archived_hour_is_not_written_twice(archived: Settings, hours_ago: in
     assert len(list(root.rglob("*.parquet"))) == 10
 
 
-@pytest.mark.slow
 def test_bars_rebuilt_from_the_archive_equal_the_live_bars_bit_for_bit(
     archived: Settings, make_db: Callable[[], str], hours_ago: int
 ) -> None:
@@ -210,7 +207,6 @@ CRASH_POINTS = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_kill_9_at_each_archive_step_leaves_no_file_or_a_whole_one_and_loses_no_tick(
     archived: Settings, hours_ago: int, point: str
@@ -221,6 +217,8 @@ def test_kill_9_at_each_archive_step_leaves_no_file_or_a_whole_one_and_loses_no_
     crashed = run_etl(["rollup"], etl_env(purging, ETL_CRASH_AT=point))
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr
     root = Path(archived.archive_dir)  # type: ignore[arg-type]
+    if point == "archive_partial":  # killed half way through a file: the half is hidden
+        assert [p.name.startswith(".") for p in root.rglob("*.tmp")] == [True]
     for path in root.rglob("*.parquet"):  # every file a reader sees is whole
         assert pl.read_parquet(path).height > 0
     with Staging(archived.staging_path) as st:
@@ -246,7 +244,6 @@ def test_kill_9_at_each_archive_step_leaves_no_file_or_a_whole_one_and_loses_no_
     )
 
 
-@pytest.mark.slow
 def test_an_unwritable_archive_stops_the_purge_exits_3_and_status_is_degraded(
     archived: Settings, hours_ago: int, tmp_path: Path
 ) -> None:
@@ -293,7 +290,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-@pytest.mark.slow
 def test_a_full_archive_disk_stops_the_purge_with_exit_3_and_loses_no_tick(
     archived: Settings, hours_ago: int, small_disk: Path, tmp_path: Path
 ) -> None:
@@ -314,7 +310,6 @@ def test_a_full_archive_disk_stops_the_purge_with_exit_3_and_loses_no_tick(
     assert archived_rows(str(moved)).equals(original)
 
 
-@pytest.mark.slow
 def test_a_tampered_or_truncated_archive_file_is_refused_naming_it(
     archived: Settings, hours_ago: int, make_db: Callable[[], str], tmp_path: Path
 ) -> None:
@@ -347,7 +342,6 @@ def _iso(ms: int) -> str:
 STATUS_SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
 
 
-@pytest.mark.slow
 def test_status_shows_the_archive_its_newest_hour_and_hours_not_archived_yet(
     archived: Settings, hours_ago: int
 ) -> None:
@@ -402,7 +396,6 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         server.stop()
 
 
-@pytest.mark.slow
 def test_an_s3_archive_is_written_read_back_and_rebuilds_the_bars(
     pgs: Settings, s3: dict[str, str], make_db: Callable[[], str], hours_ago: int, tmp_path: Path
 ) -> None:
@@ -438,7 +431,6 @@ def test_an_s3_archive_is_written_read_back_and_rebuilds_the_bars(
 # -- the engines people scale to read it --------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_polars_and_duckdb_read_the_archive_and_agree_with_the_warehouse(
     archived: Settings, hours_ago: int
 ) -> None:

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from etl.bars import TRADE_CONTEXT_SCHEMA, trade_context
 from etl.errors import ConfigError, DependencyError, DiskFull, EtlError
@@ -96,6 +95,8 @@ def hour_of(key: str) -> int | None:
 
 def encode(table: pa.Table) -> bytes:
     """One Parquet file: zstd, symbols dictionary-encoded, the integer columns delta-encoded."""
+    import pyarrow.parquet as pq  # here: every rollup imports this module, few archive
+
     sink = pa.BufferOutputStream()
     pq.write_table(
         table,
@@ -496,6 +497,8 @@ class Archive:
     def read_verified(self, entry: dict[str, Any]) -> pa.Table:
         """A file a manifest names, read whole and checked against its sha256 and size: a
         tampered, truncated or missing file is refused, naming it (exit 2)."""
+        import pyarrow.parquet as pq
+
         data = self._checked(entry)
         table = pq.read_table(pa.BufferReader(data))
         if table.num_rows != int(entry["rows"]):
