@@ -33,8 +33,8 @@ TRADED = ["SOLUSDT", "XRPUSDT"]
 
 def stage(path: Path, first: int, hours: int) -> None:
     """Poll ticks of two symbols (a tie in time in one hour), and trades of two others with a
-    chain that starts inside the first hour, ids missing in hour 2 and a recorded hole in hour
-    3: everything a bar takes from outside its ticks."""
+    chain that starts inside the first hour, ids missing across hours 0 and 1 and inside hour 2,
+    and a recorded hole in hour 3: everything a bar takes from outside its ticks."""
     seed_ticks(path, POLLED, first, polls=hours * 720)
     with Staging(path) as st:
         st.ticks.append(["BTCUSDT"], [123.25], first + HOUR_MS + 5_017)  # same ts as a poll
@@ -46,8 +46,10 @@ def stage(path: Path, first: int, hours: int) -> None:
                 ts = first + 1_800_000 * (k == 0) + i * 10_000 + 3
                 if ts >= first + hours * HOUR_MS:
                     break
-                if k == 1 and first + 2 * HOUR_MS + 600_000 <= ts < first + 2 * HOUR_MS + 660_000:
-                    agg += 1  # ids never staged: a gap inside hour 2
+                inside = first + 2 * HOUR_MS + 600_000 <= ts < first + 2 * HOUR_MS + 660_000
+                across = abs(ts - (first + HOUR_MS)) < 20_000
+                if (k == 1 and inside) or (k == 0 and across):
+                    agg += 1  # ids never staged: a gap inside hour 2, one across hours 0 and 1
                     continue
                 rows.append((sym, ts, 50.0 + (i * 7 % 13) / 8, agg, 0.25 + i % 3, 1 + i % 2))
                 agg += 1
@@ -111,6 +113,11 @@ def bars_of(dsn: str) -> tuple[list[tuple], list[tuple]]:
     return hourly.rows(), daily.rows()
 
 
+LATE_HOLE = pl.DataFrame(
+    {"sym": [0], "after_id": [2_000_000], "before_id": [2_000_100], "from_ms": [0], "to_ms": [0]}
+).with_columns(reason=pl.lit("given up after the rollup"), found_ms=pl.lit(now_ms()))
+
+
 @pytest.fixture
 def hours_ago() -> int:
     return hour_floor(now_ms()) - 6 * HOUR_MS
@@ -118,14 +125,12 @@ def hours_ago() -> int:
 
 @pytest.fixture
 def archived(pgs: Settings, tmp_path: Path, hours_ago: int) -> Settings:
-    """Five hours staged and rolled up one at a time, as the collector's hourly child does,
-    then archived and purged by a rollup with a short raw retention."""
+    """Five hours staged and rolled up, the first two in one read (as a backlog is), then one
+    at a time (as the collector's hourly child does); not purged yet."""
     settings = replace(pgs, archive_dir=str(tmp_path / "archive"), interval_s=5.0)
     stage(settings.staging_path, hours_ago, 5)
-    for k in range(5):
-        run_rollup(
-            replace(settings, raw_retention_h=1000.0), until_ms=hours_ago + (k + 1) * HOUR_MS
-        )
+    for k in (2, 3, 4, 5):
+        run_rollup(replace(settings, raw_retention_h=1000.0), until_ms=hours_ago + k * HOUR_MS)
     return settings
 
 
@@ -166,21 +171,34 @@ def test_archive_before_purge_keeps_every_staged_row_and_records_each_file(
 
 
 def test_an_archived_hour_is_not_written_twice(archived: Settings, hours_ago: int) -> None:
-    first = run_rollup(replace(archived, raw_retention_h=4.0))  # archives and purges 2 hours
-    assert first.archive is not None and first.archive.hours == 2
+    purging = replace(archived, raw_retention_h=0.5)
+    killed = run_etl(["rollup"], etl_env(purging, ETL_CRASH_AT="archive_recorded"))
+    assert killed.returncode == -9  # the first hour recorded, nothing purged
     root = Path(archived.archive_dir)  # type: ignore[arg-type]
-    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet")}
-    again = run_rollup(replace(archived, raw_retention_h=0.5))
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    assert len([p for p in stamps if p.suffix == ".parquet"]) == 2
+    again = run_rollup(purging)
     assert again.archive is not None
-    assert (again.archive.hours, again.archive.already) == (3, 0)
+    assert (again.archive.hours, again.archive.already) == (4, 1)
     for path, stamp in stamps.items():
-        assert path.stat().st_mtime_ns == stamp  # the first two hours untouched
+        assert path.stat().st_mtime_ns == stamp  # the first hour's files and manifest untouched
     assert len(list(root.rglob("*.parquet"))) == 10
+    after = run_rollup(purging)  # every hour purged now: nothing left to archive
+    assert after.archive is None and after.purged == 0
 
 
 def test_bars_rebuilt_from_the_archive_equal_the_live_bars_bit_for_bit(
     archived: Settings, make_db: Callable[[], str], hours_ago: int
 ) -> None:
+    with Staging(archived.staging_path) as st:  # the feed gives up on ids of hour 1, late
+        st.trades.append(
+            pl.DataFrame(),
+            holes=LATE_HOLE.with_columns(
+                sym=st.ticks.symbol_ids(["XRPUSDT"])[0],
+                from_ms=pl.lit(hours_ago + HOUR_MS + 5),
+                to_ms=pl.lit(hours_ago + HOUR_MS + 50),
+            ),
+        )
     run_rollup(replace(archived, raw_retention_h=0.5))  # archive and purge every hour
     live = bars_of(archived.pg_dsn)  # type: ignore[arg-type]
     sources = {(row[0], row[11]) for row in live[0]}
