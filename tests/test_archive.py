@@ -424,6 +424,14 @@ def test_an_s3_archive_is_written_read_back_and_rebuilds_the_bars(
     hours = [hours_ago + k * HOUR_MS for k in range(3)]
     original = all_rows(settings.staging_path, hours)
     run_rollup(replace(settings, raw_retention_h=1000.0))
+    no_bucket = replace(settings, raw_retention_h=0.5, archive_dir="s3://no-bucket/x")
+    refused = run_etl(["rollup"], {**etl_env(no_bucket), **s3})
+    assert refused.returncode == 3, refused.stderr
+    line = one_line(refused)
+    assert (
+        "cannot write the archive at s3://no-bucket/x/source=" in line and "NO_SUCH_BUCKET" in line
+    )
+    assert all_rows(settings.staging_path, hours).equals(original)  # nothing purged
     done = run_etl(["rollup"], {**etl_env(replace(settings, raw_retention_h=0.5)), **s3})
     assert done.returncode == 0, done.stderr
     listed = boto3.client("s3").list_objects_v2(Bucket="ticks", Prefix="etl/archive/")
@@ -442,8 +450,6 @@ def test_an_s3_archive_is_written_read_back_and_rebuilds_the_bars(
     )
     assert ticks.returncode == 0, ticks.stderr
     assert pl.read_parquet(out / "ticks-trade.parquet").height == original["agg_id"].count()
-    gone = run_etl(["rollup"], {**etl_env(replace(settings, archive_dir="s3://no-bucket/x")), **s3})
-    assert gone.returncode == 0  # nothing left to purge: the archive is not even touched
 
 
 # -- the engines people scale to read it --------------------------------------------------------
