@@ -1,4 +1,4 @@
-"""``python -m bench [--part 1|2|3|4|all] [--runs N] [--quick]``: figures and ratios against
+"""``python -m bench [--part 1|2|3|4|5|all] [--runs N] [--quick]``: figures and ratios against
 baselines measured in the same run.
 
 Parts:
@@ -14,6 +14,9 @@ Parts:
 4. trades: ``etl collect --source trades`` with its live table on, fed about 20,000 aggregate
    trades a second over WebSockets by the fake exchange in its own process: trades staged per
    second, the collector's CPU and CPU per 1,000 trades/s, ids not yet staged at the end.
+5. archive: an hour of 3,000 symbols (polls at 5 s; 300 trades each) archived as Parquet the way
+   the rollup does before a purge: seconds per hour, bytes per tick against the staging file's,
+   and the same hour written one file per symbol.
 
 Every figure is min / median / max of ``--runs`` runs (default 5), ours and the baselines
 alternating. ``--quick`` is a smoke run: 2 runs unless ``--runs`` is given, no 24-hour backlog,
@@ -69,7 +72,7 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--part", choices=["1", "2", "3", "4", "all"], default="all")
+    parser.add_argument("--part", choices=["1", "2", "3", "4", "5", "all"], default="all")
     parser.add_argument("--runs", type=int, help="runs per figure (default 5, --quick 2)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (see above)")
     args = parser.parse_args()
@@ -100,6 +103,11 @@ def main() -> None:
             runs=runs, warmup=5.0 if args.quick else 10.0, window=10.0 if args.quick else 30.0
         )
         print("\n" + "\n".join(trades_bench.report(results)), flush=True)
+    if args.part in ("5", "all"):
+        from bench import archive_bench
+
+        results = archive_bench.run(runs=runs)
+        print("\n" + "\n".join(archive_bench.report(results)), flush=True)
     print(f"\nbench took {time.perf_counter() - started:.0f} s", flush=True)
 
 

@@ -294,12 +294,82 @@ def edge_missing(
 _CURSOR_COLS = {"sym": pl.Int64, "last_ts": pl.Int64, "since_ms": pl.Int64, "live_ms": pl.Int64}
 
 
+TRADE_CONTEXT_SCHEMA = {
+    "sym": pl.Int64,
+    "bucket_ms": pl.Int64,
+    "gaps": pl.Int64,
+    "edges": pl.Int64,
+    "holed": pl.Int64,
+}
+
+
+def inner_gaps(trades: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """Aggregate trade ids missing between consecutive staged ids of one symbol within one hour,
+    from that hour's trades alone: ``sym, bucket_ms, inner``.
+
+    >>> t = pl.DataFrame({"sym": [1, 1, 1], "ts": [0, 10, 3_600_000], "agg_id": [1, 4, 6]})
+    >>> inner_gaps(t).sort("bucket_ms").collect().rows()
+    [(1, 0, 2), (1, 3600000, 0)]
+    """
+    keys = pl.struct("sym", "bucket_ms")
+    same = keys == keys.shift(1)
+    return (
+        trades.lazy()
+        .select("sym", "ts", "agg_id")
+        .with_columns(bucket_ms=pl.col("ts") - pl.col("ts") % HOUR_MS)
+        .sort("sym", "bucket_ms", "agg_id")
+        .with_columns(
+            gap=pl.when(same).then(pl.col("agg_id") - pl.col("agg_id").shift(1) - 1).otherwise(0)
+        )
+        .group_by("sym", "bucket_ms")
+        .agg(inner=pl.col("gap").sum().cast(pl.Int64))
+    )
+
+
+def trade_context(
+    trades: pl.DataFrame | pl.LazyFrame,
+    *,
+    cursors: pl.DataFrame | None = None,
+    holes: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """What a trade bar's ``ids_missing`` takes from outside its own hour's trades, per ``sym,
+    bucket_ms`` (:data:`TRADE_CONTEXT_SCHEMA`): ``gaps``, the ids missing at the hour's edges
+    against the neighbouring staged trades read with it (:func:`id_gaps` over ``trades`` less
+    :func:`inner_gaps`), and ``edges`` and ``holed`` (:func:`edge_missing`, from the trade
+    feed's ``cursors`` and recorded ``holes``).
+
+    With it, :func:`trade_bars` needs nothing but the hour's own trades: the rollup keeps it,
+    the archive carries it, and a bar rebuilt from the archive is the bar the rollup made.
+    """
+    ordered = trades.lazy().select("sym", "ts", "agg_id")
+    hours = (
+        ordered.select("sym", bucket_ms=pl.col("ts") - pl.col("ts") % HOUR_MS)
+        .unique()
+        .sort("sym", "bucket_ms")
+    )
+    return (
+        hours.join(id_gaps(ordered), on=["sym", "bucket_ms"], how="left")
+        .join(inner_gaps(ordered), on=["sym", "bucket_ms"], how="left")
+        .join(edge_missing(hours, cursors, holes), on=["sym", "bucket_ms"], how="left")
+        .select(
+            "sym",
+            "bucket_ms",
+            gaps=pl.col("missing").fill_null(0) - pl.col("inner").fill_null(0),
+            edges=pl.col("edges").fill_null(1),
+            holed=pl.col("holed").fill_null(0),
+        )
+        .cast(TRADE_CONTEXT_SCHEMA)  # type: ignore[arg-type]
+        .collect()
+    )
+
+
 def trade_bars(
     trades: pl.DataFrame | pl.LazyFrame,
     symbols: pl.DataFrame,
     *,
     cursors: pl.DataFrame | None = None,
     holes: pl.DataFrame | None = None,
+    context: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One ``source = 'trade'`` bar per symbol and UTC hour from staged trades ``sym, ts, price,
     agg_id, qty, trades`` (``symbols`` maps ``sym`` to ``symbol``).
@@ -311,7 +381,13 @@ def trade_bars(
     their ratio. ``ids_missing`` counts the ids of the hour not staged: gaps in the sequence
     (:func:`id_gaps`), or recorded holes, whichever is larger, plus 1 for an edge the sequence
     cannot vouch for (:func:`edge_missing`); 0 means the hour is complete.
+
+    ``context`` (:func:`trade_context`) gives what lies outside the hour's own trades; without
+    it, it is worked out from ``trades``, ``cursors`` and ``holes``. An hour the context does
+    not name counts an unvouched edge.
     """
+    if context is None:
+        context = trade_context(trades, cursors=cursors, holes=holes)
     ordered = (
         trades.lazy()
         .select("sym", "ts", "price", "agg_id", "qty", "trades")
@@ -325,15 +401,22 @@ def trade_bars(
         quote_volume=(price * qty).sum(),
         trades=pl.col("trades").fill_null(1).sum(),
     )
-    hours = bars.select("sym", "bucket_ms")
     missing = (
-        id_gaps(ordered)
-        .join(edge_missing(hours, cursors, holes), on=["sym", "bucket_ms"], how="right")
+        bars.select("sym", "bucket_ms")
+        .join(inner_gaps(ordered), on=["sym", "bucket_ms"], how="left")
+        .join(
+            context.lazy().select(*TRADE_CONTEXT_SCHEMA).cast(TRADE_CONTEXT_SCHEMA),  # type: ignore[arg-type]
+            on=["sym", "bucket_ms"],
+            how="left",
+        )
         .select(
             "sym",
             "bucket_ms",
-            ids_missing=pl.max_horizontal(pl.col("missing").fill_null(0), "holed")
-            + pl.col("edges"),
+            ids_missing=pl.max_horizontal(
+                pl.col("inner").fill_null(0) + pl.col("gaps").fill_null(0),
+                pl.col("holed").fill_null(0),
+            )
+            + pl.col("edges").fill_null(1),
         )
     )
     return (

@@ -183,6 +183,27 @@ def _name(value: Any) -> str:
     return text
 
 
+def _archive_target(value: Any) -> str:
+    """A local directory, or an ``s3://bucket/prefix`` URL (query options such as
+    ``?endpoint_override=host:port&scheme=http`` go to pyarrow's S3 filesystem)."""
+    text = str(value).strip()
+    if not text:
+        raise ValueError("an empty archive target")
+    if "://" not in text:
+        return str(Path(text).expanduser())
+    parts = urlsplit(text)
+    if parts.scheme != "s3":
+        raise ValueError(
+            f"{value!r} is not an archive target: give a directory or an s3://bucket/prefix URL"
+        )
+    if not parts.netloc or "@" in parts.netloc:
+        raise ValueError(
+            f"{value!r} names no bucket (s3://bucket/prefix; credentials come from the AWS "
+            "environment variables or config, never the URL)"
+        )
+    return text.rstrip("/")
+
+
 def _setting(
     default: Any,
     *,
@@ -370,6 +391,16 @@ class Settings:
         metavar="FRACTION",
         help="a poll bar below this coverage is replaced by a kline bar, 0.01 to 1",
     )
+    archive_dir: str | None = _setting(
+        None,
+        env="ETL_ARCHIVE_DIR",
+        parse=_archive_target,
+        metavar="DIR|s3://BUCKET/PREFIX",
+        shown="off",
+        empty_means_unset=True,
+        help="before the purge, write each hour's staged ticks as Parquet here (a directory or "
+        "an s3:// URL; docs/archive.md); a failing archive stops the purge",
+    )
     config_file: Path | None = None
 
     @property
@@ -422,6 +453,8 @@ class Settings:
             value = getattr(self, spec.name)
             if spec.name == "sqlite_path":
                 value = self.staging_path
+            if spec.name == "archive_dir" and value is not None and "://" not in value:
+                value = Path(value)  # a child started elsewhere finds the same directory
             if value is None:
                 continue
             out[spec.metadata["env"]] = _format(value)

@@ -174,6 +174,13 @@ app = click.Group(
 )
 db_app = click.Group("db", no_args_is_help=True, help="The warehouse.")
 app.add_command(db_app)
+export_app = click.Group(
+    "export",
+    no_args_is_help=True,
+    help="Bars of any width and archived ticks, as Parquet, CSV or freqtrade files "
+    "(docs/archive.md).",
+)
+app.add_command(export_app)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -302,16 +309,31 @@ def demo(
 @since_option
 @until_option
 @click.option("--rerun", is_flag=True, help="Roll up committed hours again.")
-def rollup(ctx: click.Context, since: str | None, until: str | None, rerun: bool) -> None:
-    """Roll up closed hours with staged ticks into PostgreSQL; then daily bars, purge, retention.
+@click.option(
+    "--from-archive",
+    is_flag=True,
+    help="Make the bars of the archived hours in --since .. --until again from the archive "
+    "(ETL_ARCHIVE_DIR), every file checked against its sha256 first.",
+)
+def rollup(
+    ctx: click.Context, since: str | None, until: str | None, rerun: bool, from_archive: bool
+) -> None:
+    """Roll up closed hours with staged ticks into PostgreSQL; then archive (if ETL_ARCHIVE_DIR
+    is set), purge, retention.
 
     Example: etl rollup --since 2026-01-05T00:00Z --until 2026-01-06T00:00Z
+
+    Example: etl rollup --from-archive --since 2026-01-05 --until 2026-01-06
     """
     from etl.cli import render
     from etl.console import BarProgress
-    from etl.jobs.rollup import run_rollup
+    from etl.jobs.rollup import run_rebuild, run_rollup
 
     lo, hi = parse_range(since, until)
+    if from_archive:
+        rebuilt = run_rebuild(settings_of(ctx), since_ms=lo, until_ms=hi, progress=BarProgress())
+        _print(*render.rebuild(rebuilt))
+        return
     result = run_rollup(
         settings_of(ctx), since_ms=lo, until_ms=hi, rerun=rerun, progress=BarProgress()
     )
@@ -428,6 +450,113 @@ def seed_demo(ctx: click.Context, days: int, force: bool, use_pg_dsn: bool) -> N
     settings = home.for_demo(keep_pg_dsn=use_pg_dsn)
     result = seed(settings, run_rollup, days=days, force=force)
     _print(*render.rollup(result), render.seeded(home, settings))
+
+
+needed_since_option = click.option(
+    "--since",
+    required=True,
+    metavar="TIME",
+    help="Start, ISO 8601 (UTC if no zone), e.g. 2026-01-05T00:00Z.",
+)
+out_option = click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("export"),
+    show_default=True,
+    metavar="DIR",
+    help="Folder for the files (made if need be).",
+)
+
+
+@command(group=export_app, name="bars")
+@needed_since_option
+@until_option
+@click.option(
+    "--width",
+    default="1h",
+    show_default=True,
+    metavar="1m|5m|15m|1h|4h|1d|1w",
+    help="Bar width: 1h and wider from the hourly bars, below 1h from archived trades.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="parquet",
+    show_default=True,
+    metavar="parquet|csv|freqtrade",
+    help="freqtrade: its download-data feather files (BTC_USDT-1h.feather) for --datadir.",
+)
+@out_option
+def export_bars(
+    ctx: click.Context, since: str, until: str | None, width: str, fmt: str, out: Path
+) -> None:
+    """Bars of --symbols from --since to --until (widened to whole bars), a file per symbol.
+
+    Example: etl export bars --symbols BTCUSDT,ETHUSDT --since 2026-01-01 --width 4h --format freqtrade --out user_data/data/binance
+    """
+    from etl.cli import render
+    from etl.console import BarProgress
+    from etl.hours import now_ms
+    from etl.jobs.export import export_bars as run
+
+    settings = settings_of(ctx)
+    lo, hi = parse_range(since, until)
+    assert lo is not None
+    result = run(
+        settings,
+        symbols=settings.symbols,
+        since_ms=lo,
+        until_ms=hi if hi is not None else now_ms(),
+        width=width,
+        fmt=fmt,
+        out=out,
+        progress=BarProgress(),
+    )
+    _print(*render.exported(result))
+
+
+@command(group=export_app, name="ticks")
+@needed_since_option
+@until_option
+@click.option(
+    "--of",
+    default="all",
+    show_default=True,
+    metavar="poll|trade|all",
+    help="Which ticks: poll samples, trades.",
+)
+@click.option("--format", "fmt", default="parquet", show_default=True, metavar="parquet|csv")
+@out_option
+def export_ticks(
+    ctx: click.Context, since: str, until: str | None, of: str, fmt: str, out: Path
+) -> None:
+    """The archived ticks of --symbols from --since to --until, a file per source (every
+    archive file checked against its sha256 first).
+
+    Example: etl export ticks --symbols BTCUSDT --since 2026-01-05 --until 2026-01-06 --format csv
+    """
+    from etl.cli import render
+    from etl.console import BarProgress
+    from etl.errors import ConfigError
+    from etl.hours import now_ms
+    from etl.jobs.export import export_ticks as run
+
+    if of not in ("poll", "trade", "all"):
+        raise ConfigError(f"--of {of!r} must be poll, trade or all")
+    settings = settings_of(ctx)
+    lo, hi = parse_range(since, until)
+    assert lo is not None
+    result = run(
+        settings,
+        symbols=settings.symbols,
+        since_ms=lo,
+        until_ms=hi if hi is not None else now_ms(),
+        sources=("poll", "trade") if of == "all" else (of,),
+        fmt=fmt,
+        out=out,
+        progress=BarProgress(),
+    )
+    _print(*render.ticks_exported(result))
 
 
 @command(group=db_app, name="init")

@@ -25,9 +25,10 @@ if TYPE_CHECKING:  # only the types: a command loads the jobs it runs, not every
     from etl.jobs.backfill import BackfillResult
     from etl.jobs.backup import BackupResult, RestoreResult
     from etl.jobs.db_access import Initialised
+    from etl.jobs.export import ExportResult, TickExportResult
     from etl.jobs.jupyter import Executed, LabCommand
     from etl.jobs.retention import RetentionResult
-    from etl.jobs.rollup import RollupResult
+    from etl.jobs.rollup import RebuildResult, RollupResult
     from etl.jobs.status import Status
     from etl.jobs.versions import Versions
 
@@ -62,6 +63,26 @@ def rollup(result: RollupResult) -> list[RenderableType]:
     ]
     if not result.hours and not result.skipped_hours:
         out.append(Text(f"every staged hour of {result.looked_for} was already rolled up"))
+    done = result.archive
+    if done is not None:
+        line = (
+            f"archived {done.hours} hour(s) before the purge: {done.files} file(s), "
+            f"{done.rows:,} ticks, {size(done.bytes)} in {done.seconds:.2f} s"
+        )
+        if done.already:
+            line += f"; {done.already} hour(s) already archived (not written again)"
+        if done.rewritten:
+            line += f"; {done.rewritten} rolled up again since, archived anew"
+        if done.empty:
+            line += f"; {done.empty} with no tick left to archive (a manifest without files)"
+        out.append(Text(line))
+        if done.context_at_archive:
+            out.append(
+                warning(
+                    f"{done.context_at_archive} hour(s) were rolled up before etl kept their bar "
+                    "context: worked out when archived (docs/archive.md: Rebuilding)"
+                )
+            )
     out += [kept_partition(name, None, "FIRST_DAY", "DAY_AFTER") for name in result.kept]
     if result.future_ticks:
         out.append(
@@ -84,6 +105,56 @@ def rollup(result: RollupResult) -> list[RenderableType]:
         )
         for hour in result.skipped_hours
     ]
+    return out
+
+
+def rebuild(result: RebuildResult) -> list[RenderableType]:
+    if result.nothing:
+        return [Text(result.nothing)]
+    out: list[RenderableType] = [
+        kv_table(
+            f"bars rebuilt from {result.archive}",
+            [*labelled(result), ("seconds", f"{result.seconds:.2f}")],
+        ),
+        Text(f"staging files in the archive: {', '.join(result.staging_files)}"),
+    ]
+    if result.unrecorded:
+        out.append(
+            warning(
+                f"{result.unrecorded} archive file(s) in {result.looked_for} are named by no "
+                "manifest (a write a crash cut short, or not etl's): skipped"
+            )
+        )
+    return out
+
+
+def exported(result: ExportResult) -> list[RenderableType]:
+    out: list[RenderableType] = [
+        kv_table(
+            f"{result.width} bars, {result.looked_for}, as {result.format} in {result.out}",
+            [*labelled(result), ("seconds", f"{result.seconds:.2f}")],
+        )
+    ]
+    if result.empty:
+        out.append(warning(f"no bars in {result.looked_for} for {', '.join(result.empty)}"))
+    if result.unrecorded:
+        out.append(warning(f"{result.unrecorded} archive file(s) named by no manifest: skipped"))
+    out += [Text(f"wrote {path}") for path in result.files]
+    return out
+
+
+def ticks_exported(result: TickExportResult) -> list[RenderableType]:
+    out: list[RenderableType] = [
+        kv_table(
+            f"ticks, {result.looked_for}, as {result.format} in {result.out}",
+            [*labelled(result), ("seconds", f"{result.seconds:.2f}")],
+        )
+    ]
+    if result.empty:
+        out.append(Text(f"no {' or '.join(result.empty)} ticks archived for these symbols"))
+    if result.unrecorded:
+        out.append(warning(f"{result.unrecorded} archive file(s) named by no manifest: skipped"))
+    out += [Text(f"wrote {path}") for path in result.files]
     return out
 
 
@@ -211,6 +282,17 @@ def status(report: Status) -> RenderableType:
         row("warehouse", f"{wh.server}: unreachable (see problems)", "red")
     else:
         row("warehouse", f"{wh.server}: {wh.note or 'none yet'}")
+    ar = report.archive
+    if ar.enabled:
+        text = (
+            f"{ar.target}: {ar.hours} hour(s), {ar.files} file(s), {ar.rows:,} ticks, "
+            f"{size(ar.bytes)}; newest hour {ar.newest_hour or 'none'}"
+        )
+        if ar.unarchived_hours:
+            text += f"; {len(ar.unarchived_hours)} hour(s) rolled up, not archived yet"
+        row("archive", text, "yellow" if ar.overdue_hours else "")
+    elif ar.hours:
+        row("archive", f"off (ETL_ARCHIVE_DIR unset); {ar.hours} hour(s) archived before")
     if report.logs:
         row("logs", ", ".join(f"{k} {size(v)}" for k, v in report.logs.items()))
 

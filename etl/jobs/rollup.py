@@ -2,8 +2,13 @@
 
 Order matters for "no data loss": bars and their ledger rows commit together; only then are
 staged ticks of this staging file's ledger hours (older than ``raw_retention_h``) deleted, and
-only up to the last row the rollup read. A crash anywhere leaves either the old state or the new,
-and a rerun converges. The job returns a :class:`RollupResult`; the CLI draws it.
+only up to the last row the rollup read. With an archive (``archive_dir``), each of those hours is
+first written as Parquet and recorded in the staging file (:mod:`etl.staging.archive`), and only
+recorded hours are purged. A crash anywhere leaves either the old state or the new, and a rerun
+converges. The job returns a :class:`RollupResult`; the CLI draws it.
+
+:func:`run_rebuild` (``etl rollup --from-archive``) makes the bars again from the archive,
+through the same bar code, and writes them as a rollup would.
 """
 
 from __future__ import annotations
@@ -18,11 +23,20 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from etl.bars import hour_ledger, hourly_bars, trade_bars
+from etl.bars import hour_ledger, hourly_bars, trade_bars, trade_context
 from etl.config import Settings
+from etl.errors import ConfigError
 from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, ms, utc
 from etl.report import NoProgress, Progress, counted
 from etl.shutdown import fault_point
+from etl.staging.archive import (
+    Archive,
+    Archived,
+    HourFrames,
+    Manifest,
+    archive_hours,
+    check_recorded,
+)
 from etl.staging.store import Staging, open_staging
 from etl.warehouse.store import Warehouse, open_warehouse
 
@@ -51,6 +65,7 @@ class RollupResult:
     displaced: int = counted("bars of another staging file replaced")
     dropped: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    archive: Archived | None = None  # what the archiving before the purge did (None: no archive)
     future_ticks: int = 0
     skipped_hours: list[int] = field(default_factory=list)
     seconds: float = 0.0
@@ -139,12 +154,16 @@ class Rollup:
         *,
         progress: Progress | None = None,
         now: Callable[[], float] = time.time,
+        archive: Archive | None = None,
     ) -> None:
         self.settings = settings
         self.staging = staging
         self.wh = wh
         self.progress = progress or NoProgress()
         self.now = now
+        if archive is None and settings.archive_dir:
+            archive = Archive(settings.archive_dir)
+        self.archive = archive
 
     def run(
         self,
@@ -175,11 +194,24 @@ class Rollup:
             self._roll(groups, result)
             purge_before = utc(now_ms - int(settings.raw_retention_h * HOUR_MS))
             candidates = wh.purge_candidates(staging.id, purge_before)
+            if candidates and self.archive is not None:
+                # Nothing is purged that is not archived: a failure here raises, and the ticks
+                # stay staged for the next run.
+                result.archive = archive_hours(
+                    staging,
+                    self.archive,
+                    candidates,
+                    default_interval_s=settings.interval_s,
+                    now_ms=now_ms,
+                    crash=crash_point,
+                )
+                check_recorded(staging, self.archive, [hour for hour, _ in candidates])
             crash_point("before_purge")
             if candidates:
                 result.purged = staging.ticks.purge(candidates)
                 crash_point("after_purge")
                 wh.mark_purged(staging.id, [hour for hour, _ in candidates])
+                staging.archive_log.forget_context([hour for hour, _ in candidates])
             if apply_retention:
                 kept = wh.retention(settings.hourly_retention_d, dry_run=False)
                 result.dropped = kept.filter(pl.col("action") == "dropped")["partition"].to_list()
@@ -218,22 +250,27 @@ class Rollup:
         if "agg_id" in ticks.columns:  # trades are rolled up apart: rows with an id
             trades = ticks.filter(pl.col("agg_id").is_not_null())
             ticks = ticks.filter(pl.col("agg_id").is_null())
+        used = {hour: intervals.get(hour, self.settings.interval_s) for hour in group}
         bars = hourly_bars(
             ticks,
             ordered=True,  # staging reads come ordered by ts, seq
             symbols=window.symbols,
             interval_s=pl.col("bucket_ms").replace_strict(
-                intervals, default=self.settings.interval_s, return_dtype=pl.Float64
+                used, default=self.settings.interval_s, return_dtype=pl.Float64
             ),
         )
+        context = None
         if trades is not None and trades.height:
-            made = trade_bars(
+            context = trade_context(
                 trades,
-                window.symbols,
                 cursors=self.staging.trades.cursors(),
                 holes=self.staging.trades.holes(min(group), max(group) + HOUR_MS),
             )
+            made = trade_bars(trades, window.symbols, context=context)
             bars = pl.concat([bars, made], how="diagonal_relaxed")
+        # What these bars took from outside the ticks, kept before they commit: the archive
+        # carries it, so a bar rebuilt from the archive is this one (a rerun replaces it).
+        self.staging.archive_log.keep_context(used, context)
         bars = bars.with_columns(staging_id=pl.lit(self.staging.id))
         # The ledger counts every tick read, so a later read of the hour can tell it is intact.
         runs = hour_ledger(bars, started_at, max_seq=window.upto).with_columns(
@@ -309,3 +346,133 @@ def _hint(staging: Staging) -> str:
         return ": the file holds no ticks yet (`etl collect` fills it)"
     hours = staging.ticks.hour_sizes()
     return f"; its ticks span {iso(min(hours))} .. {iso(last)}"
+
+
+# -- rebuilding bars from the archive ----------------------------------------------------------
+
+
+@dataclass
+class RebuildResult:
+    """What ``etl rollup --from-archive`` did."""
+
+    archive: str = ""
+    looked_for: str = ""
+    hours: int = counted("archived hours read")
+    files: int = counted("files read, each checked against its sha256")
+    ticks: int = counted("ticks read")
+    made: int = counted("bars made")
+    bars: int = counted("bars written (new or changed)")
+    days: int = counted("daily rows refreshed")
+    lost: int = counted("bars kept out by a better bar already stored")
+    unrecorded: int = counted("files skipped: no manifest names them")
+    context_at_archive: int = counted(
+        "hours whose bar context was worked out when archived (rolled up before it was kept)"
+    )
+    staging_files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    nothing: str = ""
+
+
+def rebuilt_bars(hour: HourFrames) -> pl.DataFrame:
+    """The bars of an archived hour, made by the rollup's own code from the archived ticks and
+    the context the manifest carries (the poll interval; per symbol the trade context): equal,
+    bit for bit, to the bars the rollup made from the staged ticks."""
+    m = hour.manifest
+    names = (
+        pl.concat([hour.polls.select("symbol"), hour.trades.select("symbol")])
+        .unique()
+        .sort("symbol")
+        .with_row_index("sym", offset=1)
+        .with_columns(pl.col("sym").cast(pl.Int64))
+    )
+    parts = []
+    if hour.polls.height:
+        ticks = (
+            hour.polls.join(names, on="symbol")
+            .sort("ts", "seq")  # as the staging read comes: by ts, seq
+            .select("sym", "seq", "ts", "price")
+        )
+        parts.append(hourly_bars(ticks, ordered=True, symbols=names, interval_s=m.interval_s))
+    if hour.trades.height:
+        context = m.context.join(names, on="symbol").select(
+            "sym", bucket_ms=pl.lit(m.hour, pl.Int64), gaps="gaps", edges="edges", holed="holed"
+        )
+        trades = hour.trades.join(names, on="symbol").select(
+            "sym", "ts", "price", "agg_id", "qty", "trades"
+        )
+        parts.append(trade_bars(trades, names, context=context))
+    if not parts:
+        return pl.DataFrame()
+    return pl.concat(parts, how="diagonal_relaxed").with_columns(staging_id=pl.lit(m.staging_id))
+
+
+def run_rebuild(
+    settings: Settings,
+    *,
+    since_ms: int | None,
+    until_ms: int | None = None,
+    now: Callable[[], float] = time.time,
+    progress: Progress | None = None,
+) -> RebuildResult:
+    """Make the bars of every archived hour in ``[since, until)`` again, from the archive alone
+    (every file checked against its manifest's sha256 first: a damaged one stops the run, exit
+    2, naming it), and write them as the rollup does (the bar rule decides against what is
+    stored; the ledger and the staging file are not touched)."""
+    if not settings.archive_dir:
+        raise ConfigError("--from-archive needs an archive: set ETL_ARCHIVE_DIR (archive_dir)")
+    if since_ms is None:
+        raise ConfigError("--from-archive needs --since (and --until, default now)")
+    started = time.perf_counter()
+    archive = Archive(settings.archive_dir)
+    hi_ms = until_ms if until_ms is not None else ms(now())
+    result = RebuildResult(
+        archive=settings.archive_dir,
+        looked_for=f"archived hours from {iso(since_ms)} to {iso(hi_ms)}",
+    )
+    manifests = archive.manifests(since_ms, hi_ms)
+    result.unrecorded = len(archive.unrecorded(manifests, since_ms, hi_ms))
+    if not manifests:
+        result.nothing = (
+            f"no archived hour in {archive.target} from {iso(since_ms)} to {iso(hi_ms)}"
+        )
+        return result
+    # Check every file before writing anything (a damaged archive changes nothing), then read
+    # them again a chunk at a time (memory stays bounded whatever the range).
+    for m in manifests:
+        for entry in m.files:
+            archive.verify(entry)
+        result.files += len(m.files)
+    result.staging_files = sorted({f"{m.staging_name} ({m.staging_id})" for m in manifests})
+    bar = progress or NoProgress()
+    with open_warehouse(settings) as wh:
+        wh.migrate()
+        wh.ensure_partitions_ahead()
+        with wh.run_lock(lambda: log.info("another rollup is running; waiting for it")):
+            bar.start(len(manifests), "rebuilding hours from the archive")
+            try:
+                by_file: dict[str, list[Manifest]] = {}
+                for m in manifests:
+                    by_file.setdefault(m.staging_id, []).append(m)
+                for hours in by_file.values():
+                    for start in range(0, len(hours), settings.rollup_chunk_hours):
+                        chunk = [
+                            archive.read_hour(m)
+                            for m in hours[start : start + settings.rollup_chunk_hours]
+                        ]
+                        made = [b for b in map(rebuilt_bars, chunk) if b.height]
+                        for hour in chunk:
+                            result.ticks += hour.polls.height + hour.trades.height
+                            result.context_at_archive += hour.manifest.context_from != "rollup"
+                        if made:
+                            bars = pl.concat(made, how="diagonal_relaxed")
+                            written = wh.write_bars(bars)
+                            result.made += bars.height
+                            result.bars += written.bars
+                            result.days += written.days
+                            result.lost += written.lost_total
+                        result.hours += len(chunk)
+                        bar.advance(len(chunk), iso(chunk[-1].manifest.hour))
+            finally:
+                bar.finish()
+    result.seconds = time.perf_counter() - started
+    return result

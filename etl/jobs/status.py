@@ -85,6 +85,24 @@ class WarehouseStatus:
 
 
 @dataclass
+class ArchiveStatus:
+    """The Parquet archive, as this staging file recorded it (no listing of the target)."""
+
+    enabled: bool = False
+    target: str | None = None
+    hours: int = 0
+    files: int = 0
+    rows: int = 0
+    bytes: int = 0
+    newest_hour: str | None = None
+    # rolled up, ticks still staged, not archived yet (the purge archives them first)
+    unarchived_hours: list[str] = field(default_factory=list)
+    # ... of those, the ones past raw_retention_h: the purge is waiting for the archive
+    overdue_hours: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+
+@dataclass
 class Status:
     checked_at: str
     health: str
@@ -92,6 +110,7 @@ class Status:
     problems: list[str]
     staging: StagingStatus
     warehouse: WarehouseStatus
+    archive: ArchiveStatus = field(default_factory=ArchiveStatus)
     logs: dict[str, int] = field(default_factory=dict)
     # A demo's data dir (`etl demo`, `etl seed-demo`): its advice never points at the exchange.
     demo: bool = False
@@ -232,6 +251,43 @@ def _missing(
     }
 
 
+def archive_status(
+    settings: Settings, staging: Staging | None, wh: Warehouse | None, now_ms: int
+) -> ArchiveStatus:
+    """What this staging file archived, and the hours rolled up (in ``wh``'s ledger, ticks
+    still staged) that are not archived yet; overdue once past ``raw_retention_h``."""
+    out = ArchiveStatus(enabled=bool(settings.archive_dir), target=settings.archive_dir)
+    if staging is None:
+        return out
+    done = staging.archive_log.summary()
+    out.hours, out.files, out.rows, out.bytes = (
+        done["hours"],
+        done["files"],
+        done["rows"],
+        done["bytes"],
+    )
+    out.newest_hour = iso_or_none(done["newest_hour_ms"])
+    if not out.enabled or wh is None:
+        return out
+    ledger = wh.ledger(staging.id)
+    archived = staging.archive_log.archived()
+    waiting = sorted(
+        int(h)
+        for h, purged in zip(ledger["hour_ms"], ledger["purged"], strict=True)
+        if not purged and int(h) not in archived
+    )
+    due = now_ms - int(settings.raw_retention_h * HOUR_MS) - ROLLUP_OVERDUE_MS
+    out.unarchived_hours = [iso(h) for h in waiting]
+    out.overdue_hours = [iso(h) for h in waiting if h + HOUR_MS <= due]
+    if out.overdue_hours:
+        out.problem = (
+            f"{len(out.overdue_hours)} hour(s) rolled up and past raw_retention_h are not "
+            f"archived (oldest {out.overdue_hours[0]}): their ticks stay staged until the "
+            f"archive at {out.target} takes them; see the last rollup's error"
+        )
+    return out
+
+
 def log_sizes(settings: Settings) -> dict[str, int]:
     """Bytes of every log the pipeline writes under the data dir."""
     return {str(path): path.stat().st_size for path in settings.paths.logs()}
@@ -242,6 +298,7 @@ def problems_of(
     wh: WarehouseStatus,
     settings: Settings,
     demo: dict[str, Any] | None = None,
+    archive: ArchiveStatus | None = None,
 ) -> tuple[list[str], list[str]]:
     """Every condition a supervisor should hear about, in words, with what to do; and the
     notes, worth saying but no problem. In a demo's data dir (``demo``: what its marker says)
@@ -265,6 +322,8 @@ def problems_of(
         )
     elif st.problem:
         out.append(st.problem)
+    if archive is not None and archive.problem:
+        out.append(archive.problem)
     if wh.problem:
         out.append(wh.problem)
     limit = 3 * (st.interval_s or settings.interval_s)
@@ -366,6 +425,7 @@ def gather(settings: Settings, now: float | None = None) -> Status:
     now_ms = ms(now)
     unreachable = False
     staging: Staging | None = None
+    ars = ArchiveStatus(enabled=bool(settings.archive_dir), target=settings.archive_dir)
     try:
         staging = open_staging(settings, create=False)
         st = staging_status(staging, settings, now_ms)
@@ -379,18 +439,21 @@ def gather(settings: Settings, now: float | None = None) -> Status:
         try:
             with open_warehouse(settings, create=False, statement_timeout_s=30) as wh:
                 whs = warehouse_status(wh, settings, staging, now_ms)
+                ars = archive_status(settings, staging, wh if whs.exists else None, now_ms)
         except NothingStaged as exc:  # not made yet: a problem only once hours wait for it
             whs = WarehouseStatus(server=settings.masked_dsn, note=str(exc))
+            ars = archive_status(settings, staging, None, now_ms)
             if staging is not None:
                 _pending(whs, staging, now_ms)
         except DependencyError as exc:
             unreachable = True
             whs = WarehouseStatus(server=settings.masked_dsn, problem=str(exc))
+            ars = archive_status(settings, staging, None, now_ms)
     finally:
         if staging is not None:
             staging.close()
     demo = settings.paths.demo_info()
-    problems, notes = problems_of(st, whs, settings, demo)
+    problems, notes = problems_of(st, whs, settings, demo, ars)
     code = ExitCode.UNAVAILABLE if unreachable else ExitCode.DEGRADED if problems else ExitCode.OK
     return Status(
         checked_at=iso(now_ms),
@@ -399,6 +462,7 @@ def gather(settings: Settings, now: float | None = None) -> Status:
         problems=problems,
         staging=st,
         warehouse=whs,
+        archive=ars,
         logs=log_sizes(settings),
         demo=demo is not None,
         notes=notes,

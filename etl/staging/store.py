@@ -9,7 +9,8 @@ Outside tools read and write the view ``ticks(symbol, ts, price)`` (``ts`` in ep
 UTC). The parts, each of its own module: :class:`~etl.staging.ticks.Ticks` (tick rows, the hourly
 window, the purge), :class:`~etl.staging.trades.Trades` (trade rows, cursors, holes),
 :class:`~etl.staging.state.State` (bans, weights, intervals, the last rollup),
-:class:`~etl.staging.quarantine.Quarantine` (rows that cannot be ticks) and
+:class:`~etl.staging.quarantine.Quarantine` (rows that cannot be ticks),
+:class:`~etl.staging.archive_log.ArchiveLog` (what is archived, and the bars' context) and
 :class:`~etl.staging.lock.WriterLock` (one collector per file); the file itself, its
 transactions and checks are :class:`~etl.staging.db.StagingDb` (``st.db``).
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from etl.config import Settings
 from etl.errors import ConfigError
 from etl.staging import schema
+from etl.staging.archive_log import ArchiveLog
 from etl.staging.db import StagingDb
 from etl.staging.lock import WriterLock
 from etl.staging.quarantine import Quarantine
@@ -72,6 +74,7 @@ class Staging:
         self.ticks = Ticks(self.db, self.quarantine)
         self.trades = Trades(self.db)
         self.state = State(self.db)
+        self.archive_log = ArchiveLog(self.db)
 
     def read_hours(
         self, hours: Sequence[int], *, threads: int = 2, trades: bool | None = None

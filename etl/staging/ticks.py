@@ -217,6 +217,30 @@ class Ticks:
         finally:
             conn.close()
 
+    def hour_rows(self, hour: int, max_seq: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Every staged row of the hour starting at ``hour`` up to row ``max_seq`` (what a rollup
+        with that ledger ``max_seq`` read, and what the purge would delete), with every staged
+        column, ordered by ``seq``: the poll ticks ``seq, sym, ts, price`` and the trades ``seq,
+        sym, ts, price, agg_id, qty, trades``. (Two reads: the SQLite driver types a column by
+        the values of its first rows, and a trade's columns are NULL in a poll tick.)"""
+        bounds = (hour, hour + HOUR_MS, max_seq)
+        where = "WHERE ts >= ? AND ts < ? AND seq <= ?"
+        polls = self._rows(
+            {"seq": pl.Int64, **WINDOW_SCHEMA}, f"{where} AND agg_id IS NULL", bounds
+        )
+        trades = self._rows(
+            {"seq": pl.Int64, **TRADE_WINDOW_SCHEMA}, f"{where} AND agg_id IS NOT NULL", bounds
+        )
+        return polls, trades
+
+    def _rows(self, schema: dict[str, Any], where: str, params: Sequence[Any]) -> pl.DataFrame:
+        with self.db.cursor() as cur:
+            cur.execute(f"SELECT {', '.join(schema)} FROM tick_rows {where} ORDER BY seq", params)
+            table = cur.fetch_arrow_table()
+        if table.num_rows == 0:
+            return pl.DataFrame(schema=schema)
+        return pl.from_arrow(table).cast(schema)  # type: ignore[union-attr, arg-type]
+
     def count_between(self, lo_ms: int | None, hi_ms: int | None, max_seq: int = NO_UPPER) -> int:
         """Ticks with ``lo_ms <= ts < hi_ms`` (either bound open when ``None``) up to row
         ``max_seq``: with a ledger's ``max_seq``, what that rollup read, unless some were purged."""

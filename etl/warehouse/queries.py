@@ -130,6 +130,15 @@ FROM syms s
 LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket >= $2 AND m.bucket < $3
 GROUP BY s.symbol ORDER BY s.symbol
 """
+# Hourly bars and their coverage, for exports of any width (etl/resample.py aggregates them).
+EXPORT_BARS_SQL = """
+SELECT symbol, bucket, open, high, low, close, mean, samples, volume, quote_volume, trades,
+       ids_missing::bigint AS ids_missing, source,
+       etl_bar_coverage(source, samples, interval_s, $1, ids_missing) AS coverage
+FROM metrics_hourly
+WHERE bucket >= $2 AND bucket < $3 AND symbol = ANY(string_to_array($4, ','))
+ORDER BY symbol, bucket
+"""
 COVERAGE_GRID_SQL = """
 WITH syms AS (SELECT unnest(string_to_array($4, ',')) AS symbol),
 hours AS (SELECT generate_series(date_trunc('hour', $2::timestamptz),

@@ -39,6 +39,7 @@ from etl.warehouse.queries import (
     COVERAGE_GRID_SQL,
     COVERAGE_SQL,
     ENSURE_STAGED_PARTITIONS,
+    EXPORT_BARS_SQL,
     HOURLY_COLUMNS,
     MISSING_SQL,
     REFRESH_STAGED_DAYS,
@@ -484,6 +485,13 @@ class Warehouse:
             f"AND symbol = ANY(string_to_array($3, ',')) {where} ORDER BY symbol, {column}",
             [*params, source] if source else params,
         )
+
+    def bars_with_coverage(
+        self, symbols: Sequence[str], lo: datetime, hi: datetime
+    ) -> pl.DataFrame:
+        """Hourly bars of ``symbols`` in ``[lo, hi)`` with each bar's coverage by the bar rule
+        (``etl_bar_coverage``), by symbol and hour: what wider bars are made from."""
+        return self.query(EXPORT_BARS_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
 
     def count_bars(self, symbols: Sequence[str], since: datetime) -> int:
         return int(
