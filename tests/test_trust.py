@@ -403,21 +403,26 @@ def test_every_command_answers_a_signal_within_5_s_even_inside_libpq(
     now_hour = hour_floor(int(time.time() * 1000))
     seed_ticks(settings.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=10)
     env = etl_env(replace(settings, pg_dsn=silent_dsn(silent_port)), ETL_PG_CONNECT_TIMEOUT_S="120")
-    for args in (["rollup"], ["status"]):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "etl", *args],
+    # Both at once: each waits in libpq's connect to a server that never answers.
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "etl", name],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(2.0)  # inside libpq's connect by now
-        assert proc.poll() is None
-        sent = time.monotonic()
+        for name in ("rollup", "status")
+    }
+    time.sleep(2.0)  # inside libpq's connect by now
+    assert all(proc.poll() is None for proc in procs.values())
+    sent = time.monotonic()
+    for proc in procs.values():
         proc.send_signal(signum)
+    for name, proc in procs.items():
         _, err = proc.communicate(timeout=10)
-        assert time.monotonic() - sent < 5, args
-        assert proc.returncode == 128 + signum, (args, err)
+        assert time.monotonic() - sent < 5, name
+        assert proc.returncode == 128 + signum, (name, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
