@@ -143,7 +143,7 @@ def installed(built: Built) -> Iterator[Installed]:
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment of a user's shell: no ETL_* settings, nothing of the checkout on the
     path, no virtual environment but the one whose command is run."""
-    drop = ("ETL_", "PYTHON", "VIRTUAL_ENV", "TEST_PG")
+    drop = ("ETL_", "PYTHON", "VIRTUAL_ENV", "TEST_PG", "COLUMNS", "LINES")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env["PATH"] = os.pathsep.join(
         p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(ROOT))

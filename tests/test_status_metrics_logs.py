@@ -367,6 +367,7 @@ def closed_by_server(sock: socket.socket, within: float) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_flood_of_idle_connections_and_a_burst_of_scrapes_add_no_thread(
     settings: Settings,
 ) -> None:

@@ -150,6 +150,7 @@ def assert_bars_are_the_candles(settings: Settings, ex: FakeExchange, hours: lis
     assert vwap.max() < 1e-9  # type: ignore[operator]
 
 
+@pytest.mark.slow
 def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
     trading: Trading, hour: int
 ) -> None:
@@ -210,6 +211,7 @@ def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
         assert recon[f"{field}_bps"].to_list() == [0.0] * recon.height  # the candle itself
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_collector_mid_stream_then_a_restart_gives_the_same_bars(
     trading: Trading, hour: int
 ) -> None:
@@ -247,6 +249,7 @@ def test_settings_source_and_ws_url(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "poll, trades" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_hole_rest_cannot_fill_is_recorded_reported_and_backfilled_from_klines(
     trading: Trading, hour: int
 ) -> None:
@@ -333,6 +336,7 @@ def staged_ids(path: Path) -> dict[str, list[int]]:
     return out
 
 
+@pytest.mark.slow
 def test_a_stream_in_spaced_json_gives_bars_equal_to_the_candles(
     settings: Settings, pg_dsn: str, hour: int
 ) -> None:
