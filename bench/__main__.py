@@ -17,6 +17,9 @@ Parts:
 5. archive: an hour of 3,000 symbols (polls at 5 s; 300 trades each) archived as Parquet the way
    the rollup does before a purge: seconds per hour, bytes per tick against the staging file's,
    and the same hour written one file per symbol.
+7. the command line: ``etl --help``, ``etl status --help``, ``etl --version``, ``etl status``
+   and a no-op ``etl rollup`` as whole processes against ``python -c pass``; ``etl status`` on
+   the embedded server held up by another process, and from cold.
 
 Every figure is min / median / max of ``--runs`` runs (default 5), ours and the baselines
 alternating. ``--quick`` is a smoke run: 2 runs unless ``--runs`` is given, no 24-hour backlog,
@@ -72,7 +75,7 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--part", choices=["1", "2", "3", "4", "5", "all"], default="all")
+    parser.add_argument("--part", choices=["1", "2", "3", "4", "5", "7", "all"], default="all")
     parser.add_argument("--runs", type=int, help="runs per figure (default 5, --quick 2)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (see above)")
     args = parser.parse_args()
@@ -108,6 +111,11 @@ def main() -> None:
 
         results = archive_bench.run(runs=runs)
         print("\n" + "\n".join(archive_bench.report(results)), flush=True)
+    if args.part in ("7", "all"):
+        from bench import cli_bench
+
+        results = cli_bench.run(runs=max(runs, 10))
+        print("\n" + "\n".join(cli_bench.report(results)), flush=True)
     print(f"\nbench took {time.perf_counter() - started:.0f} s", flush=True)
 
 
