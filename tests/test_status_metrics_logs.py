@@ -237,6 +237,10 @@ def test_prometheus_metrics_scraped_while_collecting(settings: Settings) -> None
     assert samples[("etl_staging_bytes", ())] > 0
     assert samples[("etl_quarantined_rows", ())] == 0
     assert ("etl_rollup_runs_total", (("result", "failed"),)) in samples
+    names = {name for name, _ in samples}
+    # only what a poll collector can move: no trade series, no `_created` twin of a counter
+    assert not {n for n in names if n.startswith(("etl_trade", "etl_stream"))}, names
+    assert not {n for n in names if n.endswith("_created")}, names
 
 
 def test_the_last_rollup_success_outlives_a_restart_and_a_failure(tmp_path: Path) -> None:

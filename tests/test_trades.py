@@ -194,6 +194,10 @@ def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
     }
     assert metric["etl_ticks_stored_total"] > 1000 and metric["etl_trades_caught_up_total"] > 0
     assert metric["etl_trade_stream_reconnects_total"] >= 3
+    # batches of trades, not polls: no poll series, and no `_created` twin of a counter
+    assert metric["etl_trade_batches_total"] == metric["etl_trade_batch_duration_seconds_count"] > 0
+    assert not [name for name in metric if name.startswith(("etl_polls", "etl_poll_"))]
+    assert not [name for name in metric if "_created" in name]
     drawn = screen.getvalue()  # the live table: trades per second, last trade time, lag
     for header in ("trades/s", "trades this hour", "last trade", "lag", "BTCUSDT"):
         assert header in drawn, header
