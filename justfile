@@ -30,7 +30,7 @@ retention *args:
 # The whole test suite (what CI runs), after the lint gate: three workers (most tests wait on
 # processes, sockets and servers more than they compute; docs/testing.md has the figures).
 test *args: lint
-    python -m pytest -n 3 --dist worksteal {{args}}
+    python -m pytest -n 3 --dist worksteal --durations=20 {{args}}
 
 # Everything but the tests marked slow (builds, installs, long stories): the quick loop.
 test-fast *args: lint
