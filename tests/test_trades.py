@@ -30,8 +30,10 @@ from rich.console import Console
 from etl.collect.loop import Collector
 from etl.collect.view import CollectorView
 from etl.config import Settings, load_settings
+from etl.exchange.client import BinanceClient
 from etl.exchange.fake.rest import FakeExchange
 from etl.exchange.fake.stream import StreamRules
+from etl.exchange.governor import WeightGovernor
 from etl.exchange.stream import DeliveryProof, StreamTimings
 from etl.hours import HOUR_MS, hour_floor, iso, utc
 from etl.jobs.reconcile import run_reconcile
@@ -590,3 +592,97 @@ def test_a_first_start_rest_cannot_fetch_is_said_and_starts_at_the_first_trade_s
         assert f"id {first} at" in warning, warning
         (trade,) = [t for t in ex.market.agg_trades(symbol, from_id=first, limit=1)]
         assert cursors[symbol]["since_ms"] == trade.T  # complete from that trade, not before
+
+
+# Binance's documented limits (WebSocket Streams and the REST API's General info / LIMITS):
+# at most 1024 streams on one connection, 5 incoming messages a second on a connection, 300
+# connection attempts per 5 minutes from one IP, and 6,000 request weight per minute.
+BINANCE_MAX_STREAMS = 1024
+BINANCE_MAX_MESSAGES_PER_S = 5
+BINANCE_MAX_CONNECTION_ATTEMPTS_5MIN = 300
+BINANCE_WEIGHT_PER_MINUTE = 6000
+MANY = 3000  # valid symbols on the trade source
+
+
+@pytest.mark.slow
+def test_3000_symbols_on_the_trade_source_stay_within_binance_limits(settings: Settings) -> None:
+    """3,000 symbols: three connections of at most 1024 streams, no control-message burst, and a
+    first start's catch-up (one aggTrades request of weight 4 per symbol: twice what a minute
+    allows) spread by the weight governor over the minutes it needs, with no 429 and no trade
+    lost. The exchange's clock (and the governor's minute with it) runs at 10 times real time,
+    so four minutes of catch-up take half a minute."""
+    now = time.time()
+    hour = hour_floor(int(now * 1000)) - 3 * HOUR_MS
+    clock = FastClock(hour / 1000 + 50 * 60, speed=10.0)  # 50 minutes into a closed hour
+    rules = StreamRules(max_lifetime=3600.0)
+    with FakeExchange(MANY, trades_per_minute=2, history_days=0.5, clock=clock, ws=rules) as ex:
+        symbols = tuple(ex.market.symbols)
+        assert len(symbols) == MANY
+        cfg = replace(
+            settings, symbols=symbols, binance_url=ex.url, ws_url=ex.ws_url, source="trades"
+        )
+        governor = WeightGovernor(budget=cfg.weight_budget, clock=clock)
+        client = BinanceClient(ex.url, governor=governor)
+        collector = Collector(
+            cfg, rollup=False, client=client, trade_options={"exchange_clock": clock}
+        )
+        done = threading.Thread(target=collector.run, daemon=True)
+        done.start()
+        # The first trade of the hour the collector started in, per symbol: where its
+        # catch-up must begin.
+        start_of = {s: ex.market.last_trade_id(s, hour - 1) + 1 for s in symbols}
+        deadline = time.monotonic() + 300  # about 35 s alone, longer beside other tests
+        while True:
+            assert time.monotonic() < deadline, "the catch-up of 3,000 symbols did not end"
+            time.sleep(2.0)
+            ids = staged_frame(cfg.staging_path)
+            if ids.height == MANY and ids["first"].to_list() == [
+                start_of[s] for s in ids["symbol"]
+            ]:
+                break
+        assert ex.stream is not None
+        connections = ex.stream.connections  # before the stop closes them
+        closes = list(ex.stream.closes)
+        collector.stop.set()
+        done.join(60)
+        assert not done.is_alive()
+        requests_seen = ex.requests
+        max_weight = ex.max_weight_used()
+        violations = ex.violations
+    ids = staged_frame(cfg.staging_path)
+    # every symbol staged from the first trade of the hour on, not one id missing or twice
+    assert ids.height == MANY and set(ids["symbol"]) == set(symbols)
+    assert ids.filter(pl.col("count") != pl.col("last") - pl.col("first") + 1).is_empty(), ids
+    assert collector.stats.holes == 0 and collector.stats.caught_up >= MANY
+    # the streams: ceil(3000 / 1024) connections, each within the limits
+    groups = -(-MANY // BINANCE_MAX_STREAMS)
+    assert [c.open for c in connections].count(True) == groups, connections
+    assert all(len(c.streams) <= BINANCE_MAX_STREAMS for c in connections)
+    assert {s for c in connections if c.open for s in c.streams} == {
+        f"{s.lower()}@aggTrade" for s in symbols
+    }
+    assert len(connections) < BINANCE_MAX_CONNECTION_ATTEMPTS_5MIN
+    assert not [c for c in closes if c.why == "too many messages"], closes
+    # the catch-up: 3,000 requests of weight 4, never past the minute's limit, never refused
+    agg = [r for r in requests_seen if r.path == "/api/v3/aggTrades"]
+    assert len(agg) >= MANY
+    assert max_weight <= BINANCE_WEIGHT_PER_MINUTE, max_weight
+    assert not [r for r in requests_seen if r.status in (418, 429)] and violations == 0
+
+
+def staged_frame(path: Path) -> pl.DataFrame:
+    """Per staged symbol: its first and last trade id and how many trades. Read through the
+    collector's own SQLite (ADBC's): a second copy of SQLite in the process, the standard
+    library's, would drop the collector's POSIX locks on the file when it closes."""
+    import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+    with (
+        contextlib.closing(adbc_sqlite.connect(f"file:{path}?mode=ro", autocommit=True)) as db,
+        contextlib.closing(db.cursor()) as cur,
+    ):
+        cur.execute(
+            "SELECT s.symbol, min(t.agg_id) AS first, max(t.agg_id) AS last, count(*) AS count "
+            "FROM tick_rows t JOIN symbols s ON s.id = t.sym WHERE t.agg_id IS NOT NULL "
+            "GROUP BY s.symbol ORDER BY s.symbol"
+        )
+        return pl.from_arrow(cur.fetch_arrow_table())  # type: ignore[return-value]
