@@ -27,13 +27,14 @@ db-init:
 retention *args:
     etl retention {{args}}
 
-# The whole test suite (what CI runs), after the lint gate.
+# The whole test suite (what CI runs), after the lint gate: three workers (most tests wait on
+# processes, sockets and servers more than they compute; docs/testing.md has the figures).
 test *args: lint
-    python -m pytest {{args}}
+    python -m pytest -n 3 --dist worksteal --durations=20 {{args}}
 
 # Everything but the tests marked slow (builds, installs, long stories): the quick loop.
 test-fast *args: lint
-    python -m pytest -m "not slow" {{args}}
+    python -m pytest -n 3 --dist worksteal -m "not slow" {{args}}
 
 # ruff check and ruff format --check.
 lint:

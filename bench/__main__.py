@@ -1,4 +1,4 @@
-"""``python -m bench [--part 1|2|3|4|5|6|all] [--runs N] [--quick]``: figures and ratios against
+"""``python -m bench [--part 1|2|3|4|5|6|7|all] [--runs N] [--quick]``: figures and ratios against
 baselines measured in the same run.
 
 Parts:
@@ -23,6 +23,9 @@ Parts:
    same bars as Parquet hive-partitioned by month; bytes per bar, ``etl status`` with 120+
    partitions, retention's drop, the rollup's write with and without a trigger on the bars, and the
    3,000 symbols x 10 years projection.
+7. the command line: ``etl --help``, ``etl status --help``, ``etl --version``, ``etl status``
+   and a no-op ``etl rollup`` as whole processes against ``python -c pass``; ``etl status`` on
+   the embedded server held up by another process, and from cold.
 
 Every figure is min / median / max of ``--runs`` runs (default 5), ours and the baselines
 alternating. ``--quick`` is a smoke run: 2 runs unless ``--runs`` is given, no 24-hour backlog,
@@ -79,7 +82,7 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--part", choices=["1", "2", "3", "4", "5", "6", "all"], default="all")
+    parser.add_argument("--part", choices=["1", "2", "3", "4", "5", "6", "7", "all"], default="all")
     parser.add_argument("--runs", type=int, help="runs per figure (default 5, --quick 2)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (see above)")
     args = parser.parse_args()
@@ -120,6 +123,11 @@ def main() -> None:
 
         results = history_bench.run(runs=args.runs or (5 if args.quick else 20), quick=args.quick)
         print("\n" + "\n".join(history_bench.report(results)), flush=True)
+    if args.part in ("7", "all"):
+        from bench import cli_bench
+
+        results = cli_bench.run(runs=max(runs, 10))
+        print("\n" + "\n".join(cli_bench.report(results)), flush=True)
     print(f"\nbench took {time.perf_counter() - started:.0f} s", flush=True)
 
 

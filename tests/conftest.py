@@ -179,7 +179,13 @@ def pgs(settings: Settings, pg_dsn: str) -> Settings:
 
 
 def etl_env(settings: Settings | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    # No terminal size either: pytest-xdist's workers inherit COLUMNS=80, and a test that wants
+    # a width says so.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ETL_") and k not in ("COLUMNS", "LINES")
+    }
     if settings is not None:
         env.update(settings.env())
     env.update(extra)

@@ -10,6 +10,8 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -389,29 +391,52 @@ def _free_port() -> int:
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """moto's S3 in server mode on 127.0.0.1, standing in for Amazon S3 (or MinIO, R2, ...):
-    the same HTTP API, reached through the usual AWS variables. The AWS variables of the test
-    process and its children point at it."""
-    moto_server = pytest.importorskip("moto.server", reason="moto[s3] is in the dev extras")
+    """moto's S3 server on 127.0.0.1, standing in for Amazon S3 (or MinIO, R2, ...): the same
+    HTTP API, reached through the usual AWS variables, in its own process as a real store
+    would be. The AWS variables of the test process and its children point at it."""
+    pytest.importorskip(
+        "moto.server", reason="moto[s3], flask and flask-cors are in the dev extras"
+    )
     boto3 = pytest.importorskip("boto3", reason="boto3 is in the dev extras")
     port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(key, raising=False)
-    boto3.client("s3").create_bucket(Bucket="ticks")
+    # Its own process, not moto's ThreadedMotoServer inside pytest: in this process, on a busy
+    # machine, moto answered every CompleteMultipartUpload with a root element Arrow rightly
+    # takes for an error (seen in CI, reproduced under load, never with a separate server).
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+        _wait_for_port(port, server)
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            monkeypatch.delenv(key, raising=False)
+        boto3.client("s3").create_bucket(Bucket="ticks")
         yield env
     finally:
-        server.stop()
+        server.kill()
+        server.wait()
+
+
+def _wait_for_port(port: int, server: subprocess.Popen[bytes], within_s: float = 60.0) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the moto S3 server exited with {server.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"the moto S3 server did not listen on 127.0.0.1:{port} within {within_s:.0f} s")
 
 
 def test_an_s3_archive_is_written_read_back_and_rebuilds_the_bars(

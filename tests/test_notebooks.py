@@ -214,6 +214,7 @@ def check_analysis(summary: dict[str, Any], dsn: str) -> None:
     assert colorbar["colorbar"] and "correlation" in colorbar["ylabel"]
 
 
+@pytest.mark.slow
 def test_notebooks_chart_every_symbol_over_the_chosen_range(
     settings: Settings, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -302,6 +303,7 @@ def test_without_history_the_first_cell_stops_with_one_sentence(
         assert tables["n"][0] == 0
 
 
+@pytest.mark.slow
 def test_etl_notebook_execute_runs_every_notebook_headless_with_a_relative_data_dir(
     open_dir: Path,
 ) -> None:

@@ -458,6 +458,7 @@ def test_the_hourly_rollups_log_rotates_and_stays_under_its_bound(
     assert sum(sizes) % run_bytes == 0  # whole runs only: rotation never cuts one
 
 
+@pytest.mark.slow
 def test_every_log_of_the_embedded_server_stays_under_its_bound(open_dir: Path) -> None:
     """A day of hourly rollups (each starts and stops the server), a chatty server now and then,
     and a data dir from before the bound whose log had grown for years."""
@@ -515,6 +516,7 @@ def many_symbols() -> list[str]:
     return [f"S{i:04d}USDT" for i in range(3000)]
 
 
+@pytest.mark.slow
 def test_the_staging_file_levels_off_at_one_retention_window(
     settings: Settings, pg_dsn: str, many_symbols: list[str]
 ) -> None:

@@ -1,10 +1,6 @@
-"""Trust under real operation: what broke when the pipeline was run for real and attacked, each
-kept as a test. Real PostgreSQL, real SQLite files, real processes and signals; outside tools are
+"""The staging file: its identity and name, where it may live, the rows it refuses, WAL mode, its
+upgrade in place, and what ``etl status`` reads from it. Real SQLite files; outside tools are
 played by a child process using Python's own sqlite3 module.
-
-Sections follow the promises in the README's "Guarantees": staging identity and many files per
-warehouse, one collector per file, no hangs, bad staged rows quarantined, a corrupt file refused,
-one-line errors, values refused, deterministic daily bars, a ban that survives a crash.
 """
 
 from __future__ import annotations
@@ -85,3 +81,25 @@ def test_a_staging_file_of_the_release_before_trades_upgrades_in_place_keeping_e
         st.ticks.append(["BTCUSDT"], [1.0], 1_767_231_000_000)  # poll ticks go on as before
     with Staging(path) as st:
         assert st.upgraded_from is None and st.ticks.count() == 271
+
+
+def test_the_newest_tick_of_each_wanted_symbol_is_found_however_long_ago_it_came(
+    tmp_path: Path,
+) -> None:
+    """What `etl status` shows per symbol. Looking back in widening windows from the newest tick
+    must give the same times as reading the whole range: for symbols ticking now (found in the
+    last minute) and for one quiet for three hours (found only in a wider window)."""
+    now = 1_795_000_000_000
+    with Staging(tmp_path / "t.sqlite3") as st:
+        for k in range(60):  # a poll every 5 s for the last 5 minutes
+            st.ticks.append(["AAAUSDT", "BBBUSDT"], [1.0, 2.0], now - k * 5_000)
+        st.ticks.append(["QUIETUSDT"], [3.0], now - 3 * 3_600_000)
+        st.ticks.append(["OLDUSDT"], [4.0], now - 30 * 3_600_000)  # before the range
+        since = now - 24 * 3_600_000
+        whole = st.ticks.last_ticks(since, now)
+        assert whole == {"AAAUSDT": now, "BBBUSDT": now, "QUIETUSDT": now - 3 * 3_600_000}
+        for wanted in (["AAAUSDT"], ["AAAUSDT", "QUIETUSDT"], ["OLDUSDT", "BBBUSDT"]):
+            found = st.ticks.last_ticks(since, now, wanted=wanted)
+            assert {s: found.get(s) for s in wanted} == {s: whole.get(s) for s in wanted}
+        # The symbols ticking now are answered from the last minute alone.
+        assert st.ticks.last_ticks(since, now, wanted=["AAAUSDT"]).keys() == {"AAAUSDT", "BBBUSDT"}

@@ -150,6 +150,7 @@ def assert_bars_are_the_candles(settings: Settings, ex: FakeExchange, hours: lis
     assert vwap.max() < 1e-9  # type: ignore[operator]
 
 
+@pytest.mark.slow
 def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
     trading: Trading, hour: int
 ) -> None:
@@ -193,6 +194,10 @@ def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
     }
     assert metric["etl_ticks_stored_total"] > 1000 and metric["etl_trades_caught_up_total"] > 0
     assert metric["etl_trade_stream_reconnects_total"] >= 3
+    # batches of trades, not polls: no poll series, and no `_created` twin of a counter
+    assert metric["etl_trade_batches_total"] == metric["etl_trade_batch_duration_seconds_count"] > 0
+    assert not [name for name in metric if name.startswith(("etl_polls", "etl_poll_"))]
+    assert not [name for name in metric if "_created" in name]
     drawn = screen.getvalue()  # the live table: trades per second, last trade time, lag
     for header in ("trades/s", "trades this hour", "last trade", "lag", "BTCUSDT"):
         assert header in drawn, header
@@ -210,6 +215,7 @@ def test_trades_through_every_stream_fault_give_bars_equal_to_the_candles(
         assert recon[f"{field}_bps"].to_list() == [0.0] * recon.height  # the candle itself
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_collector_mid_stream_then_a_restart_gives_the_same_bars(
     trading: Trading, hour: int
 ) -> None:
@@ -247,6 +253,7 @@ def test_settings_source_and_ws_url(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "poll, trades" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_hole_rest_cannot_fill_is_recorded_reported_and_backfilled_from_klines(
     trading: Trading, hour: int
 ) -> None:
@@ -333,6 +340,7 @@ def staged_ids(path: Path) -> dict[str, list[int]]:
     return out
 
 
+@pytest.mark.slow
 def test_a_stream_in_spaced_json_gives_bars_equal_to_the_candles(
     settings: Settings, pg_dsn: str, hour: int
 ) -> None:

@@ -449,6 +449,7 @@ print("stopped" if stopped else "not stopped", flush=True)
     assert (proc.returncode, proc.stdout.strip()) == (0, "stopped"), proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_collector_waiting_on_an_exchange_that_never_answers_stops_within_5_s(
     settings: Settings, exchange, signum: int

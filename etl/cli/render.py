@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # only the types: a command loads the jobs it runs, not every
     from etl.jobs.retention import RetentionResult
     from etl.jobs.rollup import RebuildResult, RollupResult
     from etl.jobs.status import Status
-    from etl.jobs.versions import Versions
 
 
 def warning(message: str) -> Text:
@@ -326,13 +325,6 @@ def status(report: Status) -> RenderableType:
 
 def lines(items: Sequence[RenderableType]) -> Group:
     return Group(*items)
-
-
-def versions(found: Versions) -> list[str]:
-    schema = found.schema or found.note
-    if found.schema and found.applied_by:
-        schema += f" (applied by etl {found.applied_by})"
-    return [f"etl {found.package}", f"warehouse schema: {schema} [{found.warehouse}]"]
 
 
 def db_init(done: Initialised) -> list[RenderableType]:

@@ -358,7 +358,7 @@ class Collector:
 
     def _serve_metrics(self, staging: Staging) -> MetricsServer:
         """Start ``/metrics`` (Prometheus); returns the server, to shut down on the way out."""
-        self.instruments = CollectorMetrics()
+        self.instruments = CollectorMetrics(self.settings.source)
         self.listeners.append(self.instruments)
         self.instruments.watch(
             staging, lambda: self.client.governor if self.client else None, self.clock

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    make_wsgi_app,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -56,28 +62,82 @@ _ROLLUP_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
 class CollectorMetrics:
-    """The collector's instruments, in a registry of their own."""
+    """The collector's instruments, in a registry of their own: those of its ``source`` only
+    (``poll``: polls and their duration; ``trades``: write batches, the streams and the
+    catch-up), so a dashboard never shows a series that cannot move."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "poll") -> None:
+        # A counter's `_created` twin (its creation time) doubles every series for a value
+        # the process start time already gives; off, as in most exporters.
+        disable_created_metrics()
+        self.source = source
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.polls = Counter(
-            "etl_polls", "Polls by result: ok (stored) or missed.", ["result"], registry=r
-        )
-        self.polls.labels("ok")
-        self.polls.labels("missed")
-        self.poll_seconds = Histogram(
-            "etl_poll_duration_seconds",
-            "Time from sending a poll to its ticks committed in staging.",
-            buckets=_POLL_BUCKETS,
+        self.ticks = Counter(
+            "etl_ticks_stored",
+            "Ticks committed to the staging file (with --source trades: trades).",
             registry=r,
         )
-        self.ticks = Counter("etl_ticks_stored", "Ticks committed to the staging file.", registry=r)
-        self.skipped = Counter(
-            "etl_bad_elements_skipped",
-            "Malformed ticker elements skipped, never stored.",
-            registry=r,
-        )
+        if source == "trades":
+            self.batches = Counter(
+                "etl_trade_batches",
+                "Batches of trades committed to the staging file (source trades).",
+                registry=r,
+            )
+            self.batch_seconds = Histogram(
+                "etl_trade_batch_duration_seconds",
+                "Time to commit each batch of trades to the staging file (source trades).",
+                buckets=_POLL_BUCKETS,
+                registry=r,
+            )
+            self.trade_holes = Counter(
+                "etl_trade_holes",
+                "Ranges of aggregate trade ids that could not be fetched (source trades).",
+                registry=r,
+            )
+            self.reconnects = Counter(
+                "etl_trade_stream_reconnects",
+                "Trade stream connections lost and opened again (source trades).",
+                registry=r,
+            )
+            self.caught_up = Counter(
+                "etl_trades_caught_up",
+                "Trades fetched over REST to fill what the streams missed (source trades).",
+                registry=r,
+            )
+            self.stream_messages = Counter(
+                "etl_stream_messages",
+                "Messages received on the trade streams (source trades): each is a trade "
+                "stored or counted in etl_stream_messages_skipped_total.",
+                registry=r,
+            )
+            self.stream_skipped = Counter(
+                "etl_stream_messages_skipped",
+                "Trade stream messages not stored, by reason: bad_json, not_trade (a reply or "
+                "a notice), bad_trade (invalid fields), unknown_symbol, duplicate (already "
+                "staged), not_written (its batch's write failed; fetched again over REST).",
+                ["reason"],
+                registry=r,
+            )
+            for reason in SKIP_REASONS:
+                self.stream_skipped.labels(reason)
+        else:
+            self.polls = Counter(
+                "etl_polls", "Polls by result: ok (stored) or missed.", ["result"], registry=r
+            )
+            self.polls.labels("ok")
+            self.polls.labels("missed")
+            self.poll_seconds = Histogram(
+                "etl_poll_duration_seconds",
+                "Time from sending a poll to its ticks committed in staging.",
+                buckets=_POLL_BUCKETS,
+                registry=r,
+            )
+            self.skipped = Counter(
+                "etl_bad_elements_skipped",
+                "Malformed ticker elements skipped, never stored.",
+                registry=r,
+            )
         self.rollups = Counter(
             "etl_rollup_runs",
             "Hourly rollup children by outcome: ok, failed, or stopped past their time limit.",
@@ -92,42 +152,11 @@ class CollectorMetrics:
             buckets=_ROLLUP_BUCKETS,
             registry=r,
         )
-        self.trade_holes = Counter(
-            "etl_trade_holes",
-            "Ranges of aggregate trade ids that could not be fetched (source trades).",
-            registry=r,
-        )
-        self.reconnects = Counter(
-            "etl_trade_stream_reconnects",
-            "Trade stream connections lost and opened again (source trades).",
-            registry=r,
-        )
-        self.caught_up = Counter(
-            "etl_trades_caught_up",
-            "Trades fetched over REST to fill what the streams missed (source trades).",
-            registry=r,
-        )
         self.clock_steps = Counter(
             "etl_clock_steps",
             "Jumps of the wall clock the collector saw (each one logged; polls follow it).",
             registry=r,
         )
-        self.stream_messages = Counter(
-            "etl_stream_messages",
-            "Messages received on the trade streams (source trades): each is a trade stored or "
-            "counted in etl_stream_messages_skipped_total.",
-            registry=r,
-        )
-        self.stream_skipped = Counter(
-            "etl_stream_messages_skipped",
-            "Trade stream messages not stored, by reason: bad_json, not_trade (a reply or a "
-            "notice), bad_trade (invalid fields), unknown_symbol, duplicate (already staged), "
-            "not_written (its batch's write failed; fetched again over REST).",
-            ["reason"],
-            registry=r,
-        )
-        for reason in SKIP_REASONS:
-            self.stream_skipped.labels(reason)
         self.dropped = Counter(
             "etl_metrics_requests_dropped",
             "Connections to /metrics closed without an answer, by reason: timeout (no whole "
@@ -168,8 +197,8 @@ class CollectorMetrics:
             self.polls.labels("missed").inc(event.slots)
         elif isinstance(event, Stored):
             before = self._totals
-            self.polls.labels("ok").inc()
-            self.poll_seconds.observe(event.seconds)
+            self.batches.inc()
+            self.batch_seconds.observe(event.seconds)
             self.ticks.inc(event.stored)
             self.trade_holes.inc(event.totals.holes - before.holes)
             self.reconnects.inc(event.totals.reconnects - before.reconnects)

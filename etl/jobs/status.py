@@ -123,7 +123,9 @@ class Status:
 def staging_status(staging: Staging, settings: Settings, now_ms: int) -> StagingStatus:
     sizes = staging.ticks.hour_sizes()
     hours = sorted(sizes)
-    last = staging.ticks.last_ticks(now_ms - LOOKBACK_HOURS * HOUR_MS, now_ms)
+    last = staging.ticks.last_ticks(
+        now_ms - LOOKBACK_HOURS * HOUR_MS, now_ms, wanted=settings.symbols
+    )
     weight = staging.state.get(WEIGHT_KEY) or {}
     ban = staging.state.get(BAN_KEY) or {}
     intervals = staging.state.intervals()
@@ -437,7 +439,7 @@ def gather(settings: Settings, now: float | None = None) -> Status:
         )
     try:
         try:
-            with open_warehouse(settings, create=False, statement_timeout_s=30) as wh:
+            with open_warehouse(settings, create=False, statement_timeout_s=30, borrow=True) as wh:
                 whs = warehouse_status(wh, settings, staging, now_ms)
                 ars = archive_status(settings, staging, wh if whs.exists else None, now_ms)
         except NothingStaged as exc:  # not made yet: a problem only once hours wait for it

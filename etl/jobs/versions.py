@@ -2,7 +2,7 @@
 newest applied migration) when the warehouse can be reached without starting anything.
 
 >>> versions(load_settings())                                  # doctest: +SKIP
-Versions(package='0.4.0', schema='015_symbols.sql', ...)
+Versions(package='0.5.0', schema='015_symbols.sql', ...)
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ class Versions:
     applied_by: str | None = None
     note: str = ""
 
+    def lines(self) -> list[str]:
+        """What ``etl --version`` prints: plain lines, for people and ``head -1`` alike."""
+        schema = self.schema or self.note
+        if self.schema and self.applied_by:
+            schema += f" (applied by etl {self.applied_by})"
+        return [f"etl {self.package}", f"warehouse schema: {schema} [{self.warehouse}]"]
+
 
 def versions(settings: Settings) -> Versions:
     server = resolve(settings)
@@ -48,8 +55,8 @@ def versions(settings: Settings) -> Versions:
         out.note = "unknown: the embedded server is not running (`etl db serve` starts it)"
         return out
     try:
-        has_ledger = probe(dsn, _LEDGER, timeout_s=TIMEOUT_S)[0][0]
-        rows = probe(dsn, _SCHEMA, timeout_s=TIMEOUT_S) if has_ledger else []
+        with probe(dsn, timeout_s=TIMEOUT_S) as read:
+            rows = read(_SCHEMA) if read(_LEDGER)[0][0] else []
     except EtlError as exc:
         out.note = f"unknown: {exc}"
         return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import adbc_driver_manager
@@ -84,36 +86,52 @@ def connect(
         raise _failure(exc, dsn, full, connect_timeout_s) from None
 
 
-def probe(dsn: str, sql: str, *, timeout_s: float) -> list[tuple[Any, ...]]:
-    """The rows of one read, through ADBC's core alone: a tenth of the start-up of
+@contextmanager
+def probe(dsn: str, *, timeout_s: float) -> Iterator[Callable[[str], list[tuple[Any, ...]]]]:
+    """A session for a few small reads through ADBC's core alone: a tenth of the start-up of
     :func:`connect` (whose DB-API layer loads pyarrow's datasets and Polars), for commands that
-    must answer at once (``etl --version``). Errors as :func:`connect`'s."""
+    must answer at once (``etl --version``). Yields ``rows(sql)``; errors as :func:`connect`'s.
+
+    >>> with probe(dsn, timeout_s=2) as rows:                     # doctest: +SKIP
+    ...     rows("SELECT 1")
+    [(1,)]
+    """
     import adbc_driver_postgresql
     from adbc_driver_manager import _lib
 
     redact.remember_dsn(dsn)
     dsns.parse(dsn).check()
     full = with_timeouts(dsn, timeout_s)
+
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        import pyarrow.lib
+
+        try:
+            stmt.set_sql_query(sql)
+            stream, _ = stmt.execute_query()
+            table = pyarrow.lib.RecordBatchReader._import_from_c(stream.address).read_all()
+        except adbc_driver_manager.Error as exc:
+            raise _failure(exc, dsn, full, timeout_s) from None
+        return [tuple(row.values()) for row in table.to_pylist()]
+
     try:
         database = _lib.AdbcDatabase(driver=adbc_driver_postgresql._driver_path(), uri=full)
         conn = _lib.AdbcConnection(database)
-        try:
-            stmt = _lib.AdbcStatement(conn)
-            try:
-                for statement in (*_session(timeout_s), sql):
-                    stmt.set_sql_query(statement)
-                    stream, _ = stmt.execute_query()
-                import pyarrow.lib
-
-                table = pyarrow.lib.RecordBatchReader._import_from_c(stream.address).read_all()
-            finally:
-                stmt.close()
-        finally:
-            conn.close()
-            database.close()
+        stmt = _lib.AdbcStatement(conn)
     except adbc_driver_manager.Error as exc:
         raise _failure(exc, dsn, full, timeout_s) from None
-    return [tuple(row.values()) for row in table.to_pylist()]
+    try:
+        for statement in _session(timeout_s):
+            try:
+                stmt.set_sql_query(statement)
+                stmt.execute_update()
+            except adbc_driver_manager.Error as exc:
+                raise _failure(exc, dsn, full, timeout_s) from None
+        yield rows
+    finally:
+        stmt.close()
+        conn.close()
+        database.close()
 
 
 def _session(statement_timeout_s: float | None) -> list[str]:

@@ -59,16 +59,25 @@ def resolve(settings: Settings) -> Server:
 
 
 @contextmanager
-def running(server: Server, *, create: bool = True) -> Iterator[str]:
+def running(server: Server, *, create: bool = True, borrow: bool = False) -> Iterator[str]:
     """The server's DSN, with the embedded server running until the block ends (it stops then
     unless another etl process uses it). ``create=False`` (commands that only look) refuses to
-    create an embedded server that does not exist yet (:class:`NothingStaged`)."""
+    create an embedded server that does not exist yet (:class:`NothingStaged`).
+
+    ``borrow`` (a quick look: ``etl status``): an embedded server another process runs is used
+    as it is, without joining it (pgserver's start-up and its database check are most of a
+    look's cost). Should that process stop the server meanwhile, the look fails as with any
+    server gone; none running, it is started as without ``borrow``."""
     if server.dsn is not None:
         yield server.dsn
         return
     assert server.pgdata is not None
     if not create and not server.exists:
         raise server.missing()
+    uri = uri_if_running(server) if borrow else None
+    if uri is not None:
+        yield uri
+        return
     from etl.warehouse.embedded import embedded_server
 
     with embedded_server(server.pgdata) as uri:

@@ -155,10 +155,14 @@ class Warehouse:
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         """A read as a Polars frame; the transaction is ended at once."""
+        # Straight from the cursor: pl.read_database imports SQLAlchemy whenever it is installed
+        # (to ask whether the connection is one of its async ones), 0.15 s of a command's start.
         try:
-            options = {"parameters": list(params)} if params else None
-            return pl.read_database(sql, self.conn, execute_options=options)
-        except (pg.Error, pl.exceptions.ComputeError) as exc:  # Polars wraps the driver's error
+            with self.conn.cursor() as cur:
+                cur.execute(sql, parameters=list(params) if params else None)
+                table = cur.fetch_arrow_table()
+            return pl.from_arrow(table)  # type: ignore[return-value]
+        except pg.Error as exc:
             if is_lost(exc):
                 raise self._lost(exc) from None
             raise
@@ -581,15 +585,21 @@ def _as_utc(at: datetime) -> datetime:
 
 @contextmanager
 def open_warehouse(
-    settings: Settings, *, create: bool = True, statement_timeout_s: float | None = 600.0
+    settings: Settings,
+    *,
+    create: bool = True,
+    statement_timeout_s: float | None = 600.0,
+    borrow: bool = False,
 ) -> Iterator[Warehouse]:
     """The configured warehouse (:func:`etl.warehouse.server.resolve`), connected.
 
     ``create=False`` (commands that only look) refuses to create an embedded server that does not
     exist yet (:class:`NothingStaged`). ``statement_timeout_s`` bounds any single statement.
+    ``borrow``: a running embedded server is used without joining it (see
+    :func:`~etl.warehouse.server.running`).
     """
     server = resolve(settings)
-    with running(server, create=create) as dsn:
+    with running(server, create=create, borrow=borrow) as dsn:
         conn = connect(
             dsn,
             connect_timeout_s=settings.pg_connect_timeout_s,
