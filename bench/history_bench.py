@@ -52,7 +52,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -65,9 +65,11 @@ from bench.common import child_env, fresh_database, postgres, spread
 from etl.bars import UTC_US
 from etl.config import Settings, load_settings
 from etl.hours import HOUR_MS, hour_floor, utc
+from etl.notebook import RANDOM_PAGE_COST, History
 from etl.staging.store import Staging
 from etl.warehouse import migrate as migrations
 from etl.warehouse.queries import HOURLY_COLUMNS
+from etl.warehouse.queries import inline as inline_params
 from etl.warehouse.store import Warehouse, open_warehouse
 
 SYMBOLS = 1000
@@ -92,6 +94,36 @@ QUERIES = (
     ("latest", "the latest price of every symbol"),
     ("grid", "coverage grid, 14 days"),
 )
+
+
+# The previous release's statements where this one sends others: 003's latest_price (a loose
+# index scan of the bars for the symbols) and the coverage grid joined in SQL.
+LATEST_BEFORE = """
+WITH RECURSIVE symbols AS (
+    (SELECT symbol FROM metrics_hourly ORDER BY symbol LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.symbol FROM metrics_hourly m WHERE m.symbol > s.symbol ORDER BY m.symbol LIMIT 1)
+    FROM symbols s WHERE s.symbol IS NOT NULL
+)
+SELECT s.symbol, newest.close AS price, newest.last_at AS at
+FROM symbols s CROSS JOIN LATERAL (
+    SELECT close, last_at FROM metrics_hourly m WHERE m.symbol = s.symbol
+    ORDER BY m.bucket DESC LIMIT 1
+) newest
+WHERE s.symbol IS NOT NULL ORDER BY s.symbol
+"""
+GRID_BEFORE = """
+WITH syms AS (SELECT unnest(string_to_array($4, ',')) AS symbol),
+hours AS (SELECT generate_series(date_trunc('hour', $2::timestamptz),
+                                 $3::timestamptz - interval '1 hour', interval '1 hour') AS bucket)
+SELECT s.symbol, h.bucket, m.source,
+       coalesce(etl_bar_coverage(m.source, m.samples, m.interval_s, $1, m.ids_missing), 0.0)
+           AS coverage
+FROM syms s CROSS JOIN hours h
+LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket = h.bucket
+ORDER BY 1, 2
+"""
+DEFAULT_RANDOM_PAGE_COST = 4.0  # PostgreSQL's, which the previous release's notebooks kept
 
 
 def names(symbols: int) -> list[str]:
@@ -367,27 +399,9 @@ class Peer:
 # -- the queries ----------------------------------------------------------------------------------
 
 
-def literal(value: Any) -> str:
-    """``value`` as a SQL literal, for EXPLAIN of a statement that was sent with parameters."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, datetime):
-        return f"'{value.isoformat()}'::timestamptz"
-    if isinstance(value, date):
-        return f"'{value.isoformat()}'::date"
-    if isinstance(value, bool | int):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"'{value!r}'::float8"
-    if isinstance(value, str):
-        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-    raise TypeError(f"no literal for {type(value).__name__}")
-
-
 def inline(sql: str, params: Sequence[Any] | None) -> str:
-    if not params:
-        return sql
-    return re.sub(r"\$(\d+)", lambda m: literal(params[int(m.group(1)) - 1]), sql)
+    """``sql`` with its parameters written in, for EXPLAIN of what was sent bound."""
+    return inline_params(sql, params) if params else sql
 
 
 class Recorder:
@@ -404,6 +418,10 @@ class Recorder:
 
         wh.query = query  # type: ignore[method-assign]
 
+    def bound(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        """The statement sent with bound parameters, unrecorded: the previous release's read."""
+        return self._query(sql, params)
+
     def explain(self, sql: str, options: str) -> list[str]:
         return self._query("SELECT etl_explain($1) AS plan", [f"({options}) {sql}"])[
             "plan"
@@ -416,11 +434,14 @@ def _ms(lines: list[str], label: str) -> float:
 
 
 def partitions_in(plan: list[str]) -> int:
-    return len(set(re.findall(r"metrics_hourly_\d{6}", "\n".join(plan))))
+    """Partitions the executor read: a plan names every one it could not prune at planning,
+    and those it then never entered say so."""
+    read = "\n".join(line for line in plan if "never executed" not in line)
+    return len(set(re.findall(r"metrics_hourly_\d{6}", read)))
 
 
 def time_queries(
-    h: Any, peers: dict[str, Peer] | None, runs: int, *, plans: bool = True
+    h: History, peers: dict[str, Peer] | None, runs: int, *, plans: bool = True
 ) -> dict[str, Any]:
     """The five queries, ``runs`` times each after a warm-up: ours end to end, the server's
     times from EXPLAIN, and each peer."""
@@ -445,6 +466,10 @@ def time_queries(
         }
         for layout, peer in (peers or {}).items()
     }
+    before: dict[str, tuple[str, list[Any] | None]] = {
+        "latest": (LATEST_BEFORE, None),
+        "grid": (GRID_BEFORE, [h.wh.rule[0], fortnight, end, ",".join(symbols)]),
+    }
     recorder = Recorder(h.wh)
     out: dict[str, Any] = {"symbols": len(symbols), "end": end.isoformat()}
     for key, _ in QUERIES:
@@ -465,10 +490,29 @@ def time_queries(
                 raise AssertionError(
                     f"{key}: DuckDB ({layout}) {peer_rows} rows, ours {frame.height}"
                 )
+        old_sql, old_params = before.get(key, (None, None))
+        r.update(before_ours=[], before_exec=[])
         for _ in range(runs):
             started = time.perf_counter()
             ours[key]()
             r["ours"].append(time.perf_counter() - started)
+            if plans:  # the previous release's path: its statement, bound, default page costs
+                h.wh.execute(f"SET random_page_cost = {DEFAULT_RANDOM_PAGE_COST}")
+                try:
+                    started = time.perf_counter()
+                    if old_sql is None:
+                        with mock.patch.object(h.wh, "read", recorder.bound):
+                            ours[key]()
+                    else:
+                        recorder.bound(old_sql, old_params)
+                    r["before_ours"].append(time.perf_counter() - started)
+                    old = recorder.explain(
+                        sent if old_sql is None else inline(old_sql, old_params),
+                        "ANALYZE, TIMING OFF",
+                    )
+                    r["before_exec"].append(_ms(old, "Execution Time") / 1000)
+                finally:
+                    h.wh.execute(f"SET random_page_cost = {RANDOM_PAGE_COST}")
             plain = recorder.explain(sent, "ANALYZE, TIMING OFF")
             r["exec"].append(_ms(plain, "Execution Time") / 1000)
             r["plan"].append(_ms(plain, "Planning Time") / 1000)
@@ -609,8 +653,6 @@ def write_cost(settings: Settings, first_ms: int, runs: int) -> dict[str, Any]:
 
 
 def run(runs: int = 20, quick: bool = False) -> dict[str, Any]:
-    from etl.notebook import History
-
     symbols = QUICK_SYMBOLS if quick else SYMBOLS
     status_runs = 2 if quick else 5
     r: dict[str, Any] = {"runs": runs, "symbols": symbols, "quick": quick}
@@ -749,9 +791,22 @@ def _query_lines(q: dict[str, Any], peers: bool) -> list[str]:
         lines.append(
             f"    {'server, rows serialized too':<34} {spread(r['serialized'], 'ms', 1000, 1)}"
         )
+        if r.get("before_ours"):
+            lines.append(
+                f"    {'before: end to end':<34} {spread(r['before_ours'], 'ms', 1000, 1)}   "
+                "(the previous release's statement, bound, random_page_cost 4)"
+            )
+            lines.append(
+                f"    {'before: server Execution Time':<34} {spread(r['before_exec'], 'ms', 1000, 1)}"
+            )
         ratio = ours / ex if ex else float("inf")
         lines.append(
             f"    {'end to end / server execution':<34} {ratio:6.2f}   goal <= 2: {_goal(ratio <= 2)}"
+        )
+        # Execution Time leaves out the rows' encoding for the client, most of a bulk read
+        sent = statistics.median(r["serialized"]) * 1000
+        lines.append(
+            f"    {'end to end / server, serialized':<34} {ours / sent if sent else 0:6.2f}"
         )
         if peers:
             best = None

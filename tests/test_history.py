@@ -163,6 +163,10 @@ def test_a_read_through_copy_carries_every_value_as_it_is(pg_dsn: str, settings:
         assert got.row(0) == (*values, True)
         with pytest.raises(ValueError, match="NUL"):
             wh.read("SELECT $1::text AS s", ["a\x00b"])
+        # A naive time is UTC, as everywhere in etl, whatever zone the session is in
+        wh.execute("SET TimeZone = 'America/New_York'")
+        naive = datetime(2026, 3, 1, 12)
+        assert wh.read("SELECT $1 AS t", [naive])["t"][0] == naive.replace(tzinfo=UTC)
 
 
 def test_status_and_backfill_read_only_the_partitions_of_their_range(pgs: Settings) -> None:

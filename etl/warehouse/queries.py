@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 HOURLY_COLUMNS = (
@@ -148,12 +148,14 @@ ORDER BY symbol, bucket
 # The bars of a range with their coverage: the notebook's coverage grid (every symbol x every
 # hour, 0 where no bar) is made of them in Polars (``Warehouse.coverage_grid``). Made in SQL, by
 # a join of every (symbol, hour) to the bars, 336,000 cells took 0.5 s of the server's hashing
-# and sorting; read as bars and placed by Polars, a quarter of that (bench part 6).
+# and sorting; read as bars and placed by Polars, a quarter of that (bench part 6). $2 is the
+# range's first whole hour, truncated by the caller: date_trunc of a timestamptz is only stable,
+# so with it the partitions were pruned at each execution's start, not once when planned.
 COVERAGE_BARS_SQL = """
 SELECT symbol, bucket, source,
        etl_bar_coverage(source, samples, interval_s, $1, ids_missing) AS coverage
 FROM metrics_hourly
-WHERE bucket >= date_trunc('hour', $2::timestamptz) AND bucket < $3
+WHERE bucket >= $2::timestamptz AND bucket < $3
   AND symbol = ANY(string_to_array($4, ','))
 """
 BACKFILL_TARGETS_SQL = """
@@ -188,8 +190,9 @@ def literal(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         return f"'{value!r}'::float8"
-    if isinstance(value, datetime):  # a naive one is read in the session's time zone (UTC)
-        return f"'{value.isoformat()}'::timestamptz"
+    if isinstance(value, datetime):  # naive: UTC, as everywhere in etl, whatever the session's zone
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return f"'{aware.isoformat()}'::timestamptz"
     if isinstance(value, date):
         return f"'{value.isoformat()}'::date"
     if isinstance(value, str):
@@ -206,6 +209,6 @@ def inline(sql: str, params: Sequence[Any]) -> str:
     whose text holds no ``$n`` inside a string.
 
     >>> inline("SELECT $1::date, $2", [datetime(2026, 1, 5), "BTCUSDT"])
-    "SELECT '2026-01-05T00:00:00'::timestamptz::date, E'BTCUSDT'"
+    "SELECT '2026-01-05T00:00:00+00:00'::timestamptz::date, E'BTCUSDT'"
     """
     return re.sub(r"\$(\d+)\b", lambda m: literal(params[int(m.group(1)) - 1]), sql)

@@ -465,9 +465,9 @@ class Warehouse:
         """Every (symbol, hour) in ``[lo, hi)`` (from ``lo``'s hour), by symbol and hour: the
         bar's source (null: no bar) and coverage (0 without a bar). The bars and their coverage
         come from SQL (``etl_bar_coverage``); the grid they are placed in is made here."""
-        bars = self.read(COVERAGE_BARS_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
         # generate_series(date_trunc('hour', lo), hi - 1 h, 1 h), as SQL made them before
         first = _as_utc(lo).replace(minute=0, second=0, microsecond=0)
+        bars = self.read(COVERAGE_BARS_SQL, [self.rule[0], first, hi, ",".join(symbols)])
         last = _as_utc(hi) - timedelta(hours=1)
         hours = pl.datetime_range(first, max(first, last), "1h", eager=True).cast(UTC_US)
         grid = pl.DataFrame({"symbol": sorted(symbols)}, schema={"symbol": pl.String}).join(
@@ -579,7 +579,7 @@ class Warehouse:
 
 
 def _as_utc(at: datetime) -> datetime:
-    """An aware ``at`` in UTC; a naive one is UTC already (the session's time zone)."""
+    """An aware ``at`` in UTC; a naive one is UTC already (as ``queries.literal`` reads it)."""
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
