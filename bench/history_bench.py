@@ -29,6 +29,9 @@ and Planning Time of the statement History sent (through History's own session),
 with ``SERIALIZE BINARY`` (the rows encoded for the client too); and the peer: DuckDB over the
 same bars exported once to Parquet hive-partitioned by month (``month=YYYY-MM``), in two layouts
 (rows by time within a month, as they arrive; rows by symbol within a month), ``.pl()`` out.
+Beside ours, each run also times the previous release's way (its statement for the latest price
+and the coverage grid, the same bars statement otherwise; parameters bound, so rows come back
+row by row; ``random_page_cost`` at PostgreSQL's default), end to end and on the server.
 One ``EXPLAIN (ANALYZE, BUFFERS, SERIALIZE BINARY)`` per query is printed with the partitions it
 touched.
 
