@@ -1,4 +1,4 @@
-"""``python -m bench [--part 1|2|3|4|5|all] [--runs N] [--quick]``: figures and ratios against
+"""``python -m bench [--part 1|2|3|4|5|6|7|all] [--runs N] [--quick]``: figures and ratios against
 baselines measured in the same run.
 
 Parts:
@@ -17,13 +17,20 @@ Parts:
 5. archive: an hour of 3,000 symbols (polls at 5 s; 300 trades each) archived as Parquet the way
    the rollup does before a purge: seconds per hour, bytes per tick against the staging file's,
    and the same hour written one file per symbol.
+6. years of history: a year of hourly bars of 1,000 symbols (8.76 M bars, 13 monthly partitions)
+   and their daily bars, filled by COPY; the notebook path (``etl.notebook.History`` into Polars)
+   for five queries, end to end and on the server (``EXPLAIN ANALYZE``), against DuckDB over the
+   same bars as Parquet hive-partitioned by month; bytes per bar, ``etl status`` with 120+
+   partitions, retention's drop, the rollup's write with and without a trigger on the bars, and the
+   3,000 symbols x 10 years projection.
 7. the command line: ``etl --help``, ``etl status --help``, ``etl --version``, ``etl status``
    and a no-op ``etl rollup`` as whole processes against ``python -c pass``; ``etl status`` on
    the embedded server held up by another process, and from cold.
 
 Every figure is min / median / max of ``--runs`` runs (default 5), ours and the baselines
 alternating. ``--quick`` is a smoke run: 2 runs unless ``--runs`` is given, no 24-hour backlog,
-a 5 s hour (2.16 M ticks) for part 3, fewer polls in part 1, 10 s windows in part 4.
+a 5 s hour (2.16 M ticks) for part 3, fewer polls in part 1, 10 s windows in part 4, 100 symbols
+in part 6. Part 6 takes 20 runs per figure by default (``--quick``: 5).
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--part", choices=["1", "2", "3", "4", "5", "7", "all"], default="all")
+    parser.add_argument("--part", choices=["1", "2", "3", "4", "5", "6", "7", "all"], default="all")
     parser.add_argument("--runs", type=int, help="runs per figure (default 5, --quick 2)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (see above)")
     args = parser.parse_args()
@@ -111,6 +118,11 @@ def main() -> None:
 
         results = archive_bench.run(runs=runs)
         print("\n" + "\n".join(archive_bench.report(results)), flush=True)
+    if args.part in ("6", "all"):
+        from bench import history_bench
+
+        results = history_bench.run(runs=args.runs or (5 if args.quick else 20), quick=args.quick)
+        print("\n" + "\n".join(history_bench.report(results)), flush=True)
     if args.part in ("7", "all"):
         from bench import cli_bench
 

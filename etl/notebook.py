@@ -36,6 +36,8 @@ _HELP = (
     "ETL_DATA_DIR (a relative one is read from the notebook's folder) or ETL_PG_DSN, or run "
     "them with `etl notebook --execute`"
 )
+# The planner's cost of a random page read in the notebooks' session (see History.__init__).
+RANDOM_PAGE_COST = 1.1
 # Quote assets, longest first, to name the unit of a symbol's price.
 _QUOTES = (
     "FDUSD",
@@ -92,6 +94,12 @@ class History:
             raise NoHistory(str(exc)) from None
         atexit.register(self.close)
         try:
+            # This session reads bars that are in memory or on SSD, where reading an index in
+            # key order costs about what a sequential read does; PostgreSQL's default (4, for
+            # spinning disks) had it fetch a window of bars by bitmap and sort them instead:
+            # every symbol's last 24 h of 1,000 symbols took 23 ms on the server rather than 7
+            # (bench part 6).
+            self.wh.execute(f"SET random_page_cost = {RANDOM_PAGE_COST}")
             empty = (
                 not self.wh.has_schema() or self.wh.pending_migrations() or self.latest().is_empty()
             )

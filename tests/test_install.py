@@ -236,13 +236,13 @@ def test_the_installed_package_runs_each_step_from_another_directory(
 
     done = run(installed, ["db", "init"], elsewhere, env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "014_bar_rule_again.sql" in done.stdout
+    assert "014_bar_rule_again.sql" in done.stdout and "015_symbols.sql" in done.stdout
 
     serving = start([str(installed.etl), "db", "serve"], env, cwd=elsewhere)
     try:
         wait_for(serving, "is up at", timeout=60)
         done = run(installed, ["--version"], elsewhere, env)
-        assert "warehouse schema: 014_bar_rule_again.sql" in done.stdout, done.stdout
+        assert "warehouse schema: 015_symbols.sql" in done.stdout, done.stdout
         url = run(installed, ["db", "url"], elsewhere, env).stdout.strip()
         assert url.startswith("postgresql://") and str(data / "pg") in url, url
     finally:

@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 
-from etl.bars import TRADE_COLUMNS
+from etl.bars import TRADE_COLUMNS, UTC_US
 from etl.config import Settings
 from etl.errors import ConfigError, DependencyError
 from etl.hours import utc
@@ -36,7 +36,7 @@ from etl.warehouse.migrate import Migrations
 from etl.warehouse.queries import (
     BACKFILL_TARGETS_SQL,
     CONTESTS,
-    COVERAGE_GRID_SQL,
+    COVERAGE_BARS_SQL,
     COVERAGE_SQL,
     ENSURE_STAGED_PARTITIONS,
     EXPORT_BARS_SQL,
@@ -44,6 +44,7 @@ from etl.warehouse.queries import (
     MISSING_SQL,
     REFRESH_STAGED_DAYS,
     UPSERT_RUNS,
+    inline,
     upsert_hourly,
 )
 from etl.warehouse.server import resolve, running
@@ -167,6 +168,13 @@ class Warehouse:
             raise
         finally:
             self._rollback()
+
+    def read(self, sql: str, params: Sequence[Any]) -> pl.DataFrame:
+        """A large read as a Polars frame: ``params`` written into the statement as literals
+        (:func:`etl.warehouse.queries.inline`), so ADBC reads the rows through binary COPY
+        rather than row by row (a year of daily bars of 1,000 symbols: 0.17 s instead of 0.3 s;
+        bench part 6)."""
+        return self.query(inline(sql, params))
 
     # -- schema --------------------------------------------------------------------------------
 
@@ -454,9 +462,25 @@ class Warehouse:
         return self.query(COVERAGE_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
 
     def coverage_grid(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
-        """Every (symbol, hour) in ``[lo, hi)``: the bar's source (null: no bar) and coverage
-        (0 without a bar)."""
-        return self.query(COVERAGE_GRID_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
+        """Every (symbol, hour) in ``[lo, hi)`` (from ``lo``'s hour), by symbol and hour: the
+        bar's source (null: no bar) and coverage (0 without a bar). The bars and their coverage
+        come from SQL (``etl_bar_coverage``); the grid they are placed in is made here."""
+        # generate_series(date_trunc('hour', lo), hi - 1 h, 1 h), as SQL made them before
+        first = _as_utc(lo).replace(minute=0, second=0, microsecond=0)
+        bars = self.read(COVERAGE_BARS_SQL, [self.rule[0], first, hi, ",".join(symbols)])
+        last = _as_utc(hi) - timedelta(hours=1)
+        hours = pl.datetime_range(first, max(first, last), "1h", eager=True).cast(UTC_US)
+        grid = pl.DataFrame({"symbol": sorted(symbols)}, schema={"symbol": pl.String}).join(
+            pl.DataFrame({"bucket": hours if last >= first else hours.clear()}),
+            how="cross",
+            maintain_order="left_right",
+        )
+        return grid.join(
+            bars.select("symbol", "bucket", "source", "coverage"),
+            on=["symbol", "bucket"],
+            how="left",
+            maintain_order="left",
+        ).with_columns(pl.col("coverage").fill_null(0.0))
 
     def backfill_targets(
         self, symbols: Sequence[str], lo: datetime, hi: datetime
@@ -484,7 +508,7 @@ class Warehouse:
         )
         where = "AND source = $4" if source else ""
         params: list[Any] = [lo, hi, ",".join(symbols)]
-        return self.query(
+        return self.read(
             f"SELECT * FROM {table} WHERE {column} >= $1{cast} AND {column} < $2{cast} "
             f"AND symbol = ANY(string_to_array($3, ',')) {where} ORDER BY symbol, {column}",
             [*params, source] if source else params,
@@ -552,6 +576,11 @@ class Warehouse:
     def sizes(self) -> dict[str, int]:
         """Bytes of the warehouse's database."""
         return {"database": int(self.execute("SELECT pg_database_size(current_database())")[0][0])}
+
+
+def _as_utc(at: datetime) -> datetime:
+    """An aware ``at`` in UTC; a naive one is UTC already (as ``queries.literal`` reads it)."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 @contextmanager
