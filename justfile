@@ -32,9 +32,10 @@ retention *args:
 test *args: lint
     python -m pytest -n 3 --dist worksteal --durations=20 {{args}}
 
-# Everything but the tests marked slow (builds, installs, long stories): the quick loop.
+# Everything but the tests marked slow (builds, installs, stories of a process or more, each
+# test over 2 s): the quick loop, on four workers (the short tests wait more than they compute).
 test-fast *args: lint
-    python -m pytest -n 3 --dist worksteal -m "not slow" {{args}}
+    python -m pytest -n 4 --dist worksteal -m "not slow" {{args}}
 
 # ruff check and ruff format --check.
 lint:

@@ -439,6 +439,7 @@ def _wait_for_port(port: int, server: subprocess.Popen[bytes], within_s: float =
     pytest.fail(f"the moto S3 server did not listen on 127.0.0.1:{port} within {within_s:.0f} s")
 
 
+@pytest.mark.slow
 def test_an_s3_archive_is_written_read_back_and_rebuilds_the_bars(
     pgs: Settings, s3: dict[str, str], make_db: Callable[[], str], hours_ago: int, tmp_path: Path
 ) -> None:

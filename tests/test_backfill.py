@@ -135,6 +135,7 @@ def test_poll_and_kline_bars_are_never_mixed_silently(
     assert report["warehouse"]["missing_hours_7d"]["BTCUSDT"]["count"] >= 29  # the rest of the hole
 
 
+@pytest.mark.slow
 def test_a_ban_pauses_the_backfill_which_resumes_where_it_stopped(
     gap: tuple[Settings, FakeExchange, int],
 ) -> None:
@@ -221,6 +222,7 @@ def test_runs_of_contiguous_hours() -> None:
     assert runs_of([5 * HOUR_MS, 3 * HOUR_MS, 4 * HOUR_MS]) == [(3 * HOUR_MS, 6 * HOUR_MS)]
 
 
+@pytest.mark.slow
 def test_etl_collect_backfill_from_the_command_line(settings: Settings, pg_dsn: str) -> None:
     with FakeExchange(list(SYMBOLS)) as ex:
         now_hour = hour_floor(int(time.time() * 1000))

@@ -48,6 +48,7 @@ def assert_bars_match(bars: pl.DataFrame, expected: dict) -> None:
         assert (ms(row["first_at"]), ms(row["last_at"])) == (ref["first_at"], ref["last_at"])
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(tick_lists)
 def test_hourly_bars_match_the_reference(ticks: list[tuple[str, int, float]]) -> None:

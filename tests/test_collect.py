@@ -198,6 +198,7 @@ def test_unknown_symbol_stops_start_up_naming_all(
         collect(settings, vclock, polls=3)
 
 
+@pytest.mark.slow
 def test_weight_stays_within_budget_with_many_symbols_at_a_short_interval(
     vsettings: Settings, vclock: VirtualClock
 ) -> None:

@@ -83,6 +83,7 @@ def test_sigint_exits_0_too(settings: Settings) -> None:
     assert "stopped after" in out and no_traceback(out)
 
 
+@pytest.mark.slow
 def test_polls_and_duration_stop_early(settings: Settings) -> None:
     done = run_etl(["collect", "--no-rollup", "--polls", "4"], etl_env(settings))
     assert done.returncode == 0, done.stderr
@@ -92,6 +93,7 @@ def test_polls_and_duration_stop_early(settings: Settings) -> None:
     assert done.returncode == 0 and time.monotonic() - started < 10
 
 
+@pytest.mark.slow
 def test_unreachable_exchange_keeps_running_and_says_so(settings: Settings) -> None:
     env = etl_env(replace(settings, binance_url="http://127.0.0.1:9", interval_s=0.5))
     done = run_etl(["collect", "--no-rollup", "--duration", "3"], env)
@@ -100,6 +102,7 @@ def test_unreachable_exchange_keeps_running_and_says_so(settings: Settings) -> N
     assert no_traceback(done.stdout + done.stderr)
 
 
+@pytest.mark.slow
 def test_ban_is_honoured_by_a_restarted_collector(
     settings: Settings, exchange: FakeExchange
 ) -> None:
@@ -149,6 +152,7 @@ def test_bad_configuration_exits_2_with_one_line(
     assert no_traceback(done.stdout + done.stderr)
 
 
+@pytest.mark.slow
 def test_a_dsn_password_never_appears_in_any_output(settings: Settings) -> None:
     secret = "Sup3rS3cretPw"
     env = etl_env(settings, ETL_PG_DSN=f"postgresql://etl:{secret}@127.0.0.1:9/etl")
@@ -170,6 +174,7 @@ def test_a_dsn_password_never_appears_in_any_output(settings: Settings) -> None:
     assert "postgresql://etl:***@127.0.0.1:9/etl" in outputs[1].stderr
 
 
+@pytest.mark.slow
 def test_demo_collects_offline(tmp_path: Path) -> None:
     env = etl_env(None, ETL_DATA_DIR=str(tmp_path / "data"))
     done = run_etl(["demo", "--polls", "3"], env, cwd=tmp_path)

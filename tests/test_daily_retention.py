@@ -175,6 +175,7 @@ def test_seed_demo_fills_the_warehouse_and_refuses_to_overwrite(pgs: Settings) -
     assert again.returncode == 2 and "already holds" in again.stderr
 
 
+@pytest.mark.slow
 def test_right_after_seed_demo_status_is_healthy_and_names_the_planned_gaps(
     open_dir: Path,
 ) -> None:

@@ -176,6 +176,7 @@ class SilentClient:
         return [e for e in self.events if not isinstance(e, Response)]
 
 
+@pytest.mark.slow
 def test_pings_every_interval_and_an_unanswered_one_gets_the_client_dropped(
     vclock: VirtualClock,
 ) -> None:
@@ -227,6 +228,7 @@ def test_at_most_1024_streams_per_connection(vclock: VirtualClock) -> None:
         assert err.value.response.status_code == 400
 
 
+@pytest.mark.slow
 def test_more_than_five_messages_a_second_get_the_client_disconnected(ex: FakeExchange) -> None:
     with open_ws(ex, "/ws/btcusdt@aggTrade") as ws:
         for round_ in range(2):  # five a second is allowed, second after second

@@ -34,6 +34,7 @@ from tests.pgutil import seed_ticks
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_every_setting_works_after_the_command_too(settings: Settings) -> None:
     """Was: `etl collect --symbols BTCUSDT` failed with "No such option: --symbols"."""
     env = etl_env(settings)
@@ -96,6 +97,7 @@ def test_help_shows_types_env_vars_and_an_example(command: list[str]) -> None:
     assert "--interval-s SECONDS" not in text and len(done.stdout.splitlines()) < 40
 
 
+@pytest.mark.slow
 def test_the_first_offline_run_says_why_and_points_to_the_demo(settings: Settings) -> None:
     """Was: "connection failed (ConnectionError)" forever, and `weight 740 / 6000` counted
     for requests that never left the machine."""
@@ -111,6 +113,7 @@ def test_the_first_offline_run_says_why_and_points_to_the_demo(settings: Setting
     assert done.returncode == 3 and "no poll stored anything in 2 tries" in done.stderr
 
 
+@pytest.mark.slow
 def test_refused_connections_are_named(settings: Settings) -> None:
     done = run_etl(
         ["collect", "--no-rollup", "--polls", "1"],
@@ -134,6 +137,7 @@ def test_rollup_of_a_range_with_nothing_in_it_says_what_it_looked_for(settings: 
     assert "for closed hours from 2020-01-01T00:00:00Z to 2020-01-02T00:00:00Z" in empty.stdout
 
 
+@pytest.mark.slow
 def test_the_demo_and_seed_demo_meet_in_one_place_and_say_how_to_look(open_dir: Path) -> None:
     env = etl_env(None, ETL_DATA_DIR=str(open_dir / "data"))
     done = run_etl(["demo", "--polls", "2"], env)
@@ -156,6 +160,7 @@ def offline(argv: list[str]) -> list[str]:
     return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *argv]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["poll", "trades"])
 def test_both_demo_sources_stay_offline_whatever_the_configuration_says(
     open_dir: Path, source: str
@@ -184,6 +189,7 @@ def test_both_demo_sources_stay_offline_whatever_the_configuration_says(
     assert stored > (50 if source == "trades" else 5) and has_trades == (source == "trades")
 
 
+@pytest.mark.slow
 def test_the_fake_exchange_lists_real_symbols_so_typos_are_caught(open_dir: Path) -> None:
     env = etl_env(None, ETL_DATA_DIR=str(open_dir / "data"))
     done = run_etl(["demo", "--polls", "1", "--symbols", "ETHBTC,DOGEUSDT"], env)

@@ -240,6 +240,7 @@ def test_notebooks_chart_every_symbol_over_the_chosen_range(
             assert "scanned by this query: ['metrics_hourly_" in text  # one partition, pruned
 
 
+@pytest.mark.slow
 def test_history_runs_from_the_notebooks_folder_with_a_relative_data_dir(
     open_dir: Path, tmp_path: Path
 ) -> None:
@@ -267,6 +268,7 @@ def test_history_runs_from_the_notebooks_folder_with_a_relative_data_dir(
     assert sorted(p.name for p in NOTEBOOKS.iterdir()) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("warehouse", ["missing", "empty"])
 def test_without_history_the_first_cell_stops_with_one_sentence(
     warehouse: str, tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch

@@ -86,6 +86,7 @@ def pg_bin(tmp_path: Path) -> Path:
 # -- 1. backup and restore ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_backup_taken_while_collecting_restores_the_snapshot_and_the_rollup_goes_on_the_same(
     open_dir: Path, exchange: FakeExchange
 ) -> None:
@@ -171,6 +172,7 @@ def test_a_backup_taken_while_collecting_restores_the_snapshot_and_the_rollup_go
     assert copy_ticks.equals(source_ticks.filter(pl.col("seq") <= upto))  # the same purge
 
 
+@pytest.mark.slow
 def test_a_backup_before_the_first_rollup_holds_the_staging_file_and_refusals_are_one_line(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -208,6 +210,7 @@ def test_a_backup_before_the_first_rollup_holds_the_staging_file_and_refusals_ar
     assert not (tmp_path / "n2").exists()
 
 
+@pytest.mark.slow
 def test_an_external_warehouse_is_backed_up_with_pg_dump_from_path_or_a_clear_exit_3(
     settings: Settings,
     pg_dsn: str,
@@ -301,6 +304,7 @@ def read_pty(fd: int, until: str, timeout: float = 20) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_db_shell_cancels_the_query_and_the_session_goes_on(
     warehouse_dir: Settings,
 ) -> None:
@@ -368,6 +372,7 @@ def test_db_shell_and_url_on_an_external_warehouse(
     assert PASSWORD not in everything + keyvalue.stdout
 
 
+@pytest.mark.slow
 def test_db_url_of_the_embedded_warehouse_works_while_db_serve_keeps_it_up(
     warehouse_dir: Settings,
 ) -> None:
@@ -428,6 +433,7 @@ def test_split_password(dsn: str, bare: str, password: str | None) -> None:
 # -- 3. logs with a bound ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_hourly_rollups_log_rotates_and_stays_under_its_bound(
     settings: Settings, vclock
 ) -> None:

@@ -85,6 +85,7 @@ offsets = st.one_of(
         max_size=200,
     )
 )
+@pytest.mark.slow
 def test_committed_bars_match_a_sql_aggregate(
     pgs: Settings, make_db: Callable[[], str], ticks: list[tuple[str, int, float]]
 ) -> None:
@@ -140,6 +141,7 @@ def test_rerun_rolls_up_committed_hours_again_to_the_same_result(pgs: Settings) 
     assert snapshot(pgs.pg_dsn) == before  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["after_read", "before_commit", "after_commit", "before_purge"])
 def test_kill_9_at_any_point_then_rerun_converges(
     pgs: Settings, make_db: Callable[[], str], tmp_path: Path, point: str
@@ -192,6 +194,7 @@ def test_a_bad_dsn_is_a_configuration_error(pgs: Settings) -> None:
     assert "bad PostgreSQL DSN" in done.stderr
 
 
+@pytest.mark.slow
 def test_two_rollups_started_together_give_one_result(
     pgs: Settings, make_db: Callable[[], str], tmp_path: Path
 ) -> None:
@@ -293,6 +296,7 @@ def test_latest_price_view_gives_the_newest_close(pgs: Settings) -> None:
     assert [int(t.timestamp() * 1000) for t in view["at"]] == expected["ts"].to_list()
 
 
+@pytest.mark.slow
 def test_collector_rolls_up_closed_hours_in_a_child_process(pgs: Settings) -> None:
     now_hour = hour_floor(int(time.time() * 1000))
     import io

@@ -115,6 +115,7 @@ def test_status_names_a_silent_symbol_an_overdue_hour_and_a_failed_rollup(
     assert "KiB" in shown or "MiB" in shown
 
 
+@pytest.mark.slow
 def test_status_on_an_empty_store_creates_nothing_and_reads_like_words(open_dir: Path) -> None:
     """Was: a 46 MB cluster and an empty ticks.sqlite3 for a look; `(None .. None)`."""
     fresh = open_dir / "typo"
@@ -189,6 +190,7 @@ def test_coverage_counts_missing_hours_as_zero_and_uses_the_recorded_interval(
     assert eth.mean() == pytest.approx(20 / 24, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_prometheus_metrics_scraped_while_collecting(settings: Settings) -> None:
     env = etl_env(settings, ETL_METRICS_PORT="0", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
@@ -294,6 +296,7 @@ def test_log_lines_are_json_on_request_and_plain_when_piped(settings: Settings) 
     )
 
 
+@pytest.mark.slow
 def test_every_command_result_is_json_lines_under_log_format_json(pgs: Settings) -> None:
     """Was: `etl --log-format json rollup` printed one JSON line, then a boxed table."""
     now_hour = hour_floor(int(time.time() * 1000))

@@ -409,6 +409,7 @@ BAD_MESSAGES = {
 }
 
 
+@pytest.mark.slow
 def test_every_stream_message_not_stored_is_counted_by_reason_where_an_operator_looks(
     settings: Settings, fast: tuple[FakeExchange, FastClock], hour: int
 ) -> None:
@@ -483,6 +484,7 @@ def test_every_stream_message_not_stored_is_counted_by_reason_where_an_operator_
         assert len(ids) == len(set(ids)) and ids[-1] <= ex.market.last_trade_id(symbol)
 
 
+@pytest.mark.slow
 def test_a_first_start_checks_the_trades_streamed_before_the_rest_start_is_known(
     settings: Settings, hour: int
 ) -> None:
@@ -556,6 +558,7 @@ def test_a_first_start_checks_the_trades_streamed_before_the_rest_start_is_known
     assert collector.stats.holes == 0 and collector.stats.caught_up > 0
 
 
+@pytest.mark.slow
 def test_a_first_start_rest_cannot_fetch_is_said_and_starts_at_the_first_trade_streamed(
     settings: Settings, fast: tuple[FakeExchange, FastClock]
 ) -> None:

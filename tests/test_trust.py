@@ -115,6 +115,7 @@ def test_the_losers_ticks_are_purged_only_against_its_own_ledger_row(
     assert result.purged == 99  # now thin has its own ledger row (the newest row always stays)
 
 
+@pytest.mark.slow
 def test_demo_and_seed_demo_never_write_into_the_configured_warehouse(
     pg_dsn: str, open_dir: Path
 ) -> None:
@@ -230,6 +231,7 @@ def test_a_second_collector_on_one_staging_file_exits_2_naming_the_holder(
     assert per_slot["len"].max() == 1  # one writer: one tick per symbol and slot
 
 
+@pytest.mark.slow
 def test_a_hard_link_is_the_same_file_one_writer_and_two_names_are_refused(
     pgs: Settings,
 ) -> None:
@@ -344,6 +346,7 @@ def silent_dsn(port: int) -> str:
     return f"postgresql://etl:S3cretPw@127.0.0.1:{port}/etl"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["rollup"], ["status", "--json"]])
 def test_a_server_that_never_answers_is_exit_3_after_the_connect_timeout(
     settings: Settings, silent_port: int, args: list[str]
@@ -396,6 +399,7 @@ def test_a_table_lock_held_elsewhere_ends_the_rollup_at_its_lock_timeout_with_no
     assert again.hours == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_every_command_answers_a_signal_within_5_s_even_inside_libpq(
     settings: Settings, silent_port: int, signum: int
@@ -466,6 +470,7 @@ def test_a_collector_waiting_on_an_exchange_that_never_answers_stops_within_5_s(
     assert first.returncode == 0 and "stopped after" in out, out
 
 
+@pytest.mark.slow
 def test_a_signal_ends_a_rollup_blocked_on_a_lock_within_5_s(pgs: Settings) -> None:
     now_hour = hour_floor(int(time.time() * 1000))
     seed_ticks(pgs.staging_path, SYMBOLS, now_hour - 2 * HOUR_MS, polls=10)
@@ -498,6 +503,7 @@ def test_a_signal_ends_a_rollup_blocked_on_a_lock_within_5_s(pgs: Settings) -> N
         assert st.ticks.count() == 10 * len(SYMBOLS)  # nothing lost
 
 
+@pytest.mark.slow
 def test_a_hung_rollup_child_is_stopped_and_the_next_hour_rolls_up_as_usual(
     settings: Settings, silent_port: int, vclock
 ) -> None:
@@ -655,6 +661,7 @@ MARKUP = "[/][bold red]x[/bold red] :smile: [link=http://x]"
 MARKUP_PATH = "[/][bold]x[/bold]:smile:"  # a path may not have spaces (the embedded server)
 
 
+@pytest.mark.slow
 def test_text_from_settings_files_and_servers_is_printed_literally_everywhere(
     settings: Settings, open_dir: Path
 ) -> None:
@@ -753,6 +760,7 @@ def fill(disk: Path, leave: int = 0) -> None:
             fh.truncate(max(0, filler.stat().st_size - leave))
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_polling_is_named_as_such(settings: Settings, tiny_disk: Path) -> None:
     """Was: logged as "exchange unreachable ... database or disk is full"."""
     from etl.exchange.fake.rest import FakeExchange
@@ -898,6 +906,7 @@ def test_identical_hourly_bars_give_bit_identical_daily_bars_whatever_their_orde
 # -- 9. a ban survives a crash right after it arrives -------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_ban_is_stored_before_the_body_arrives_so_a_crash_keeps_it(
     settings: Settings, exchange
 ) -> None:
@@ -951,6 +960,7 @@ def embedded(settings: Settings, open_dir: Path) -> Settings:
     return chosen
 
 
+@pytest.mark.slow
 def test_postgres_killed_mid_rollup_is_exit_3_with_nothing_partial_and_a_rerun_converges(
     embedded: Settings, open_dir: Path
 ) -> None:
@@ -981,6 +991,7 @@ def test_postgres_killed_mid_rollup_is_exit_3_with_nothing_partial_and_a_rerun_c
         assert snapshot(ours) == snapshot(theirs)
 
 
+@pytest.mark.slow
 def test_postgres_killed_mid_backup_is_exit_3_and_leaves_no_backup(
     embedded: Settings, open_dir: Path
 ) -> None:
@@ -1000,6 +1011,7 @@ def test_postgres_killed_mid_backup_is_exit_3_and_leaves_no_backup(
     assert (dest / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_backup_is_exit_3_and_leaves_nothing_restore_would_take(
     embedded: Settings, tiny_disk: Path, open_dir: Path
 ) -> None:

@@ -71,6 +71,7 @@ def test_a_clean_exit_leaves_no_server_behind(data_root: Path) -> None:
     assert gone(data_root / "pg")
 
 
+@pytest.mark.slow
 def test_a_dead_pid_in_the_handle_list_is_pruned(data_root: Path) -> None:
     env = etl_env(None, ETL_DATA_DIR=str(data_root))
     assert run_etl(["db", "init"], env).returncode == 0
@@ -90,6 +91,7 @@ def test_prune_keeps_live_pids(tmp_path: Path) -> None:
     assert json.loads((tmp_path / ".handle_pids.json").read_text()) == [os.getpid()]
 
 
+@pytest.mark.slow
 def test_sigterm_releases_the_handle_and_the_last_user_stops_the_server(data_root: Path) -> None:
     pgdata = data_root / "pg"
     env = etl_env(None, ETL_DATA_DIR=str(data_root), PYTHONUNBUFFERED="1")
@@ -177,6 +179,7 @@ def test_a_warehouse_of_the_previous_release_is_migrated_once_and_no_row_changes
         ("warehouse_v0_3.sql.gz", ["014_bar_rule_again.sql", NEW]),
     ],
 )
+@pytest.mark.slow
 def test_a_warehouse_with_the_ledger_upgrades_and_rolls_up_on(
     pg_dsn: str, settings: Settings, dump: str, pending: list[str]
 ) -> None:
