@@ -11,39 +11,13 @@ import adbc_driver_postgresql.dbapi as pg
 import polars as pl
 import pytest
 
+from bench.history_bench import GRID_BEFORE, LATEST_BEFORE  # the previous release's statements
 from etl.bars import UTC_US
 from etl.config import Settings
 from etl.notebook import RANDOM_PAGE_COST, History
 from etl.warehouse.store import open_warehouse
 from tests.pgutil import LEGACY, execute, query, restore_dump
 
-# latest_price as sql/003_latest_price.sql defined it: what the new view must keep giving.
-LATEST_BEFORE = """
-WITH RECURSIVE symbols AS (
-    (SELECT symbol FROM metrics_hourly ORDER BY symbol LIMIT 1)
-    UNION ALL
-    SELECT (SELECT m.symbol FROM metrics_hourly m WHERE m.symbol > s.symbol ORDER BY m.symbol LIMIT 1)
-    FROM symbols s WHERE s.symbol IS NOT NULL
-)
-SELECT s.symbol, newest.close AS price, newest.last_at AS at
-FROM symbols s CROSS JOIN LATERAL (
-    SELECT close, last_at FROM metrics_hourly m WHERE m.symbol = s.symbol
-    ORDER BY m.bucket DESC LIMIT 1
-) newest
-WHERE s.symbol IS NOT NULL ORDER BY s.symbol
-"""
-# The coverage grid as the previous release made it, all in SQL.
-GRID_BEFORE = """
-WITH syms AS (SELECT unnest(string_to_array($4, ',')) AS symbol),
-hours AS (SELECT generate_series(date_trunc('hour', $2::timestamptz),
-                                 $3::timestamptz - interval '1 hour', interval '1 hour') AS bucket)
-SELECT s.symbol, h.bucket, m.source,
-       coalesce(etl_bar_coverage(m.source, m.samples, m.interval_s, $1, m.ids_missing), 0.0)
-           AS coverage
-FROM syms s CROSS JOIN hours h
-LEFT JOIN metrics_hourly m ON m.symbol = s.symbol AND m.bucket = h.bucket
-ORDER BY 1, 2
-"""
 START = datetime(2026, 1, 31, 18, tzinfo=UTC)  # six hours before a partition boundary
 
 
