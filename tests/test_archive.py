@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -390,40 +392,49 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, str]]:
     """moto's S3 server on 127.0.0.1, standing in for Amazon S3 (or MinIO, R2, ...): the same
     HTTP API, reached through the usual AWS variables, in its own process as a real store
-    would be. The AWS variables of the test process and its children point at it."""
+    would be. The AWS variables of the test process and its children point at it, and at
+    nothing else (no config file, profile or instance metadata of the machine). Its request
+    log is ``tmp_path / "moto.log"``."""
     pytest.importorskip(
         "moto.server", reason="moto[s3], flask and flask-cors are in the dev extras"
     )
     boto3 = pytest.importorskip("boto3", reason="boto3 is in the dev extras")
     port = _free_port()
-    # Its own process, not moto's ThreadedMotoServer inside pytest: in this process, on a busy
-    # machine, moto answered every CompleteMultipartUpload with a root element Arrow rightly
-    # takes for an error (seen in CI, reproduced under load, never with a separate server).
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with (tmp_path / "moto.log").open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_for_port(port, server)
+        for key in [k for k in os.environ if k.startswith("AWS_")]:
+            monkeypatch.delenv(key)
         env = {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true",
         }
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-            monkeypatch.delenv(key, raising=False)
         boto3.client("s3").create_bucket(Bucket="ticks")
         yield env
     finally:
         server.kill()
         server.wait()
+
+
+def s3_requests(tmp_path: Path) -> list[str]:
+    """The requests moto's S3 server logged, as ``METHOD /path?query STATUS``."""
+    found = re.findall(r'"([A-Z]+ \S+) HTTP/[\d.]+" (\d+)', (tmp_path / "moto.log").read_text())
+    return [f"{request} {status}" for request, status in found]
 
 
 def _wait_for_port(port: int, server: subprocess.Popen[bytes], within_s: float = 60.0) -> None:
@@ -459,7 +470,10 @@ def test_an_s3_archive_is_written_read_back_and_rebuilds_the_bars(
     )
     assert all_rows(settings.staging_path, hours).equals(original)  # nothing purged
     done = run_etl(["rollup"], {**etl_env(replace(settings, raw_retention_h=0.5)), **s3})
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, f"{done.stderr}\nS3 requests: {s3_requests(tmp_path)[-12:]}"
+    # An hour's file is smaller than one part: one PutObject each, no multipart upload.
+    writes = [r for r in s3_requests(tmp_path) if r.startswith(("PUT /ticks/", "POST /ticks/"))]
+    assert len(writes) == 9 and all(r.startswith("PUT /ticks/etl/archive/") for r in writes)
     listed = boto3.client("s3").list_objects_v2(Bucket="ticks", Prefix="etl/archive/")
     keys = sorted(o["Key"] for o in listed["Contents"])
     assert len([k for k in keys if k.endswith(".parquet")]) == 6
@@ -476,6 +490,18 @@ def test_an_s3_archive_is_written_read_back_and_rebuilds_the_bars(
     )
     assert ticks.returncode == 0, ticks.stderr
     assert pl.read_parquet(out / "ticks-trade.parquet").height == original["agg_id"].count()
+
+
+def test_a_file_larger_than_one_part_goes_up_in_parts_and_reads_back_the_same(
+    s3: dict[str, str], tmp_path: Path
+) -> None:
+    archive = Archive("s3://ticks/big")
+    data = os.urandom(24 * 1024 * 1024)  # incompressible: a year of one busy symbol's trades
+    archive._write("source=trade/date=2026-12-04/hour=00/x.parquet", data, lambda _: None)
+    assert archive._read("source=trade/date=2026-12-04/hour=00/x.parquet") == data
+    requests = s3_requests(tmp_path)
+    assert any(r.startswith("POST /ticks/big/source=trade/") and "?uploads " in r for r in requests)
+    assert sum("partNumber=" in r for r in requests) >= 2
 
 
 # -- the engines people scale to read it --------------------------------------------------------

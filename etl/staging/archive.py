@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import polars as pl
 import pyarrow as pa
@@ -224,7 +225,7 @@ class _Remote:
 
         self.url = url
         try:
-            self.fs, self.root = pafs.FileSystem.from_uri(url)
+            self.fs, self.root = pafs.FileSystem.from_uri(_one_request_writes(url))
         except (OSError, pa.ArrowInvalid) as exc:
             raise ConfigError(f"archive_dir {url} cannot be used ({_first_line(exc)})") from None
         self.root = self.root.rstrip("/")
@@ -267,6 +268,18 @@ class _Remote:
             for info in self.fs.get_file_info(selector)
             if info.type == pafs.FileType.File and not info.base_name.startswith(".")
         )
+
+
+def _one_request_writes(url: str) -> str:
+    """``url`` with pyarrow's ``allow_delayed_open=true`` on S3, unless it names the option: a
+    file smaller than one part (an hour's file, nearly always) is then one ``PutObject`` at
+    close instead of a multipart upload's three requests, and a crash before close leaves
+    nothing, not even invisible parts. Larger files still go as a multipart upload."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or "allow_delayed_open" in parse_qs(parts.query):
+        return url
+    query = f"{parts.query}&allow_delayed_open=true" if parts.query else "allow_delayed_open=true"
+    return urlunsplit(parts._replace(query=query))
 
 
 def _first_line(exc: BaseException) -> str:
