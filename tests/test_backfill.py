@@ -191,6 +191,8 @@ def test_collector_fills_the_gap_since_its_last_tick_in_the_background(
         now_hour = hour_floor(int(time.time() * 1000))
         s = replace(settings, binance_url=ex.url, pg_dsn=pg_dsn, symbols=SYMBOLS, interval_s=0.2)
         stage_from_exchange(ex, s.staging_path, now_hour - 12 * HOUR_MS, now_hour - 11 * HOUR_MS)
+        # The backfill's first klines request takes 2 s: ten polling slots at 0.2 s.
+        ex.inject("slow", path="/api/v3/klines", delay=2.0)
         out = Console(file=io.StringIO(), width=200)
         stop = threading.Event()
         collector = Collector(
@@ -203,16 +205,20 @@ def test_collector_fills_the_gap_since_its_last_tick_in_the_background(
         thread = threading.Thread(target=collector.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 60
+        polls_at_start = None
         while "backfill done" not in out.file.getvalue():  # type: ignore[attr-defined]
             assert time.monotonic() < deadline, out.file.getvalue()  # type: ignore[attr-defined]
-            time.sleep(0.2)
+            if polls_at_start is None and "filling it in the background" in out.file.getvalue():  # type: ignore[attr-defined]
+                polls_at_start = collector.stats.polls_ok
+            time.sleep(0.05)
+        polls_during = collector.stats.polls_ok - (polls_at_start or 0)
         stop.set()
         thread.join(20)
     text = out.file.getvalue()  # type: ignore[attr-defined]
     assert "no ticks staged since" in text and "filling it in the background" in text
-    assert (
-        collector.stats.polls_ok > 0 and collector.stats.polls_missed == 0
-    )  # polls went on meanwhile
+    # Polls went on while the backfill waited (none would, were it on the polling thread); a
+    # busy machine may miss a slot or two, so the bound is a third of the ten.
+    assert polls_at_start is not None and polls_during >= 3, (polls_during, collector.stats)
     kline = query(pg_dsn, "SELECT count(*) AS n FROM metrics_hourly WHERE source = 'kline'")
     assert kline["n"][0] == 3 * 11  # hours H-11 .. H-1; H-12 is staged and left to the rollup
 
