@@ -403,6 +403,8 @@ def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, st
     )
     boto3 = pytest.importorskip("boto3", reason="boto3 is in the dev extras")
     port = _free_port()
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
     with (tmp_path / "moto.log").open("wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -411,8 +413,6 @@ def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, st
         )
     try:
         _wait_for_port(port, server)
-        for key in [k for k in os.environ if k.startswith("AWS_")]:
-            monkeypatch.delenv(key)
         env = {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
@@ -490,6 +490,26 @@ def test_an_s3_archive_is_written_read_back_and_rebuilds_the_bars(
     )
     assert ticks.returncode == 0, ticks.stderr
     assert pl.read_parquet(out / "ticks-trade.parquet").height == original["agg_id"].count()
+
+
+@pytest.mark.parametrize(
+    ("given", "opened"),
+    [
+        ("s3://ticks/etl", "s3://ticks/etl?allow_delayed_open=true"),
+        (
+            "s3://ticks/etl?region=eu-west-1",
+            "s3://ticks/etl?region=eu-west-1&allow_delayed_open=true",
+        ),
+        ("s3://ticks/etl?allow_delayed_open=false", "s3://ticks/etl?allow_delayed_open=false"),
+        ("gs://ticks/etl", "gs://ticks/etl"),  # another store: its own options, none added
+    ],
+)
+def test_an_s3_archive_is_opened_for_one_request_writes_unless_the_url_says_otherwise(
+    given: str, opened: str
+) -> None:
+    from etl.staging.archive import _one_request_writes
+
+    assert _one_request_writes(given) == opened
 
 
 def test_a_file_larger_than_one_part_goes_up_in_parts_and_reads_back_the_same(
