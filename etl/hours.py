@@ -78,6 +78,15 @@ def utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive one is UTC already, as everywhere in etl.
+
+    >>> as_utc(datetime(2026, 1, 5)).isoformat()
+    '2026-01-05T00:00:00+00:00'
+    """
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def to_ms(value: datetime) -> int:
     """An aware datetime as epoch milliseconds."""
     return round(value.timestamp() * 1000)
@@ -125,9 +134,7 @@ def parse_time(text: str | None, name: str = "time") -> int | None:
         raise ConfigError(
             f"--{name}: {text!r} is not an ISO 8601 time; use e.g. 2026-01-05T00:00:00Z"
         ) from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
+    return int(as_utc(value).timestamp() * 1000)
 
 
 def parse_range(since: str | None, until: str | None) -> tuple[int | None, int | None]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
+
+from etl.hours import as_utc
 
 HOURLY_COLUMNS = (
     "symbol",
@@ -190,9 +192,8 @@ def literal(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         return f"'{value!r}'::float8"
-    if isinstance(value, datetime):  # naive: UTC, as everywhere in etl, whatever the session's zone
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return f"'{aware.isoformat()}'::timestamptz"
+    if isinstance(value, datetime):  # naive: UTC, whatever the session's zone
+        return f"'{as_utc(value).isoformat()}'::timestamptz"
     if isinstance(value, date):
         return f"'{value.isoformat()}'::date"
     if isinstance(value, str):

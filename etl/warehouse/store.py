@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as pg
@@ -29,7 +29,7 @@ import polars as pl
 from etl.bars import TRADE_COLUMNS, UTC_US
 from etl.config import Settings
 from etl.errors import ConfigError, DependencyError
-from etl.hours import utc
+from etl.hours import as_utc, utc
 from etl.warehouse import migrate
 from etl.warehouse.connect import connect, first_line, is_lost
 from etl.warehouse.migrate import Migrations
@@ -466,9 +466,9 @@ class Warehouse:
         bar's source (null: no bar) and coverage (0 without a bar). The bars and their coverage
         come from SQL (``etl_bar_coverage``); the grid they are placed in is made here."""
         # generate_series(date_trunc('hour', lo), hi - 1 h, 1 h), as SQL made them before
-        first = _as_utc(lo).replace(minute=0, second=0, microsecond=0)
+        first = as_utc(lo).replace(minute=0, second=0, microsecond=0)
         bars = self.read(COVERAGE_BARS_SQL, [self.rule[0], first, hi, ",".join(symbols)])
-        last = _as_utc(hi) - timedelta(hours=1)
+        last = as_utc(hi) - timedelta(hours=1)
         hours = pl.datetime_range(first, max(first, last), "1h", eager=True).cast(UTC_US)
         grid = pl.DataFrame({"symbol": sorted(symbols)}, schema={"symbol": pl.String}).join(
             pl.DataFrame({"bucket": hours if last >= first else hours.clear()}),
@@ -576,11 +576,6 @@ class Warehouse:
     def sizes(self) -> dict[str, int]:
         """Bytes of the warehouse's database."""
         return {"database": int(self.execute("SELECT pg_database_size(current_database())")[0][0])}
-
-
-def _as_utc(at: datetime) -> datetime:
-    """An aware ``at`` in UTC; a naive one is UTC already (as ``queries.literal`` reads it)."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 @contextmanager
