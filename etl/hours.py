@@ -8,8 +8,8 @@ its last poll is committed, so a rollup never reads an hour that is still being 
 True
 >>> iso(1_767_225_600_000)
 '2026-01-01T00:00:00Z'
->>> last_closed_hour(1_767_229_205_000) == 1_767_225_600_000  # 5 s after 01:00: not yet
-True
+>>> iso(last_closed_hour(1_767_229_205_000))  # 5 s after 01:00: 00:00-01:00 not closed yet
+'2025-12-31T23:00:00Z'
 """
 
 from __future__ import annotations
