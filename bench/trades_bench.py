@@ -37,7 +37,7 @@ import requests
 from bench.common import child_env, spread
 from etl.exchange.fake.rest import served
 from etl.staging.store import Staging
-from etl.staging.trades import CURSOR_SCHEMA
+from etl.staging.trades import cursor_schema
 
 SYMBOLS = 60
 # Per symbol: 60 x 500/s = 30,000 trades/s offered, so that ingest, not the offer, is measured
@@ -90,7 +90,7 @@ def one_run(rest: str, ws: str, symbols: list[str], warmup: float, window: float
                     (sym, ids[s][0], ids[s][1], ids[s][1], ids[s][1])
                     for s, sym in zip(symbols, syms, strict=True)
                 ],
-                schema=CURSOR_SCHEMA,
+                schema=cursor_schema(),
                 orient="row",
             ),
         )

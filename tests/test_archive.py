@@ -24,7 +24,8 @@ import pytest
 
 from etl.config import Settings
 from etl.hours import HOUR_MS, hour_floor, now_ms
-from etl.jobs.rollup import run_rebuild, run_rollup
+from etl.jobs.rebuild import run_rebuild
+from etl.jobs.rollup import run_rollup
 from etl.staging.archive import Archive
 from etl.staging.store import Staging
 from tests.conftest import etl_env, one_line, run_etl

@@ -25,6 +25,7 @@ from etl import logs, redact, shutdown
 from etl.config import Settings, load_settings, setting_fields, shown_default
 from etl.errors import DependencyError, EtlError, ExitCode
 from etl.hours import parse_range
+from etl.imports import without
 
 # click, not typer: typer's current release builds a pydantic validator for every option, which
 # costs 80 ms of every command's start (docs/performance.md); the options here need none of it.
@@ -326,10 +327,12 @@ def rollup(
     """
     from etl.cli import render
     from etl.console import BarProgress
-    from etl.jobs.rollup import run_rebuild, run_rollup
+    from etl.jobs.rollup import run_rollup
 
     lo, hi = parse_range(since, until)
     if from_archive:
+        from etl.jobs.rebuild import run_rebuild
+
         rebuilt = run_rebuild(settings_of(ctx), since_ms=lo, until_ms=hi, progress=BarProgress())
         _print(*render.rebuild(rebuilt))
         return
@@ -698,24 +701,13 @@ def notebook(ctx: click.Context, demo_data: bool, execute: bool, html: Path | No
     os.execve(lab.argv[0], lab.argv, lab.env)
 
 
-class _Absent:
-    """Makes a package look uninstalled to this process (a ``sys.meta_path`` finder)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
-        if fullname == self.name or fullname.startswith(self.name + "."):
-            raise ModuleNotFoundError(f"{self.name} is not used by etl", name=fullname)
-
-
-def _without(name: str) -> None:
+def _without_pandas() -> None:
     """No command uses pandas or NumPy, but pyarrow imports them when they are installed (the
-    dev extras have them): pandas as soon as ADBC loads ``pyarrow.dataset`` (0.15 s of every
-    command's start), NumPy with pyarrow itself (0.04 s). Looking uninstalled, pyarrow does
-    without them, exactly as in a plain install, which has neither."""
-    if name not in sys.modules:
-        sys.meta_path.insert(0, _Absent(name))
+    dev extras have them): pandas as soon as anything loads ``pyarrow.dataset`` (0.15 s), NumPy
+    with pyarrow itself (0.04 s). Looking uninstalled, pyarrow does without them, exactly as in
+    a plain install, which has neither."""
+    without("pandas")
+    without("numpy")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -726,8 +718,7 @@ def main(argv: list[str] | None = None) -> None:
     # is scrubbed of them: errors, tracebacks, logs, results, a rollup child's log.
     redact.remember_invocation(argv)
     redact.install()
-    _without("pandas")
-    _without("numpy")
+    _without_pandas()
     shutdown.install()
 
     def fail(message: str, code: int) -> None:

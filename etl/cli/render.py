@@ -27,8 +27,9 @@ if TYPE_CHECKING:  # only the types: a command loads the jobs it runs, not every
     from etl.jobs.db_access import Initialised
     from etl.jobs.export import ExportResult, TickExportResult
     from etl.jobs.jupyter import Executed, LabCommand
+    from etl.jobs.rebuild import RebuildResult
     from etl.jobs.retention import RetentionResult
-    from etl.jobs.rollup import RebuildResult, RollupResult
+    from etl.jobs.rollup import RollupResult
     from etl.jobs.status import Status
 
 

@@ -52,7 +52,7 @@ from etl.exchange.parse import (
 from etl.exchange.stream import Drained, StreamTimings, TradeStream
 from etl.hours import hour_floor, iso, ms, now_ms
 from etl.staging.store import Staging
-from etl.staging.trades import CURSOR_SCHEMA
+from etl.staging.trades import cursor_schema
 
 log = logging.getLogger("etl.collector")
 
@@ -606,7 +606,7 @@ class TradeFeed:
             for sym in sorted(changed)
             if (c := self.chains[sym]).last_id is not None
         ]
-        return pl.DataFrame(rows, schema=CURSOR_SCHEMA, orient="row"), with_live
+        return pl.DataFrame(rows, schema=cursor_schema(), orient="row"), with_live
 
     def _schedule(self, now: float) -> None:
         """A catch-up for every symbol that has waited ``gap_grace_s`` for its hole to fill or

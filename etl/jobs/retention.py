@@ -34,4 +34,5 @@ def run_retention(settings: Settings, *, dry_run: bool) -> RetentionResult:
             return RetentionResult(keep, dry_run, pl.DataFrame())
         if not dry_run:
             wh.migrate()
-        return RetentionResult(keep, dry_run, wh.retention(keep, dry_run=dry_run))
+        rows = wh.retention(keep, dry_run=dry_run)
+        return RetentionResult(keep, dry_run, pl.DataFrame(rows) if rows else pl.DataFrame())

@@ -7,8 +7,8 @@ first written as Parquet and recorded in the staging file (:mod:`etl.staging.arc
 recorded hours are purged. A crash anywhere leaves either the old state or the new, and a rerun
 converges. The job returns a :class:`RollupResult`; the CLI draws it.
 
-:func:`run_rebuild` (``etl rollup --from-archive``) makes the bars again from the archive,
-through the same bar code, and writes them as a rollup would.
+Polars and the archive's modules are imported where an hour is read: a rollup with nothing to
+do makes no frame (0.12 s of its start).
 """
 
 from __future__ import annotations
@@ -20,25 +20,20 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import polars as pl
-
-from etl.bars import hour_ledger, hourly_bars, trade_bars, trade_context
 from etl.config import Settings
-from etl.errors import ConfigError
 from etl.hours import HOUR_MS, NO_UPPER, closed_range, iso, ms, utc
+from etl.imports import deferred
 from etl.report import NoProgress, Progress, counted
 from etl.shutdown import fault_point
-from etl.staging.archive import (
-    Archive,
-    Archived,
-    HourFrames,
-    Manifest,
-    archive_hours,
-    check_recorded,
-)
 from etl.staging.store import Staging, open_staging
 from etl.warehouse.store import Warehouse, open_warehouse
+
+if TYPE_CHECKING:
+    from etl.staging.archive import Archive, Archived
+
+pl = deferred("polars")
 
 log = logging.getLogger("etl.rollup")
 
@@ -87,11 +82,7 @@ def pending_hours(
     while every tick the first rollup read is still staged; once some are purged, a new bar
     would hold part of the hour, so the committed bar stays and the hour is reported instead.
     """
-    ledger = wh.ledger(staging.id)
-    committed = {
-        row["hour_ms"]: (row["max_seq"], row["ticks_read"], row["purged"])
-        for row in ledger.iter_rows(named=True)
-    }
+    committed = wh.committed(staging.id)
 
     def intact(hour: int) -> bool:
         max_seq, ticks_read, purged = committed[hour]
@@ -105,7 +96,7 @@ def pending_hours(
             h for h in again if not intact(h)
         ]
     pending = {h for h in staged if h not in committed}
-    high_water = int(ledger["max_seq"].max() or 0) if ledger.height else 0
+    high_water = max((c.max_seq for c in committed.values()), default=0)
     late = staging.ticks.hours_with_ticks_after(high_water, hi_ms) if high_water else set()
     late = {h for h in late if h in committed and (lo_ms is None or h >= lo_ms)}
     ok = {h for h in late if intact(h)}
@@ -162,6 +153,8 @@ class Rollup:
         self.progress = progress or NoProgress()
         self.now = now
         if archive is None and settings.archive_dir:
+            from etl.staging.archive import Archive
+
             archive = Archive(settings.archive_dir)
         self.archive = archive
 
@@ -195,6 +188,8 @@ class Rollup:
             purge_before = utc(now_ms - int(settings.raw_retention_h * HOUR_MS))
             candidates = wh.purge_candidates(staging.id, purge_before)
             if candidates and self.archive is not None:
+                from etl.staging.archive import archive_hours, check_recorded
+
                 # Nothing is purged that is not archived: a failure here raises, and the ticks
                 # stay staged for the next run.
                 result.archive = archive_hours(
@@ -213,9 +208,9 @@ class Rollup:
                 wh.mark_purged(staging.id, [hour for hour, _ in candidates])
                 staging.archive_log.forget_context([hour for hour, _ in candidates])
             if apply_retention:
-                kept = wh.retention(settings.hourly_retention_d, dry_run=False)
-                result.dropped = kept.filter(pl.col("action") == "dropped")["partition"].to_list()
-                result.kept = kept.filter(pl.col("action") == "kept")["partition"].to_list()
+                past = wh.retention(settings.hourly_retention_d, dry_run=False)
+                result.dropped = [row["partition"] for row in past if row["action"] == "dropped"]
+                result.kept = [row["partition"] for row in past if row["action"] == "kept"]
         result.seconds = time.perf_counter() - started
         return result
 
@@ -240,6 +235,8 @@ class Rollup:
     def _roll_chunk(self, group: Sequence[int], result: RollupResult) -> tuple[int, int]:
         """Read, compute and commit one chunk of hours. Its frames die when this returns, before
         the next chunk is read: holding two chunks at once fragments the heap."""
+        from etl.bars import hour_ledger, hourly_bars, trade_bars, trade_context
+
         started_at = datetime.now(UTC)
         window = self.staging.read_hours(group)
         result.rejected += window.rejected
@@ -346,133 +343,3 @@ def _hint(staging: Staging) -> str:
         return ": the file holds no ticks yet (`etl collect` fills it)"
     hours = staging.ticks.hour_sizes()
     return f"; its ticks span {iso(min(hours))} .. {iso(last)}"
-
-
-# -- rebuilding bars from the archive ----------------------------------------------------------
-
-
-@dataclass
-class RebuildResult:
-    """What ``etl rollup --from-archive`` did."""
-
-    archive: str = ""
-    looked_for: str = ""
-    hours: int = counted("archived hours read")
-    files: int = counted("files read, each checked against its sha256")
-    ticks: int = counted("ticks read")
-    made: int = counted("bars made")
-    bars: int = counted("bars written (new or changed)")
-    days: int = counted("daily rows refreshed")
-    lost: int = counted("bars kept out by a better bar already stored")
-    unrecorded: int = counted("files skipped: no manifest names them")
-    context_at_archive: int = counted(
-        "hours whose bar context was worked out when archived (rolled up before it was kept)"
-    )
-    staging_files: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    nothing: str = ""
-
-
-def rebuilt_bars(hour: HourFrames) -> pl.DataFrame:
-    """The bars of an archived hour, made by the rollup's own code from the archived ticks and
-    the context the manifest carries (the poll interval; per symbol the trade context): equal,
-    bit for bit, to the bars the rollup made from the staged ticks."""
-    m = hour.manifest
-    names = (
-        pl.concat([hour.polls.select("symbol"), hour.trades.select("symbol")])
-        .unique()
-        .sort("symbol")
-        .with_row_index("sym", offset=1)
-        .with_columns(pl.col("sym").cast(pl.Int64))
-    )
-    parts = []
-    if hour.polls.height:
-        ticks = (
-            hour.polls.join(names, on="symbol")
-            .sort("ts", "seq")  # as the staging read comes: by ts, seq
-            .select("sym", "seq", "ts", "price")
-        )
-        parts.append(hourly_bars(ticks, ordered=True, symbols=names, interval_s=m.interval_s))
-    if hour.trades.height:
-        context = m.context.join(names, on="symbol").select(
-            "sym", bucket_ms=pl.lit(m.hour, pl.Int64), gaps="gaps", edges="edges", holed="holed"
-        )
-        trades = hour.trades.join(names, on="symbol").select(
-            "sym", "ts", "price", "agg_id", "qty", "trades"
-        )
-        parts.append(trade_bars(trades, names, context=context))
-    if not parts:
-        return pl.DataFrame()
-    return pl.concat(parts, how="diagonal_relaxed").with_columns(staging_id=pl.lit(m.staging_id))
-
-
-def run_rebuild(
-    settings: Settings,
-    *,
-    since_ms: int | None,
-    until_ms: int | None = None,
-    now: Callable[[], float] = time.time,
-    progress: Progress | None = None,
-) -> RebuildResult:
-    """Make the bars of every archived hour in ``[since, until)`` again, from the archive alone
-    (every file checked against its manifest's sha256 first: a damaged one stops the run, exit
-    2, naming it), and write them as the rollup does (the bar rule decides against what is
-    stored; the ledger and the staging file are not touched)."""
-    if not settings.archive_dir:
-        raise ConfigError("--from-archive needs an archive: set ETL_ARCHIVE_DIR (archive_dir)")
-    if since_ms is None:
-        raise ConfigError("--from-archive needs --since (and --until, default now)")
-    started = time.perf_counter()
-    archive = Archive(settings.archive_dir)
-    hi_ms = until_ms if until_ms is not None else ms(now())
-    result = RebuildResult(
-        archive=settings.archive_dir,
-        looked_for=f"archived hours from {iso(since_ms)} to {iso(hi_ms)}",
-    )
-    manifests = archive.manifests(since_ms, hi_ms)
-    result.unrecorded = len(archive.unrecorded(manifests, since_ms, hi_ms))
-    if not manifests:
-        result.nothing = (
-            f"no archived hour in {archive.target} from {iso(since_ms)} to {iso(hi_ms)}"
-        )
-        return result
-    # Check every file before writing anything (a damaged archive changes nothing), then read
-    # them again a chunk at a time (memory stays bounded whatever the range).
-    for m in manifests:
-        for entry in m.files:
-            archive.verify(entry)
-        result.files += len(m.files)
-    result.staging_files = sorted({f"{m.staging_name} ({m.staging_id})" for m in manifests})
-    bar = progress or NoProgress()
-    with open_warehouse(settings) as wh:
-        wh.migrate()
-        wh.ensure_partitions_ahead()
-        with wh.run_lock(lambda: log.info("another rollup is running; waiting for it")):
-            bar.start(len(manifests), "rebuilding hours from the archive")
-            try:
-                by_file: dict[str, list[Manifest]] = {}
-                for m in manifests:
-                    by_file.setdefault(m.staging_id, []).append(m)
-                for hours in by_file.values():
-                    for start in range(0, len(hours), settings.rollup_chunk_hours):
-                        chunk = [
-                            archive.read_hour(m)
-                            for m in hours[start : start + settings.rollup_chunk_hours]
-                        ]
-                        made = [b for b in map(rebuilt_bars, chunk) if b.height]
-                        for hour in chunk:
-                            result.ticks += hour.polls.height + hour.trades.height
-                            result.context_at_archive += hour.manifest.context_from != "rollup"
-                        if made:
-                            bars = pl.concat(made, how="diagonal_relaxed")
-                            written = wh.write_bars(bars)
-                            result.made += bars.height
-                            result.bars += written.bars
-                            result.days += written.days
-                            result.lost += written.lost_total
-                        result.hours += len(chunk)
-                        bar.advance(len(chunk), iso(chunk[-1].manifest.hour))
-            finally:
-                bar.finish()
-    result.seconds = time.perf_counter() - started
-    return result

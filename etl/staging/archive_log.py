@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import polars as pl
-
-from etl.bars import TRADE_CONTEXT_SCHEMA
+from etl.imports import deferred
 from etl.staging.db import StagingDb
+
+pl = deferred("polars")  # `etl status` and a rollup with nothing to do make no frame
 
 _DDL = (
     # Each hour archived: its ledger max_seq, what went out, and where its manifest is.
@@ -100,6 +100,8 @@ class ArchiveLog:
     def context(self, hour: int) -> tuple[float | None, pl.DataFrame]:
         """The poll interval kept for ``hour`` (None: none kept) and its trade context
         (:data:`etl.bars.TRADE_CONTEXT_SCHEMA`)."""
+        from etl.bars import TRADE_CONTEXT_SCHEMA
+
         empty = pl.DataFrame(schema=TRADE_CONTEXT_SCHEMA)
         if not self._tables():
             return None, empty

@@ -15,8 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import adbc_driver_sqlite.dbapi as adbc_sqlite
-
+from etl.drivers import sqlite as adbc_sqlite
 from etl.errors import (
     ConfigError,
     DependencyError,

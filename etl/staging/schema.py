@@ -13,8 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import adbc_driver_sqlite.dbapi as adbc_sqlite
-
+from etl.drivers import sqlite as adbc_sqlite
 from etl.hours import MAX_TS_MS, MIN_TS_MS, now_ms
 from etl.staging.db import StagingDb
 

@@ -8,8 +8,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-import adbc_driver_sqlite.dbapi as adbc_sqlite
-
+from etl.drivers import sqlite as adbc_sqlite
 from etl.hours import HOUR_MS, iso
 from etl.staging.db import StagingDb
 

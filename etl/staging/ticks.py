@@ -13,27 +13,36 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import adbc_driver_sqlite.dbapi as adbc_sqlite
-import polars as pl
 import pyarrow as pa
 
+from etl.drivers import sqlite as adbc_sqlite
 from etl.hours import HOUR_MS, NO_LOWER, NO_UPPER, hour_floor
+from etl.imports import deferred
 from etl.staging.db import StagingDb
 from etl.staging.quarantine import Quarantine
 from etl.staging.state import _UPSERT_STATE
 
-WINDOW_SCHEMA = {"sym": pl.Int64, "ts": pl.Int64, "price": pl.Float64}
+pl = deferred("polars")  # `etl status` and a rollup with nothing to do make no frame
 
-TRADE_WINDOW_SCHEMA = {
-    **WINDOW_SCHEMA,
-    "agg_id": pl.Int64,
-    "qty": pl.Float64,
-    "trades": pl.Int64,
-}
+WINDOW = ("sym", "ts", "price")  # what a rollup reads of a tick row
+TRADE_WINDOW = (*WINDOW, "agg_id", "qty", "trades")
 
-TICK_SCHEMA = {"seq": pl.Int64, "symbol": pl.String, "ts": pl.Int64, "price": pl.Float64}
 
-SYMBOLS_SCHEMA = {"sym": pl.Int64, "symbol": pl.String}
+def schema_of(columns: Sequence[str]) -> dict[str, Any]:
+    """The Polars types of staged columns, by name (made when a frame is: Polars is imported
+    then, not when this module is)."""
+    types = {
+        "seq": pl.Int64,
+        "sym": pl.Int64,
+        "symbol": pl.String,
+        "ts": pl.Int64,
+        "price": pl.Float64,
+        "agg_id": pl.Int64,
+        "qty": pl.Float64,
+        "trades": pl.Int64,
+    }
+    return {column: types[column] for column in columns}
+
 
 _APPEND_SCHEMA = pa.schema([("sym", pa.int64()), ("ts", pa.int64()), ("price", pa.float64())])
 
@@ -145,14 +154,14 @@ class Ticks:
                 (max(lo_ms, NO_LOWER), min(hi_ms, NO_UPPER)),
             )
             table = cur.fetch_arrow_table()
-        return pl.from_arrow(table).cast(TICK_SCHEMA)  # type: ignore[union-attr]
+        return pl.from_arrow(table).cast(schema_of(("seq", "symbol", "ts", "price")))  # type: ignore[union-attr]
 
     def symbols(self) -> pl.DataFrame:
         """``sym, symbol`` for every symbol id in the file."""
         with self.db.cursor() as cur:
             cur.execute("SELECT id AS sym, symbol FROM symbols ORDER BY id")
             table = cur.fetch_arrow_table()
-        return pl.from_arrow(table).cast(SYMBOLS_SCHEMA)  # type: ignore[union-attr]
+        return pl.from_arrow(table).cast(schema_of(("sym", "symbol")))  # type: ignore[union-attr]
 
     def read_hours(self, hours: Sequence[int], *, trades: bool, threads: int = 2) -> Window:
         """The ticks of the hours starting at ``hours`` (epoch ms), each read in slices.
@@ -188,7 +197,7 @@ class Ticks:
     def _read(
         self, slices: Sequence[tuple[int, int]], threads: int, upto: int, trades: bool = False
     ) -> Window:
-        schema = TRADE_WINDOW_SCHEMA if trades else WINDOW_SCHEMA
+        schema = schema_of(TRADE_WINDOW if trades else WINDOW)
         if threads <= 1 or len(slices) == 1:
             parts = [self._read_slice(lo, hi, upto, schema) for lo, hi in slices]
         else:
@@ -198,7 +207,7 @@ class Ticks:
         return Window(ticks, self.symbols(), upto)
 
     def _read_slice(
-        self, lo_ms: int, hi_ms: int, upto: int, schema: dict[str, Any] = WINDOW_SCHEMA
+        self, lo_ms: int, hi_ms: int, upto: int, schema: dict[str, Any]
     ) -> pl.DataFrame:
         conn = self.db.connect()
         try:
@@ -228,11 +237,9 @@ class Ticks:
         the values of its first rows, and a trade's columns are NULL in a poll tick.)"""
         bounds = (hour, hour + HOUR_MS, max_seq)
         where = "WHERE ts >= ? AND ts < ? AND seq <= ?"
-        polls = self._rows(
-            {"seq": pl.Int64, **WINDOW_SCHEMA}, f"{where} AND agg_id IS NULL", bounds
-        )
+        polls = self._rows(schema_of(("seq", *WINDOW)), f"{where} AND agg_id IS NULL", bounds)
         trades = self._rows(
-            {"seq": pl.Int64, **TRADE_WINDOW_SCHEMA}, f"{where} AND agg_id IS NOT NULL", bounds
+            schema_of(("seq", *TRADE_WINDOW)), f"{where} AND agg_id IS NOT NULL", bounds
         )
         return polls, trades
 

@@ -6,13 +6,16 @@ A partial unique index on ``(sym, agg_id)`` drops a trade seen twice."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-import polars as pl
 import pyarrow as pa
 
 from etl.hours import NO_LOWER, NO_UPPER
+from etl.imports import deferred
 from etl.staging.db import StagingDb
 from etl.staging.schema import ensure_trade_tables
+
+pl = deferred("polars")  # `etl status` and a rollup with nothing to do make no frame
 
 TRADE_SCHEMA = pa.schema(
     [
@@ -25,24 +28,21 @@ TRADE_SCHEMA = pa.schema(
     ]
 )
 
-CURSOR_SCHEMA = {
-    "sym": pl.Int64,
-    "last_id": pl.Int64,
-    "last_ts": pl.Int64,
-    "since_ms": pl.Int64,
-    "live_ms": pl.Int64,
-}
 
-HOLE_SCHEMA = {
-    "symbol": pl.String,
-    "sym": pl.Int64,
-    "after_id": pl.Int64,
-    "before_id": pl.Int64,
-    "from_ms": pl.Int64,
-    "to_ms": pl.Int64,
-    "reason": pl.String,
-    "found_ms": pl.Int64,
-}
+def cursor_schema() -> dict[str, Any]:
+    """A symbol's cursor: the last trade id and time staged, since when it is followed and
+    since when it is live (Polars types; made when a frame is)."""
+    return {c: pl.Int64 for c in ("sym", "last_id", "last_ts", "since_ms", "live_ms")}
+
+
+def hole_schema() -> dict[str, Any]:
+    """A hole in a symbol's trade ids: between which ids and times, why, found when."""
+    return {
+        "symbol": pl.String,
+        **{c: pl.Int64 for c in ("sym", "after_id", "before_id", "from_ms", "to_ms")},
+        "reason": pl.String,
+        "found_ms": pl.Int64,
+    }
 
 
 class Trades:
@@ -95,9 +95,10 @@ class Trades:
                 cur.execute("SELECT changes()")
                 inserted[k] = int(cur.fetchone()[0])
             if cursors is not None and cursors.height:
+                schema = cursor_schema()
                 cur.adbc_ingest(
                     "cursor_batch",
-                    cursors.select(list(CURSOR_SCHEMA)).cast(CURSOR_SCHEMA).to_arrow(),  # type: ignore[arg-type]
+                    cursors.select(list(schema)).cast(schema).to_arrow(),  # type: ignore[arg-type]
                     mode="replace",
                     temporary=True,
                 )
@@ -139,19 +140,19 @@ class Trades:
     def cursors(self) -> pl.DataFrame:
         """Every symbol's trade cursor: ``symbol`` and ``CURSOR_SCHEMA``."""
         if not self._trade_tables:
-            return pl.DataFrame(schema={"symbol": pl.String, **CURSOR_SCHEMA})
+            return pl.DataFrame(schema={"symbol": pl.String, **cursor_schema()})
         with self.db.cursor() as cur:
             cur.execute(
                 "SELECT s.symbol, c.sym, c.last_id, c.last_ts, c.since_ms, c.live_ms "
                 "FROM trade_cursor c JOIN symbols s ON s.id = c.sym ORDER BY c.sym"
             )
             rows = cur.fetchall()
-        return pl.DataFrame(rows, schema={"symbol": pl.String, **CURSOR_SCHEMA}, orient="row")
+        return pl.DataFrame(rows, schema={"symbol": pl.String, **cursor_schema()}, orient="row")
 
     def holes(self, lo_ms: int | None = None, hi_ms: int | None = None) -> pl.DataFrame:
         """Holes given up on that overlap ``[lo_ms, hi_ms)`` (``HOLE_SCHEMA``), oldest first."""
         if not self._trade_tables:
-            return pl.DataFrame(schema=HOLE_SCHEMA)
+            return pl.DataFrame(schema=hole_schema())
         with self.db.cursor() as cur:
             cur.execute(
                 "SELECT s.symbol, h.sym, h.after_id, h.before_id, h.from_ms, h.to_ms, h.reason, "
@@ -160,7 +161,7 @@ class Trades:
                 (NO_LOWER if lo_ms is None else lo_ms, NO_UPPER if hi_ms is None else hi_ms),
             )
             rows = cur.fetchall()
-        return pl.DataFrame(rows, schema=HOLE_SCHEMA, orient="row")
+        return pl.DataFrame(rows, schema=hole_schema(), orient="row")
 
     def exist(self) -> bool:
         """Whether any staged row is a trade (one seek in the trade index, which exists once a

@@ -14,7 +14,7 @@ from etl.config import mask_dsn
 from etl.errors import ConfigError, DependencyError, EtlError
 
 if TYPE_CHECKING:
-    import adbc_driver_postgresql.dbapi as pg
+    from etl.drivers import postgresql as pg
 
 _DSN_ERRORS = (
     "invalid connection option",
@@ -70,7 +70,7 @@ def connect(
     A bad DSN is a :class:`ConfigError`; an unreachable or silent server a
     :class:`DependencyError`: one line each, with the password masked.
     """
-    import adbc_driver_postgresql.dbapi as pg
+    from etl.drivers import postgresql as pg
 
     redact.remember_dsn(dsn)  # whoever built it, its password never reaches output
     dsns.parse(dsn).check()  # libpq would quote pieces of a password it misreads

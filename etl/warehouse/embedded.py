@@ -145,7 +145,7 @@ def _lock_beside(pgdata: Path) -> None:
 
 
 def _ensure_database(admin_uri: str) -> None:
-    import adbc_driver_postgresql.dbapi as pg
+    from etl.drivers import postgresql as pg
 
     with pg.connect(admin_uri, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = $1", parameters=[DATABASE])

@@ -21,15 +21,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-import adbc_driver_postgresql.dbapi as pg
-import polars as pl
-
-from etl.bars import TRADE_COLUMNS, UTC_US
 from etl.config import Settings
+from etl.drivers import postgresql as pg
 from etl.errors import ConfigError, DependencyError
 from etl.hours import as_utc, utc
+from etl.imports import deferred
 from etl.warehouse import migrate
 from etl.warehouse.connect import connect, first_line, is_lost
 from etl.warehouse.migrate import Migrations
@@ -57,6 +55,16 @@ LOCK_TIMEOUT_S = 60.0
 SCHEMA_LOCK = 0x45544C03  # pg_advisory_lock key held while sql/ is applied
 # Ledger rows from before staging files had an identity (sql/010_staging_identity.sql).
 LEGACY_STAGING = "00000000-0000-0000-0000-000000000000"
+
+pl = deferred("polars")  # a rollup with nothing to do, or `etl status`, makes no frame
+
+
+class Committed(NamedTuple):
+    """A committed hour of one staging file, as the ledger (``rollup_runs``) holds it."""
+
+    max_seq: int  # the last staged row the rollup read
+    ticks_read: int
+    purged: bool  # its staged ticks are deleted
 
 
 @dataclass
@@ -339,6 +347,8 @@ class Warehouse:
             )
 
     def _upsert_bars(self, cur: pg.Cursor, bars: pl.DataFrame) -> Written:
+        from etl.bars import TRADE_COLUMNS
+
         cur.execute("SELECT pg_advisory_xact_lock($1)", parameters=[WRITE_LOCK])
         cur.fetchall()
         _bound_lock_waits(cur)
@@ -391,6 +401,17 @@ class Warehouse:
             [staging_id] if staging_id else None,
         )
 
+    def committed(self, staging_id: str) -> dict[int, Committed]:
+        """This staging file's committed hours: ``{hour_ms: (max_seq, ticks_read, purged)}``
+        (what :meth:`ledger` holds of them, as plain rows: a rollup with nothing to do makes no
+        frame)."""
+        rows = self.execute(
+            "SELECT (extract(epoch FROM hour) * 1000)::bigint, max_seq, ticks_read, "
+            "purged_at IS NOT NULL FROM rollup_runs WHERE staging_id = $1::uuid ORDER BY hour",
+            [staging_id],
+        )
+        return {int(h): Committed(int(s), int(t), bool(p)) for h, s, t, p in rows}
+
     def purge_candidates(self, staging_id: str, before: datetime) -> list[tuple[int, int]]:
         """This staging file's committed hours that ended before ``before`` and whose ticks are
         still staged: ``(hour_ms, max_seq)``."""
@@ -411,14 +432,17 @@ class Warehouse:
             [staging_id, [utc(h) for h in hours]],
         )
 
-    def retention(self, keep_days: float, *, dry_run: bool) -> pl.DataFrame:
+    def retention(self, keep_days: float, *, dry_run: bool) -> list[dict[str, Any]]:
+        """Drop (or, dry, list) the hourly partitions past ``keep_days`` whose days are in
+        ``metrics_daily`` (``sql/006_retention.sql``): one row per partition past it,
+        ``partition, range_start, range_end, action, missing_days``."""
         with self.transaction() as cur:
             _bound_lock_waits(cur)
             cur.execute(
                 "SELECT * FROM etl_hourly_retention($1, $2)", parameters=[float(keep_days), dry_run]
             )
-            table = cur.fetch_arrow_table()
-        return pl.from_arrow(table)  # type: ignore[return-value]
+            names = [column[0] for column in cur.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     @contextmanager
     def _session_lock(self, key: int, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
@@ -465,6 +489,8 @@ class Warehouse:
         """Every (symbol, hour) in ``[lo, hi)`` (from ``lo``'s hour), by symbol and hour: the
         bar's source (null: no bar) and coverage (0 without a bar). The bars and their coverage
         come from SQL (``etl_bar_coverage``); the grid they are placed in is made here."""
+        from etl.bars import UTC_US
+
         # generate_series(date_trunc('hour', lo), hi - 1 h, 1 h), as SQL made them before
         first = as_utc(lo).replace(minute=0, second=0, microsecond=0)
         bars = self.read(COVERAGE_BARS_SQL, [self.rule[0], first, hi, ",".join(symbols)])
