@@ -105,7 +105,7 @@ class Backfill:
         wh.migrate()
         self.summary.looked_for = f"{iso(lo_ms)} .. {iso(hi_ms)}"
         self.summary.symbols = list(symbols)
-        committed = set(wh.ledger(staging.id)["hour_ms"].to_list())
+        committed = set(wh.committed(staging.id))
         pending = set(staging.ticks.hour_sizes(lo_ms, hi_ms)) - committed
         targets = wh.backfill_targets(symbols, utc(lo_ms), utc(hi_ms))
         # Hours with staged ticks not rolled up yet belong to the rollup, not to the klines.

@@ -31,9 +31,11 @@ from etl.staging.store import Staging, open_staging
 from etl.warehouse.store import Warehouse, open_warehouse
 
 if TYPE_CHECKING:
-    from etl.staging.archive import Archive, Archived
+    import polars as pl
 
-pl = deferred("polars")
+    from etl.staging.archive import Archive, Archived
+else:  # imported at the first frame made: a rollup with nothing to do makes none
+    pl = deferred("polars")
 
 log = logging.getLogger("etl.rollup")
 

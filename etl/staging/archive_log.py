@@ -10,12 +10,15 @@ The tables are made with their first use, so a file that never rolled up stays a
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etl.imports import deferred
 from etl.staging.db import StagingDb
 
-pl = deferred("polars")  # `etl status` and a rollup with nothing to do make no frame
+if TYPE_CHECKING:
+    import polars as pl
+else:  # imported at the first frame made: a rollup with nothing to do makes none
+    pl = deferred("polars")
 
 _DDL = (
     # Each hour archived: its ledger max_seq, what went out, and where its manifest is.

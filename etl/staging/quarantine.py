@@ -3,12 +3,17 @@ reason, moved_at) in the same file, with the reason; never rolled up, never purg
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from etl.drivers import sqlite as adbc_sqlite
 from etl.hours import MAX_TS_MS, MIN_TS_MS, NO_LOWER, NO_UPPER, now_ms
 from etl.imports import deferred
 from etl.staging.db import StagingDb
 
-pl = deferred("polars")  # `etl status` and a rollup with nothing to do make no frame
+if TYPE_CHECKING:
+    import polars as pl
+else:  # imported at the first frame made: a rollup with nothing to do makes none
+    pl = deferred("polars")
 
 # A row of tick_rows (alias t, symbols joined as s) that got past the constraints (PRAGMA
 # ignore_check_constraints): an unknown symbol id, a price that is not finite and > 0, or a ts

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -22,7 +22,10 @@ from etl.staging.db import StagingDb
 from etl.staging.quarantine import Quarantine
 from etl.staging.state import _UPSERT_STATE
 
-pl = deferred("polars")  # `etl status` and a rollup with nothing to do make no frame
+if TYPE_CHECKING:
+    import polars as pl
+else:  # imported at the first frame made: a rollup with nothing to do makes none
+    pl = deferred("polars")
 
 WINDOW = ("sym", "ts", "price")  # what a rollup reads of a tick row
 TRADE_WINDOW = (*WINDOW, "agg_id", "qty", "trades")

@@ -6,7 +6,7 @@ A partial unique index on ``(sym, agg_id)`` drops a trade seen twice."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -15,7 +15,10 @@ from etl.imports import deferred
 from etl.staging.db import StagingDb
 from etl.staging.schema import ensure_trade_tables
 
-pl = deferred("polars")  # `etl status` and a rollup with nothing to do make no frame
+if TYPE_CHECKING:
+    import polars as pl
+else:  # imported at the first frame made: a rollup with nothing to do makes none
+    pl = deferred("polars")
 
 TRADE_SCHEMA = pa.schema(
     [

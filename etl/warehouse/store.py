@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from etl.config import Settings
 from etl.drivers import postgresql as pg
@@ -56,7 +56,10 @@ SCHEMA_LOCK = 0x45544C03  # pg_advisory_lock key held while sql/ is applied
 # Ledger rows from before staging files had an identity (sql/010_staging_identity.sql).
 LEGACY_STAGING = "00000000-0000-0000-0000-000000000000"
 
-pl = deferred("polars")  # a rollup with nothing to do, or `etl status`, makes no frame
+if TYPE_CHECKING:
+    import polars as pl
+else:  # imported at the first frame made: a rollup with nothing to do makes none
+    pl = deferred("polars")
 
 
 class Committed(NamedTuple):
