@@ -7,7 +7,7 @@ their first use, so a command that makes no frame never pays for them (``etl sta
 rollup with nothing to do).
 
 >>> with sqlite.connect(":memory:") as conn, conn.cursor() as cur:
-...     cur.execute("SELECT 1 AS one")
+...     _ = cur.execute("SELECT 1 AS one")
 ...     cur.fetchall()
 [(1,)]
 """

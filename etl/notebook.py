@@ -2,8 +2,11 @@
 and the few chart helpers both notebooks share.
 
 >>> from etl.notebook import History                       # doctest: +SKIP
->>> h = History()                   # etl.toml / ETL_* / defaults; embedded server if no DSN
->>> h.hourly(["BTCUSDT"], days=7)   # a Polars frame of hourly bars
+>>> h = History()                   # doctest: +SKIP
+>>> h.hourly(["BTCUSDT"], days=7)   # doctest: +SKIP
+
+``History()`` reads etl.toml, ``ETL_*`` and the defaults (the embedded server if no DSN is
+set); ``h.hourly`` gives a Polars frame of hourly bars.
 
 Relative paths in the configuration resolve against the working directory when ``History()`` is
 made, as in every ``etl`` command (a kernel's working directory is the notebook's folder;

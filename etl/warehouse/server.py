@@ -2,7 +2,7 @@
 embedded server in ``<data_dir>/pg``.
 
 >>> where = resolve(load_settings(env={}))             # doctest: +SKIP
->>> where.embedded, where.label
+>>> where.embedded, where.label                        # doctest: +SKIP
 (True, 'embedded (data/pg)')
 >>> with running(where) as dsn:                       # doctest: +SKIP
 ...     dsn
