@@ -588,7 +588,7 @@ def retention(settings: Settings, drops: int, dry_runs: int) -> dict[str, Any]:
     ``drops`` partitions with data one call each (dry runs first: the check alone)."""
     out: dict[str, Any] = {"dry": [], "drop": [], "dropped_rows": []}
     with open_warehouse(settings) as wh:
-        parts = wh.partitions()
+        parts = pl.DataFrame(wh.partitions())
         with_rows = [
             (name, end)
             for name, end in zip(parts["partition"], parts["range_end"], strict=True)

@@ -1,6 +1,6 @@
 """What a command loads: a person waits on every start, so a command imports only what it uses.
 Polars (0.12 s) and pyarrow's datasets (0.09 s) load when a frame is made, not for `--help`,
-`--version` or a rollup with nothing to do (their times are in `just bench`, part 7)."""
+`--version`, `etl status` or a rollup with nothing to do (their times are in `just bench`, part 7)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_help_and_version_load_neither_polars_nor_the_database_driver(
         assert "Usage" in printed
 
 
-def test_a_rollup_with_nothing_to_do_makes_no_frame_and_one_with_work_does(
+def test_status_and_a_rollup_with_nothing_to_do_make_no_frame_and_one_with_work_does(
     pgs: Settings, tmp_path: Path
 ) -> None:
     closed = hour_floor(int(time.time() * 1000)) - HOUR_MS
@@ -81,6 +81,12 @@ def test_a_rollup_with_nothing_to_do_makes_no_frame_and_one_with_work_does(
     assert "polars" not in loaded, loaded
     assert loaded.get("pyarrow.dataset") == "_Deferred", loaded
     assert "pandas" not in loaded and "numpy" not in loaded, loaded
+
+    loaded, printed = loaded_by(["status", "--json"], env, tmp_path)
+    report = json.loads(printed[: printed.rindex("}") + 1])
+    assert report["warehouse"]["committed_hours"] == 2, report["warehouse"]
+    assert report["warehouse"]["partitions"], report["warehouse"]  # read, as rows
+    assert "polars" not in loaded, loaded  # the whole report, no frame
 
 
 @pytest.mark.parametrize("how", ["deferred", "defer"])

@@ -179,7 +179,7 @@ def test_a_staging_file_and_warehouse_of_the_previous_release_keep_every_tick_an
     assert [(r[0], r[1], r[2], r[3]) for r in good] == [
         (s, sym, ts, p) for s, sym, ts, p in kept.rows()
     ]  # every tick, with its id
-    assert rejected["rows"].sum() == len(legacy_ticks) - len(good) == 5
+    assert sum(r["rows"] for r in rejected) == len(legacy_ticks) - len(good) == 5
     bars_after = query(
         pg_dsn, "SELECT * FROM metrics_hourly WHERE staging_id IS NULL ORDER BY symbol, bucket"
     )
@@ -561,7 +561,7 @@ def test_rows_past_the_constraints_are_quarantined_counted_and_never_purged(
     assert bars["samples"].to_list() == [100, 100, 100]  # none of them is a sample
     with Staging(pgs.staging_path) as st:
         assert st.quarantine.count() == 4  # the purge ran and kept every one
-        reasons = set(st.quarantine.reasons()["reason"])
+        reasons = {r["reason"] for r in st.quarantine.reasons()}
     assert reasons == {"price is not greater than 0", "price is not finite", "unknown symbol id"}
     status = run_etl(["status", "--json"], etl_env(pgs))
     report = json.loads(status.stdout)

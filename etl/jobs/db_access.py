@@ -145,4 +145,4 @@ def init_warehouse(settings: Settings) -> Initialised:
     with open_warehouse(settings) as wh:
         done = wh.migrate()
         wh.ensure_partitions_ahead()
-        return Initialised(done, wh.partitions()["partition"].to_list(), wh.label)
+        return Initialised(done, [p["partition"] for p in wh.partitions()], wh.label)

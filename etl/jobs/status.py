@@ -130,7 +130,7 @@ def staging_status(staging: Staging, settings: Settings, now_ms: int) -> Staging
     ban = staging.state.get(BAN_KEY) or {}
     intervals = staging.state.intervals()
     meta = staging.meta()
-    holes = staging.trades.holes(now_ms - HOLES_REPORTED_MS, now_ms)
+    holes = staging.trades.hole_rows(now_ms - HOLES_REPORTED_MS, now_ms)
     return StagingStatus(
         path=str(staging.path),
         exists=True,
@@ -165,7 +165,7 @@ def staging_status(staging: Staging, settings: Settings, now_ms: int) -> Staging
                 "first_moved": iso_or_none(r["first_moved_ms"]),
                 "last_moved": iso_or_none(r["last_moved_ms"]),
             }
-            for r in staging.quarantine.reasons().iter_rows(named=True)
+            for r in staging.quarantine.reasons()
         ],
         last_rollup=staging.state.get(LAST_ROLLUP_KEY),
         bytes=staging.db.file_sizes(),
@@ -177,7 +177,7 @@ def staging_status(staging: Staging, settings: Settings, now_ms: int) -> Staging
                 "to": iso_or_none(h["to_ms"]),
                 "reason": h["reason"],
             }
-            for h in holes.iter_rows(named=True)
+            for h in holes
         ],
     )
 
@@ -210,30 +210,32 @@ def warehouse_status(
         return out
     closed = closed_before(now_ms)
     ledger = wh.ledger()
-    if ledger.height:
-        out.last_committed_hour = iso_or_none(int(ledger["hour_ms"].max()))
+    if ledger:
+        out.last_committed_hour = iso_or_none(max(int(row["hour_ms"]) for row in ledger))
     if staging is not None:
-        mine = ledger.filter(ledger["staging_id"] == staging.id)
-        committed = set(mine["hour_ms"].to_list())
+        mine = [row for row in ledger if row["staging_id"] == staging.id]
+        committed = {int(row["hour_ms"]) for row in mine}
         out.committed_hours = len(committed)
         _pending(out, staging, now_ms, committed)
-        week = mine.filter(mine["hour_ms"] >= now_ms - 7 * 24 * HOUR_MS)
-        out.bars_lost_7d = int(week["bars_lost"].sum() or 0)
+        week_ago = now_ms - 7 * 24 * HOUR_MS
+        out.bars_lost_7d = sum(
+            int(row["bars_lost"] or 0) for row in mine if row["hour_ms"] >= week_ago
+        )
     lo, hi = utc(closed - LOOKBACK_HOURS * HOUR_MS), utc(closed)
     out.missing_hours_24h = _missing(wh, settings, lo, hi)
     out.missing_hours_7d = _missing(wh, settings, utc(closed - 7 * 24 * HOUR_MS), hi)
-    for row in wh.coverage(settings.symbols, lo, hi).iter_rows(named=True):
+    for row in wh.coverage(settings.symbols, lo, hi):
         out.coverage_24h[row["symbol"]] = {
             "bars": int(row["bars"]),
             "coverage": round(min(1.0, float(row["coverage"])), 4),
             "kline_bars": int(row["kline_bars"]),
         }
     parts = wh.partitions()
-    dated = parts.filter(parts["range_start"].is_not_null())
-    out.partitions = dated["partition"].to_list()
+    dated = [p for p in parts if p["range_start"] is not None]
+    out.partitions = [p["partition"] for p in dated]
     this_month = utc(now_ms).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    out.partitions_ahead = int(dated.filter(dated["range_start"] > this_month).height)
-    defaults = parts.filter(parts["range_start"].is_null())["partition"].to_list()
+    out.partitions_ahead = sum(p["range_start"] > this_month for p in dated)
+    defaults = [p["partition"] for p in parts if p["range_start"] is None]
     out.default_partition = defaults[0] if defaults else None
     out.default_partition_rows = wh.count_rows(defaults[0]) if defaults else None
     out.changed_sql_files = wh.changed_migrations()
@@ -249,7 +251,7 @@ def _missing(
             "count": int(row["missing_hours"] or 0),
             "first": iso_or_none(to_ms(row["first_missing"])) if row["first_missing"] else None,
         }
-        for row in wh.missing_hours(settings.symbols, lo, hi).iter_rows(named=True)
+        for row in wh.missing_hours(settings.symbols, lo, hi)
     }
 
 
@@ -274,9 +276,9 @@ def archive_status(
     ledger = wh.ledger(staging.id)
     archived = staging.archive_log.archived()
     waiting = sorted(
-        int(h)
-        for h, purged in zip(ledger["hour_ms"], ledger["purged"], strict=True)
-        if not purged and int(h) not in archived
+        int(row["hour_ms"])
+        for row in ledger
+        if not row["purged"] and int(row["hour_ms"]) not in archived
     )
     due = now_ms - int(settings.raw_retention_h * HOUR_MS) - ROLLUP_OVERDUE_MS
     out.unarchived_hours = [iso(h) for h in waiting]

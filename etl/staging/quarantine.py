@@ -3,17 +3,11 @@ reason, moved_at) in the same file, with the reason; never rolled up, never purg
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from etl.drivers import sqlite as adbc_sqlite
 from etl.hours import MAX_TS_MS, MIN_TS_MS, NO_LOWER, NO_UPPER, now_ms
-from etl.imports import deferred
 from etl.staging.db import StagingDb
-
-if TYPE_CHECKING:
-    import polars as pl
-else:  # imported at the first frame made: a rollup with nothing to do makes none
-    pl = deferred("polars")
 
 # A row of tick_rows (alias t, symbols joined as s) that got past the constraints (PRAGMA
 # ignore_check_constraints): an unknown symbol id, a price that is not finite and > 0, or a ts
@@ -70,24 +64,17 @@ class Quarantine:
         would ever see them, so no rollup would ever take or purge them."""
         return self.move(NO_LOWER, MIN_TS_MS) + self.move(MAX_TS_MS + 1, NO_UPPER)
 
-    def reasons(self) -> pl.DataFrame:
-        """Quarantined rows per reason: ``reason, rows, first_moved_ms, last_moved_ms``."""
+    def reasons(self) -> list[dict[str, Any]]:
+        """Quarantined rows per reason, most first: ``reason, rows, first_moved_ms,
+        last_moved_ms``."""
         with self.db.cursor() as cur:
             cur.execute(
-                "SELECT reason, count(*), min(moved_at), max(moved_at) FROM ticks_rejected "
+                "SELECT reason, count(*) AS rows, min(moved_at) AS first_moved_ms, "
+                "max(moved_at) AS last_moved_ms FROM ticks_rejected "
                 "GROUP BY reason ORDER BY count(*) DESC"
             )
-            rows = cur.fetchall()
-        return pl.DataFrame(
-            rows,
-            schema={
-                "reason": pl.String,
-                "rows": pl.Int64,
-                "first_moved_ms": pl.Int64,
-                "last_moved_ms": pl.Int64,
-            },
-            orient="row",
-        )
+            names = [column[0] for column in cur.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def count(self, conn: adbc_sqlite.Connection | None = None) -> int:
         """Rows in quarantine, on ``conn`` if given (a reader of another thread)."""

@@ -153,9 +153,14 @@ class Trades:
         return pl.DataFrame(rows, schema={"symbol": pl.String, **cursor_schema()}, orient="row")
 
     def holes(self, lo_ms: int | None = None, hi_ms: int | None = None) -> pl.DataFrame:
-        """Holes given up on that overlap ``[lo_ms, hi_ms)`` (``HOLE_SCHEMA``), oldest first."""
+        """Holes given up on that overlap ``[lo_ms, hi_ms)`` (:func:`hole_schema`), oldest
+        first."""
+        return pl.DataFrame(self.hole_rows(lo_ms, hi_ms), schema=hole_schema())
+
+    def hole_rows(self, lo_ms: int | None = None, hi_ms: int | None = None) -> list[dict[str, Any]]:
+        """:meth:`holes` as rows by column name (no frame: `etl status`)."""
         if not self._trade_tables:
-            return pl.DataFrame(schema=hole_schema())
+            return []
         with self.db.cursor() as cur:
             cur.execute(
                 "SELECT s.symbol, h.sym, h.after_id, h.before_id, h.from_ms, h.to_ms, h.reason, "
@@ -163,8 +168,8 @@ class Trades:
                 "WHERE h.to_ms >= ? AND h.from_ms < ? ORDER BY h.from_ms, h.sym",
                 (NO_LOWER if lo_ms is None else lo_ms, NO_UPPER if hi_ms is None else hi_ms),
             )
-            rows = cur.fetchall()
-        return pl.DataFrame(rows, schema=hole_schema(), orient="row")
+            names = [column[0] for column in cur.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def exist(self) -> bool:
         """Whether any staged row is a trade (one seek in the trade index, which exists once a

@@ -91,6 +91,12 @@ class Written:
         return sum(self.lost.values())
 
 
+def _named(cur: pg.Cursor) -> list[dict[str, Any]]:
+    """The rows of the statement ``cur`` ran, each as a dict by column name."""
+    names = [column[0] for column in cur.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
 def _bound_lock_waits(cur: pg.Cursor) -> None:
     """In this transaction, give up on a table lock after ``LOCK_TIMEOUT_S``."""
     cur.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT_S * 1000)}ms'")
@@ -163,6 +169,13 @@ class Warehouse:
         with self.transaction() as cur:
             cur.execute(sql, parameters=params)
             return cur.fetchall() if cur.description else []
+
+    def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """A small read as named rows, no frame: what `etl status` and the rollup's bookkeeping
+        read (a command that makes no frame never imports Polars)."""
+        with self.transaction() as cur:
+            cur.execute(sql, parameters=params)
+            return _named(cur)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         """A read as a Polars frame; the transaction is ended at once."""
@@ -392,11 +405,11 @@ class Warehouse:
 
     # -- the ledger and the purge --------------------------------------------------------------
 
-    def ledger(self, staging_id: str | None = None) -> pl.DataFrame:
-        """``rollup_runs`` (of one staging file, or all) as ``staging_id, staging_name, hour_ms,
-        max_seq, ticks_read, rows, bars_lost, purged``."""
+    def ledger(self, staging_id: str | None = None) -> list[dict[str, Any]]:
+        """``rollup_runs`` (of one staging file, or all) as rows of ``staging_id, staging_name,
+        hour_ms, max_seq, ticks_read, rows, bars_lost, purged``, oldest first."""
         where = "WHERE staging_id = $1::uuid" if staging_id else ""
-        return self.query(
+        return self.rows(
             "SELECT staging_id::text AS staging_id, staging_name, "
             "(extract(epoch FROM hour) * 1000)::bigint AS hour_ms, max_seq, ticks_read, rows, "
             f"bars_lost, purged_at IS NOT NULL AS purged FROM rollup_runs {where} "
@@ -444,8 +457,7 @@ class Warehouse:
             cur.execute(
                 "SELECT * FROM etl_hourly_retention($1, $2)", parameters=[float(keep_days), dry_run]
             )
-            names = [column[0] for column in cur.description or []]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            return _named(cur)
 
     @contextmanager
     def _session_lock(self, key: int, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
@@ -471,22 +483,25 @@ class Warehouse:
 
     # -- named reads ---------------------------------------------------------------------------
 
-    def partitions(self) -> pl.DataFrame:
-        """``partition, range_start, range_end`` of ``metrics_hourly``, oldest first."""
-        return self.query("SELECT * FROM etl_hourly_partitions()")
+    def partitions(self) -> list[dict[str, Any]]:
+        """``partition, range_start, range_end`` of ``metrics_hourly``'s partitions, oldest
+        first (the default partition, if any, with no range)."""
+        return self.rows("SELECT * FROM etl_hourly_partitions()")
 
     def count_rows(self, table: str) -> int:
         return int(self.execute(f'SELECT count(*) FROM "{table}"')[0][0])
 
-    def missing_hours(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
-        """Per symbol, hours in ``[first bar of any symbol after lo, hi)`` without a bar: count
-        and first."""
-        return self.query(MISSING_SQL, [",".join(symbols), lo, hi])
+    def missing_hours(
+        self, symbols: Sequence[str], lo: datetime, hi: datetime
+    ) -> list[dict[str, Any]]:
+        """Per symbol, hours in ``[first bar of any symbol after lo, hi)`` without a bar:
+        ``symbol, missing_hours, first_missing``."""
+        return self.rows(MISSING_SQL, [",".join(symbols), lo, hi])
 
-    def coverage(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
-        """Per symbol over ``[lo, hi)``: bars, coverage (hours without a bar count as 0, each
-        bar's as ``etl_bar_coverage``) and kline bars."""
-        return self.query(COVERAGE_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
+    def coverage(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> list[dict[str, Any]]:
+        """Per symbol over ``[lo, hi)``: ``symbol, bars, coverage`` (hours without a bar count as
+        0, each bar's as ``etl_bar_coverage``) ``, kline_bars``."""
+        return self.rows(COVERAGE_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
 
     def coverage_grid(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
         """Every (symbol, hour) in ``[lo, hi)`` (from ``lo``'s hour), by symbol and hour: the
