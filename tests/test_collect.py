@@ -217,8 +217,15 @@ def test_weight_stays_within_budget_with_many_symbols_at_a_short_interval(
         stats, _ = collect(settings, vclock, polls=600)  # five virtual minutes
         assert ex.max_weight_used() <= 100
         assert all(r.status == 200 for r in ex.requests)
-    # 100 a minute: exchangeInfo (20) then 4 per poll: 20 polls in the first minute, 25 after
-    assert 20 + 4 * 25 <= stats.polls_ok <= 20 + 5 * 25 + 1
+        polls = sum(r.path == "/api/v3/ticker/price" for r in ex.requests)
+        infos = sum(r.path == "/api/v3/exchangeInfo" for r in ex.requests)
+    # 100 a minute: exchangeInfo (20) then 4 per poll: 20 polls in the first minute, 25 after,
+    # all the budget used and no more. The clock is virtual, a request's wait is not: a read
+    # gives up at its slot's end (0.5 virtual s, waited as real ones), and on a busy machine a
+    # 3,000-symbol answer can take longer; the request is made again, its weight spent twice.
+    # So the budget is counted in requests the exchange answered (an exchangeInfo: 5 polls).
+    assert 20 + 4 * 25 <= polls + 5 * (infos - 1) <= 20 + 5 * 25 + 1, (polls, infos)
+    assert stats.polls_ok >= polls - 15, (stats.polls_ok, polls)  # requests made again: a few
     assert stats.ticks == 3000 * stats.polls_ok
 
 
