@@ -10,7 +10,6 @@ listed), 3 a part cannot be reached. Times are ISO 8601 UTC throughout; the JSON
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -183,12 +182,14 @@ def staging_status(staging: Staging, settings: Settings, now_ms: int) -> Staging
 
 
 def _pending(
-    out: WarehouseStatus, staging: Staging, now_ms: int, committed: Collection[int] = ()
+    out: WarehouseStatus, staging: Staging, now_ms: int, wh: Warehouse | None = None
 ) -> None:
-    """The closed hours ``staging`` holds that are not ``committed``, and those overdue."""
-    staged = [
-        h for h in staging.ticks.hour_sizes(None, closed_before(now_ms)) if h not in committed
-    ]
+    """The closed hours ``staging`` holds that ``wh``'s ledger does not have, and those
+    overdue."""
+    staged = staging.ticks.hour_sizes(None, closed_before(now_ms))
+    if wh is not None and staged:
+        committed = wh.committed(staging.id, since_ms=min(staged))
+        staged = {h: n for h, n in staged.items() if h not in committed}
     out.pending_hours = [iso(h) for h in staged]
     out.overdue_hours = [iso(h) for h in staged if h + HOUR_MS + ROLLUP_OVERDUE_MS < now_ms]
 
@@ -209,18 +210,12 @@ def warehouse_status(
         )
         return out
     closed = closed_before(now_ms)
-    ledger = wh.ledger()
-    if ledger:
-        out.last_committed_hour = iso_or_none(max(int(row["hour_ms"]) for row in ledger))
+    counts = wh.ledger_counts(staging.id if staging else None, utc(now_ms - 7 * 24 * HOUR_MS))
+    out.last_committed_hour = iso_or_none(counts["newest_ms"])
     if staging is not None:
-        mine = [row for row in ledger if row["staging_id"] == staging.id]
-        committed = {int(row["hour_ms"]) for row in mine}
-        out.committed_hours = len(committed)
-        _pending(out, staging, now_ms, committed)
-        week_ago = now_ms - 7 * 24 * HOUR_MS
-        out.bars_lost_7d = sum(
-            int(row["bars_lost"] or 0) for row in mine if row["hour_ms"] >= week_ago
-        )
+        out.committed_hours = int(counts["hours"])
+        out.bars_lost_7d = int(counts["bars_lost"])
+        _pending(out, staging, now_ms, wh)
     lo, hi = utc(closed - LOOKBACK_HOURS * HOUR_MS), utc(closed)
     out.missing_hours_24h = _missing(wh, settings, lo, hi)
     out.missing_hours_7d = _missing(wh, settings, utc(closed - 7 * 24 * HOUR_MS), hi)
@@ -273,12 +268,11 @@ def archive_status(
     out.newest_hour = iso_or_none(done["newest_hour_ms"])
     if not out.enabled or wh is None:
         return out
-    ledger = wh.ledger(staging.id)
     archived = staging.archive_log.archived()
     waiting = sorted(
-        int(row["hour_ms"])
-        for row in ledger
-        if not row["purged"] and int(row["hour_ms"]) not in archived
+        hour
+        for hour, held in wh.committed(staging.id).items()
+        if not held.purged and hour not in archived
     )
     due = now_ms - int(settings.raw_retention_h * HOUR_MS) - ROLLUP_OVERDUE_MS
     out.unarchived_hours = [iso(h) for h in waiting]

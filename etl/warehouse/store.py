@@ -405,26 +405,29 @@ class Warehouse:
 
     # -- the ledger and the purge --------------------------------------------------------------
 
-    def ledger(self, staging_id: str | None = None) -> list[dict[str, Any]]:
-        """``rollup_runs`` (of one staging file, or all) as rows of ``staging_id, staging_name,
-        hour_ms, max_seq, ticks_read, rows, bars_lost, purged``, oldest first."""
-        where = "WHERE staging_id = $1::uuid" if staging_id else ""
+    def ledger_counts(self, staging_id: str | None, since: datetime) -> dict[str, Any]:
+        """What `etl status` says of the ledger (``rollup_runs``), counted by the server: years
+        of it are 10^5 rows. ``newest_ms``: the newest hour any staging file committed (``None``:
+        none yet); ``hours``: the hours ``staging_id`` committed; ``bars_lost``: the bars it
+        lost to another file's from ``since`` on."""
         return self.rows(
-            "SELECT staging_id::text AS staging_id, staging_name, "
-            "(extract(epoch FROM hour) * 1000)::bigint AS hour_ms, max_seq, ticks_read, rows, "
-            f"bars_lost, purged_at IS NOT NULL AS purged FROM rollup_runs {where} "
-            "ORDER BY hour, staging_id",
-            [staging_id] if staging_id else None,
-        )
+            "SELECT (extract(epoch FROM max(hour)) * 1000)::bigint AS newest_ms, "
+            "count(*) FILTER (WHERE staging_id = $1::uuid) AS hours, "
+            "coalesce(sum(bars_lost) FILTER (WHERE staging_id = $1::uuid AND hour >= $2), 0) "
+            "AS bars_lost FROM rollup_runs",
+            [staging_id, since],
+        )[0]
 
-    def committed(self, staging_id: str) -> dict[int, Committed]:
-        """This staging file's committed hours: ``{hour_ms: (max_seq, ticks_read, purged)}``
-        (what :meth:`ledger` holds of them, as plain rows: a rollup with nothing to do makes no
-        frame)."""
+    def committed(self, staging_id: str, since_ms: int | None = None) -> dict[int, Committed]:
+        """This staging file's committed hours (from ``since_ms`` on, if given) in the ledger:
+        ``{hour_ms: (max_seq, ticks_read, purged)}``, as plain rows (a rollup with nothing to do
+        makes no frame)."""
+        since = "" if since_ms is None else "AND hour >= $2"
         rows = self.execute(
             "SELECT (extract(epoch FROM hour) * 1000)::bigint, max_seq, ticks_read, "
-            "purged_at IS NOT NULL FROM rollup_runs WHERE staging_id = $1::uuid ORDER BY hour",
-            [staging_id],
+            f"purged_at IS NOT NULL FROM rollup_runs WHERE staging_id = $1::uuid {since} "
+            "ORDER BY hour",
+            [staging_id] if since_ms is None else [staging_id, utc(since_ms)],
         )
         return {int(h): Committed(int(s), int(t), bool(p)) for h, s, t, p in rows}
 
