@@ -14,6 +14,8 @@ rollup with nothing to do).
 
 from __future__ import annotations
 
+from typing import Any
+
 from etl.imports import defer, hiding
 
 defer("pyarrow.dataset")
@@ -23,4 +25,17 @@ with hiding("polars"):
 import adbc_driver_postgresql.dbapi as postgresql  # noqa: E402
 import adbc_driver_sqlite.dbapi as sqlite  # noqa: E402
 
-__all__ = ["postgresql", "sqlite"]
+__all__ = ["named", "postgresql", "sqlite"]
+
+
+def named(cur: Any) -> list[dict[str, Any]]:
+    """The rows of the statement ``cur`` ran, each a dict by column name: a small read with no
+    frame (`etl status`, the rollup's bookkeeping).
+
+    >>> with sqlite.connect(":memory:") as conn, conn.cursor() as cur:
+    ...     _ = cur.execute("SELECT 1 AS one, 'a' AS letter")
+    ...     named(cur)
+    [{'one': 1, 'letter': 'a'}]
+    """
+    names = [column[0] for column in cur.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from etl.drivers import named
 from etl.drivers import sqlite as adbc_sqlite
 from etl.hours import MAX_TS_MS, MIN_TS_MS, NO_LOWER, NO_UPPER, now_ms
 from etl.staging.db import StagingDb
@@ -73,8 +74,7 @@ class Quarantine:
                 "max(moved_at) AS last_moved_ms FROM ticks_rejected "
                 "GROUP BY reason ORDER BY count(*) DESC"
             )
-            names = [column[0] for column in cur.description or []]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            return named(cur)
 
     def count(self, conn: adbc_sqlite.Connection | None = None) -> int:
         """Rows in quarantine, on ``conn`` if given (a reader of another thread)."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from etl.drivers import named
 from etl.hours import NO_LOWER, NO_UPPER
 from etl.imports import deferred
 from etl.staging.db import StagingDb
@@ -168,8 +169,7 @@ class Trades:
                 "WHERE h.to_ms >= ? AND h.from_ms < ? ORDER BY h.from_ms, h.sym",
                 (NO_LOWER if lo_ms is None else lo_ms, NO_UPPER if hi_ms is None else hi_ms),
             )
-            names = [column[0] for column in cur.description or []]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            return named(cur)
 
     def exist(self) -> bool:
         """Whether any staged row is a trade (one seek in the trade index, which exists once a

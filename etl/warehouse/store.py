@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from etl.config import Settings
+from etl.drivers import named
 from etl.drivers import postgresql as pg
 from etl.errors import ConfigError, DependencyError
 from etl.hours import as_utc, utc
@@ -89,12 +90,6 @@ class Written:
     @property
     def lost_total(self) -> int:
         return sum(self.lost.values())
-
-
-def _named(cur: pg.Cursor) -> list[dict[str, Any]]:
-    """The rows of the statement ``cur`` ran, each as a dict by column name."""
-    names = [column[0] for column in cur.description or []]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def _bound_lock_waits(cur: pg.Cursor) -> None:
@@ -175,7 +170,7 @@ class Warehouse:
         read (a command that makes no frame never imports Polars)."""
         with self.transaction() as cur:
             cur.execute(sql, parameters=params)
-            return _named(cur)
+            return named(cur)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         """A read as a Polars frame; the transaction is ended at once."""
@@ -460,7 +455,7 @@ class Warehouse:
             cur.execute(
                 "SELECT * FROM etl_hourly_retention($1, $2)", parameters=[float(keep_days), dry_run]
             )
-            return _named(cur)
+            return named(cur)
 
     @contextmanager
     def _session_lock(self, key: int, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
