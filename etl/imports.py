@@ -4,8 +4,8 @@ Polars takes 0.12 s to import and pyarrow's datasets 0.09 s, against 0.02 s for 
 ``etl status`` or a rollup with nothing to do makes no frame. :func:`deferred` gives a module
 that is imported at its first use, :func:`without` makes an installed package look absent.
 
->>> json = deferred("json")              # nothing imported yet
->>> json.dumps([1])                      # imported here, at the first name used
+>>> json = deferred("json")              # a stand-in (or json itself, if imported already)
+>>> json.dumps([1])                      # imported at the first name read
 '[1]'
 """
 

@@ -63,7 +63,7 @@ class Trades:
         holes: pl.DataFrame | None = None,
     ) -> int:
         """Store a batch of trades (``sym, ts, price, agg_id, qty, trades``), the symbols'
-        cursors (``CURSOR_SCHEMA``) and holes given up on (``sym, after_id, before_id, from_ms,
+        cursors (:func:`cursor_schema`) and holes given up on (``sym, after_id, before_id, from_ms,
         to_ms, reason, found_ms``), in one transaction; the trades newly stored.
 
         A trade already staged (same symbol and id) is skipped. ADBC's ingest cannot skip a
@@ -142,7 +142,7 @@ class Trades:
         return self._has_trade_tables
 
     def cursors(self) -> pl.DataFrame:
-        """Every symbol's trade cursor: ``symbol`` and ``CURSOR_SCHEMA``."""
+        """Every symbol's trade cursor: ``symbol`` and :func:`cursor_schema`'s columns."""
         if not self._trade_tables:
             return pl.DataFrame(schema={"symbol": pl.String, **cursor_schema()})
         with self.db.cursor() as cur:
