@@ -83,8 +83,14 @@ def pending_hours(
     ledger hours that gained ticks after they were read. A committed hour is only read again
     while every tick the first rollup read is still staged; once some are purged, a new bar
     would hold part of the hour, so the committed bar stays and the hour is reported instead.
+
+    Every hour asked about here has staged ticks, so only the ledger rows from the oldest staged
+    hour on are read: with ten years of ledger, all of them took 0.58 s of every rollup (bench
+    part 6). The late ticks' high-water mark is the file's whole ledger's, counted by the server.
     """
-    committed = wh.committed(staging.id)
+    if not staged:
+        return [], []
+    committed = wh.committed(staging.id, since_ms=min(staged))
 
     def intact(hour: int) -> bool:
         max_seq, ticks_read, purged = committed[hour]
@@ -98,7 +104,7 @@ def pending_hours(
             h for h in again if not intact(h)
         ]
     pending = {h for h in staged if h not in committed}
-    high_water = max((c.max_seq for c in committed.values()), default=0)
+    high_water = wh.high_water(staging.id) if committed else 0
     late = staging.ticks.hours_with_ticks_after(high_water, hi_ms) if high_water else set()
     late = {h for h in late if h in committed and (lo_ms is None or h >= lo_ms)}
     ok = {h for h in late if intact(h)}

@@ -426,6 +426,15 @@ class Warehouse:
         )
         return {int(h): Committed(int(s), int(t), bool(p)) for h, s, t, p in rows}
 
+    def high_water(self, staging_id: str) -> int:
+        """The highest staging row (``max_seq``) any rollup of this file read; 0 if none."""
+        return int(
+            self.execute(
+                "SELECT coalesce(max(max_seq), 0) FROM rollup_runs WHERE staging_id = $1::uuid",
+                [staging_id],
+            )[0][0]
+        )
+
     def purge_candidates(self, staging_id: str, before: datetime) -> list[tuple[int, int]]:
         """This staging file's committed hours that ended before ``before`` and whose ticks are
         still staged: ``(hour_ms, max_seq)``."""
