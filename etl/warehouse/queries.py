@@ -147,18 +147,24 @@ FROM metrics_hourly
 WHERE bucket >= $2 AND bucket < $3 AND symbol = ANY(string_to_array($4, ','))
 ORDER BY symbol, bucket
 """
-# The bars of a range with their coverage: the notebook's coverage grid (every symbol x every
-# hour, 0 where no bar) is made of them in Polars (``Warehouse.coverage_grid``). Made in SQL, by
-# a join of every (symbol, hour) to the bars, 336,000 cells took 3.1 s on the server; read as
-# bars and placed by Polars, 0.13 s on the server and 0.26 s end to end (bench part 6). $2 is the
-# range's first whole hour, truncated by the caller: date_trunc of a timestamptz is only stable,
-# so with it the partitions were pruned at each execution's start, not once when planned.
+# The notebook's coverage grid (every symbol x every hour, 0 where no bar) is made in Polars
+# (``etl.warehouse.grid``) of day rows, one per (symbol, day) with its 24 hours: coverage_daily's
+# for the closed days summarized there (``sql/016_coverage_daily.sql``), and for the other days
+# (the open one, days not summarized) made of their bars with their coverage. Made in SQL by a
+# join of every (symbol, hour) to the bars, 336,000 cells took 3.1 s on the server; from the bars
+# placed by Polars, 0.26 s end to end; now, see docs/performance.md (bench part 6).
+COVERAGE_DAYS_SQL = """
+SELECT symbol, day, coverage, sources, array_position(coverage, NULL) IS NULL AS complete
+FROM coverage_daily
+WHERE day >= $1 AND day <= $2 AND symbol = ANY(string_to_array($3, ','))
+"""
+# $2 and $3 are whole hours, made by the caller: date_trunc of a timestamptz is only stable, so
+# with it the partitions were pruned at each execution's start, not once when planned.
 COVERAGE_BARS_SQL = """
 SELECT symbol, bucket, source,
        etl_bar_coverage(source, samples, interval_s, $1, ids_missing) AS coverage
 FROM metrics_hourly
-WHERE bucket >= $2::timestamptz AND bucket < $3
-  AND symbol = ANY(string_to_array($4, ','))
+WHERE bucket >= $2 AND bucket < $3 AND symbol = ANY(string_to_array($4, ','))
 """
 BACKFILL_TARGETS_SQL = """
 WITH syms AS (SELECT unnest(string_to_array($3, ',')) AS symbol),

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from etl.config import Settings
@@ -36,6 +36,7 @@ from etl.warehouse.queries import (
     BACKFILL_TARGETS_SQL,
     CONTESTS,
     COVERAGE_BARS_SQL,
+    COVERAGE_DAYS_SQL,
     COVERAGE_SQL,
     ENSURE_STAGED_PARTITIONS,
     EXPORT_BARS_SQL,
@@ -510,28 +511,38 @@ class Warehouse:
         0, each bar's as ``etl_bar_coverage``) ``, kline_bars``."""
         return self.rows(COVERAGE_SQL, [self.rule[0], lo, hi, ",".join(symbols)])
 
-    def coverage_grid(self, symbols: Sequence[str], lo: datetime, hi: datetime) -> pl.DataFrame:
+    def coverage_grid(
+        self, symbols: Sequence[str], lo: datetime, hi: datetime, *, summaries: bool = True
+    ) -> pl.DataFrame:
         """Every (symbol, hour) in ``[lo, hi)`` (from ``lo``'s hour), by symbol and hour: the
-        bar's source (null: no bar) and coverage (0 without a bar). The bars and their coverage
-        come from SQL (``etl_bar_coverage``); the grid they are placed in is made here."""
-        from etl.bars import UTC_US
+        bar's source (null: no bar) and coverage (0 without a bar, ``etl_bar_coverage``).
 
-        # generate_series(date_trunc('hour', lo), hi - 1 h, 1 h), as SQL made them before
+        Closed days come from ``coverage_daily``; the others (the open day, days not summarized,
+        days with a bar whose coverage needs the configured interval) from the bars; with
+        ``summaries=False``, every day."""
+        from etl.warehouse import grid
+
         first = as_utc(lo).replace(minute=0, second=0, microsecond=0)
-        bars = self.read(COVERAGE_BARS_SQL, [self.rule[0], first, hi, ",".join(symbols)])
-        last = as_utc(hi) - timedelta(hours=1)
-        hours = pl.datetime_range(first, max(first, last), "1h", eager=True).cast(UTC_US)
-        grid = pl.DataFrame({"symbol": sorted(symbols)}, schema={"symbol": pl.String}).join(
-            pl.DataFrame({"bucket": hours if last >= first else hours.clear()}),
-            how="cross",
-            maintain_order="left_right",
+        hi = as_utc(hi)
+        last = hi - timedelta(hours=1)
+        if last < first:
+            return grid.cells(symbols, first, hi, [])
+        names = ",".join(symbols)
+        known: set[date] = set()
+        days: list[pl.DataFrame] = []
+        if summaries:
+            rows = self.read(COVERAGE_DAYS_SQL, [first.date(), last.date(), names])
+            known = grid.summarized(rows)
+            days.append(grid.summary_days(rows.filter(pl.col("day").is_in(known))))
+        span = (
+            first.date() + timedelta(days=k) for k in range((last.date() - first.date()).days + 1)
         )
-        return grid.join(
-            bars.select("symbol", "bucket", "source", "coverage"),
-            on=["symbol", "bucket"],
-            how="left",
-            maintain_order="left",
-        ).with_columns(pl.col("coverage").fill_null(0.0))
+        for start, end in grid.runs(d for d in span if d not in known):
+            since = max(first, datetime.combine(start, datetime.min.time(), UTC))
+            until = min(hi, datetime.combine(end + timedelta(days=1), datetime.min.time(), UTC))
+            bars = self.read(COVERAGE_BARS_SQL, [self.rule[0], since, until, names])
+            days.append(grid.bar_days(bars))
+        return grid.cells(symbols, first, hi, days)
 
     def backfill_targets(
         self, symbols: Sequence[str], lo: datetime, hi: datetime

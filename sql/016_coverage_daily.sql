@@ -1,0 +1,201 @@
+-- The coverage of every hour of a closed UTC day, one row per (symbol, day), kept by the daily
+-- refresh beside the daily bars: what the notebooks' coverage grid reads instead of the bars.
+--
+-- The grid of 14 days x 1,000 symbols is 336,000 (symbol, hour) cells. Read from the hourly bars
+-- it took 259 ms end to end (bench part 6): 135 ms on the server, the rest encoding, decoding
+-- and placing 336,000 rows. From this table it is 14,000 short rows; only the day still open
+-- (and any day not summarized) is read from the bars.
+--
+--   coverage   24 numbers, hour 0 to 23 (UTC): etl_bar_coverage of the hour's bar, 0 where the
+--              hour has no bar. NULL where the bar's coverage depends on the configured poll
+--              interval (a poll bar written before bars recorded theirs) or its source is not
+--              one etl writes: readers take such a day from the bars, as before.
+--   sources    24 letters, one per hour: p poll, k kline, t trade, . no bar.
+--
+-- etl_refresh_daily(lo, hi) (below) writes both tables from the same bars in one statement, for
+-- the closed days of [lo, hi); every write of bars (the rollup's, a backfill's) calls it for the
+-- days it touched, and any other write to a closed day's bars deletes that day's row (triggers,
+-- below), so a row always matches its bars. A day with no row is read from the bars. Retention (etl_hourly_retention, below) deletes the rows of the days it drops, so the grid
+-- there stays empty as before; a partition dropped by hand leaves its days' rows, to delete too.
+--
+--   SELECT symbol, day, sources FROM coverage_daily WHERE day = current_date - 1;
+--   SELECT etl_refresh_daily('2026-01-01', '2026-02-01');   -- (re)summarize a month
+CREATE TABLE IF NOT EXISTS coverage_daily (
+    symbol    text               NOT NULL,
+    day       date               NOT NULL,
+    coverage  double precision[] NOT NULL CHECK (cardinality(coverage) = 24),
+    sources   text               NOT NULL CHECK (length(sources) = 24),
+    PRIMARY KEY (day, symbol)  -- the grid reads days of many symbols: one range of the index
+);
+
+-- The coverage of [lo, hi) as day rows: one per (symbol, day) with a bar in it, the coverage of
+-- its 24 hours (0 where no bar, NULL where it needs the configured interval, as above) and their
+-- sources (NULL where no bar). What the daily refresh writes to coverage_daily.
+--
+--   SELECT * FROM etl_coverage_days(now() - interval '6 hours', now()) WHERE symbol = 'BTCUSDT';
+CREATE OR REPLACE FUNCTION etl_coverage_days(lo timestamptz, hi timestamptz)
+RETURNS TABLE (symbol text, day date, coverage double precision[], sources text[])
+LANGUAGE sql STABLE
+AS $$
+    WITH hours AS (
+        SELECT m.symbol,
+               (m.bucket AT TIME ZONE 'UTC')::date                       AS day,
+               extract(hour FROM m.bucket AT TIME ZONE 'UTC')::integer  AS h,
+               m.source,
+               CASE WHEN m.source NOT IN ('poll', 'kline', 'trade')
+                         OR (m.source = 'poll' AND m.interval_s IS NULL) THEN NULL
+                    ELSE etl_bar_coverage(m.source, m.samples, m.interval_s, NULL, m.ids_missing)
+               END                                                       AS coverage
+        FROM metrics_hourly m
+        WHERE m.bucket >= lo AND m.bucket < hi
+    ), found AS (  -- a day's hours in any order: each is looked up by its number below
+        SELECT hours.symbol, hours.day, array_agg(h) AS hs, array_agg(hours.coverage) AS cs,
+               array_agg(source) AS ss
+        FROM hours
+        GROUP BY 1, 2
+    )
+    SELECT found.symbol, found.day,
+           ARRAY(SELECT CASE WHEN at IS NULL THEN 0.0 ELSE cs[at] END
+                 FROM generate_series(0, 23) AS g(h), array_position(hs, g.h) AS at ORDER BY g.h),
+           ARRAY(SELECT ss[at]
+                 FROM generate_series(0, 23) AS g(h), array_position(hs, g.h) AS at ORDER BY g.h)
+    FROM found
+$$;
+
+-- 005's function, with the coverage rows written for the same closed days. What it returns (the
+-- daily bars written) is unchanged.
+CREATE OR REPLACE FUNCTION etl_refresh_daily(lo date, hi date)
+RETURNS integer
+LANGUAGE sql
+AS $$
+    WITH days AS (
+        SELECT symbol,
+               (bucket AT TIME ZONE 'UTC')::date                            AS day,
+               (array_agg(open ORDER BY bucket))[1]                         AS open,
+               max(high)                                                    AS high,
+               min(low)                                                     AS low,
+               (array_agg(close ORDER BY bucket DESC))[1]                   AS close,
+               sum(mean * samples ORDER BY bucket) / nullif(sum(samples), 0) AS mean,
+               sum(samples)                                                 AS samples,
+               count(*)::integer                                            AS hours
+        FROM metrics_hourly
+        WHERE bucket >= lo::timestamp AT TIME ZONE 'UTC'
+          AND bucket <  least(hi::timestamp, date_trunc('day', now() AT TIME ZONE 'UTC'))
+                        AT TIME ZONE 'UTC'
+        GROUP BY 1, 2
+    ), written AS (
+        INSERT INTO metrics_daily AS d (symbol, day, open, high, low, close, mean, samples, hours)
+        SELECT symbol, day, open, high, low, close, coalesce(mean, open), samples, hours FROM days
+        ON CONFLICT (symbol, day) DO UPDATE
+            SET open = excluded.open, high = excluded.high, low = excluded.low,
+                close = excluded.close, mean = excluded.mean, samples = excluded.samples,
+                hours = excluded.hours, updated_at = now()
+            WHERE (d.open, d.high, d.low, d.close, d.mean, d.samples, d.hours)
+                  IS DISTINCT FROM
+                  (excluded.open, excluded.high, excluded.low, excluded.close, excluded.mean,
+                   excluded.samples, excluded.hours)
+        RETURNING 1
+    ), summarized AS (
+        INSERT INTO coverage_daily AS c (symbol, day, coverage, sources)
+        SELECT k.symbol, k.day, k.coverage,
+               array_to_string(ARRAY(
+                   SELECT CASE WHEN s IS NULL THEN '.' WHEN s = 'poll' THEN 'p'
+                               WHEN s = 'kline' THEN 'k' WHEN s = 'trade' THEN 't' ELSE '?' END
+                   FROM unnest(k.sources) WITH ORDINALITY AS u(s, n) ORDER BY n), '')
+        FROM etl_coverage_days(
+            lo::timestamp AT TIME ZONE 'UTC',
+            least(hi::timestamp, date_trunc('day', now() AT TIME ZONE 'UTC')) AT TIME ZONE 'UTC'
+        ) AS k
+        ON CONFLICT (day, symbol) DO UPDATE
+            SET coverage = excluded.coverage, sources = excluded.sources
+            WHERE (c.coverage, c.sources) IS DISTINCT FROM (excluded.coverage, excluded.sources)
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM written
+$$;
+
+-- A write to the bars of a closed day that did not come through the daily refresh (a DBA's
+-- DELETE or UPDATE, a restore's COPY) would leave that day's coverage rows behind. These triggers
+-- delete the rows of every closed day a statement touched, so readers take those days from the
+-- bars until a refresh summarizes them again; etl's own writes refresh right after, in the same
+-- transaction. A day keeps a row for every symbol with bars or none at all: a reader that finds
+-- a day's rows has the whole day. One set-based DELETE per statement, none for the open day's
+-- bars (every hourly rollup's). TRUNCATE of a partition by hand is not seen: refresh its days.
+CREATE OR REPLACE FUNCTION etl_forget_coverage()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    today timestamptz := date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+BEGIN
+    DELETE FROM coverage_daily
+    WHERE day IN (SELECT (t.bucket AT TIME ZONE 'UTC')::date FROM touched t WHERE t.bucket < today);
+    IF TG_OP = 'UPDATE' THEN  -- a bar moved to another hour leaves both days
+        DELETE FROM coverage_daily
+        WHERE day IN (SELECT (t.bucket AT TIME ZONE 'UTC')::date FROM moved t WHERE t.bucket < today);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS etl_forget_coverage_inserted ON metrics_hourly;
+CREATE TRIGGER etl_forget_coverage_inserted
+    AFTER INSERT ON metrics_hourly REFERENCING NEW TABLE AS touched
+    FOR EACH STATEMENT EXECUTE FUNCTION etl_forget_coverage();
+DROP TRIGGER IF EXISTS etl_forget_coverage_updated ON metrics_hourly;
+CREATE TRIGGER etl_forget_coverage_updated
+    AFTER UPDATE ON metrics_hourly REFERENCING OLD TABLE AS touched NEW TABLE AS moved
+    FOR EACH STATEMENT EXECUTE FUNCTION etl_forget_coverage();
+DROP TRIGGER IF EXISTS etl_forget_coverage_deleted ON metrics_hourly;
+CREATE TRIGGER etl_forget_coverage_deleted
+    AFTER DELETE ON metrics_hourly REFERENCING OLD TABLE AS touched
+    FOR EACH STATEMENT EXECUTE FUNCTION etl_forget_coverage();
+
+-- 006's retention, which now deletes the coverage rows of the days of each partition it drops.
+CREATE OR REPLACE FUNCTION etl_hourly_retention(keep_days double precision, dry_run boolean DEFAULT true)
+RETURNS TABLE (partition text, range_start timestamptz, range_end timestamptz, action text,
+               missing_days bigint)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    cutoff timestamptz := now() - make_interval(secs => keep_days * 86400);
+    part   record;
+    bounds text[];
+BEGIN
+    FOR part IN
+        SELECT c.relname::text AS name, pg_get_expr(c.relpartbound, c.oid) AS bound
+        FROM pg_inherits i
+        JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'metrics_hourly'::regclass
+        ORDER BY 1
+    LOOP
+        bounds := regexp_match(part.bound, $re$FROM \('([^']+)'\) TO \('([^']+)'\)$re$);
+        CONTINUE WHEN bounds IS NULL;  -- a DEFAULT partition has no range: never dropped here
+        partition := part.name;
+        range_start := bounds[1]::timestamptz;
+        range_end := bounds[2]::timestamptz;
+        CONTINUE WHEN range_end > cutoff;
+        EXECUTE format(
+            'SELECT count(*) FROM (SELECT DISTINCT symbol, (bucket AT TIME ZONE %L)::date AS day FROM %I) h '
+            'WHERE NOT EXISTS (SELECT 1 FROM metrics_daily d WHERE d.symbol = h.symbol AND d.day = h.day)',
+            'UTC', part.name)
+        INTO missing_days;
+        IF missing_days > 0 THEN
+            action := 'kept';
+        ELSIF dry_run THEN
+            action := 'would drop';
+        ELSE
+            EXECUTE format('DROP TABLE %I', part.name);
+            DELETE FROM coverage_daily c
+            WHERE c.day >= (range_start AT TIME ZONE 'UTC')::date
+              AND c.day < (range_end AT TIME ZONE 'UTC')::date;
+            action := 'dropped';
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- The closed days of the last 31 (what a notebook's grid looks at), summarized now; older days
+-- are read from the bars until `SELECT etl_refresh_daily(lo, hi)` summarizes them.
+SELECT etl_refresh_daily((now() AT TIME ZONE 'UTC')::date - 31, (now() AT TIME ZONE 'UTC')::date);
