@@ -15,7 +15,7 @@ os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 
 # Declared once, here: pyproject.toml reads it for the package's metadata. (Reading it back from
 # that metadata with importlib.metadata costs every command 25 ms of its start.)
-__version__ = "0.5.1"
+__version__ = "0.5.2"
 
 
 def version() -> str:

@@ -1,10 +1,10 @@
--- The coverage of every hour of a closed UTC day, one row per (symbol, day), kept by the daily
--- refresh beside the daily bars: what the notebooks' coverage grid reads instead of the bars.
+-- The coverage of every hour of a closed UTC day, one row per (symbol, day), written after the
+-- day's bars: what the notebooks' coverage grid reads instead of the bars.
 --
 -- The grid of 14 days x 1,000 symbols is 336,000 (symbol, hour) cells. Read from the hourly bars
--- it took 259 ms end to end (bench part 6): 135 ms on the server, the rest encoding, decoding
--- and placing 336,000 rows. From this table it is 14,000 short rows; only the day still open
--- (and any day not summarized) is read from the bars.
+-- it took 260 ms end to end (bench part 6): 137 ms on the server, the rest encoding, decoding
+-- and placing 336,000 rows. From this table it is 14,000 short rows (40 ms end to end); only the
+-- day still open (and any day not summarized) is read from the bars.
 --
 --   coverage   24 numbers, hour 0 to 23 (UTC): etl_bar_coverage of the hour's bar, 0 where the
 --              hour has no bar. NULL where the bar's coverage depends on the configured poll
@@ -12,14 +12,17 @@
 --              one etl writes: readers take such a day from the bars, as before.
 --   sources    24 letters, one per hour: p poll, k kline, t trade, . no bar.
 --
--- etl_refresh_daily(lo, hi) (below) writes both tables from the same bars in one statement, for
--- the closed days of [lo, hi); every write of bars (the rollup's, a backfill's) calls it for the
--- days it touched, and any other write to a closed day's bars deletes that day's row (triggers,
--- below), so a row always matches its bars. A day with no row is read from the bars. Retention (etl_hourly_retention, below) deletes the rows of the days it drops, so the grid
--- there stays empty as before; a partition dropped by hand leaves its days' rows, to delete too.
+-- etl_refresh_coverage(lo, hi) (below) writes the rows of the closed days of [lo, hi) from their
+-- bars. The rollup, the backfill and a rebuild call it once a run for the closed days they wrote
+-- (once a run, not once a write: a backlog of one closed day is written in many chunks). Any
+-- write to a closed day's bars deletes that day's rows first (triggers, below): a day keeps a
+-- row for every symbol with bars, and that row matches them, or it has no rows and is read from
+-- the bars until the next refresh (a crash between a write and its run's refresh leaves that).
+-- Retention (etl_hourly_retention, below) deletes the rows of the days it drops, so the grid
+-- there stays empty as before.
 --
 --   SELECT symbol, day, sources FROM coverage_daily WHERE day = current_date - 1;
---   SELECT etl_refresh_daily('2026-01-01', '2026-02-01');   -- (re)summarize a month
+--   SELECT etl_refresh_coverage('2026-01-01', '2026-02-01');   -- (re)summarize a month
 CREATE TABLE IF NOT EXISTS coverage_daily (
     symbol    text               NOT NULL,
     day       date               NOT NULL,
@@ -30,7 +33,7 @@ CREATE TABLE IF NOT EXISTS coverage_daily (
 
 -- The coverage of [lo, hi) as day rows: one per (symbol, day) with a bar in it, the coverage of
 -- its 24 hours (0 where no bar, NULL where it needs the configured interval, as above) and their
--- sources (NULL where no bar). What the daily refresh writes to coverage_daily.
+-- sources (NULL where no bar): what etl_refresh_coverage writes to coverage_daily.
 --
 --   SELECT * FROM etl_coverage_days(now() - interval '6 hours', now()) WHERE symbol = 'BTCUSDT';
 CREATE OR REPLACE FUNCTION etl_coverage_days(lo timestamptz, hi timestamptz)
@@ -54,48 +57,21 @@ AS $$
         FROM hours
         GROUP BY 1, 2
     )
-    SELECT found.symbol, found.day,
-           ARRAY(SELECT CASE WHEN at IS NULL THEN 0.0 ELSE cs[at] END
-                 FROM generate_series(0, 23) AS g(h), array_position(hs, g.h) AS at ORDER BY g.h),
-           ARRAY(SELECT ss[at]
-                 FROM generate_series(0, 23) AS g(h), array_position(hs, g.h) AS at ORDER BY g.h)
-    FROM found
+    SELECT found.symbol, found.day, dense.coverage, dense.sources
+    FROM found, LATERAL (
+        SELECT array_agg(CASE WHEN at IS NULL THEN 0.0 ELSE cs[at] END ORDER BY g.h) AS coverage,
+               array_agg(ss[at] ORDER BY g.h) AS sources
+        FROM generate_series(0, 23) AS g(h), array_position(hs, g.h) AS at
+    ) dense
 $$;
 
--- 005's function, with the coverage rows written for the same closed days. What it returns (the
--- daily bars written) is unchanged.
-CREATE OR REPLACE FUNCTION etl_refresh_daily(lo date, hi date)
+-- Write the coverage rows of the closed UTC days in [lo, hi) from their bars; returns the rows
+-- written. A day still open is left alone; rerunning with the same bars changes nothing.
+CREATE OR REPLACE FUNCTION etl_refresh_coverage(lo date, hi date)
 RETURNS integer
 LANGUAGE sql
 AS $$
-    WITH days AS (
-        SELECT symbol,
-               (bucket AT TIME ZONE 'UTC')::date                            AS day,
-               (array_agg(open ORDER BY bucket))[1]                         AS open,
-               max(high)                                                    AS high,
-               min(low)                                                     AS low,
-               (array_agg(close ORDER BY bucket DESC))[1]                   AS close,
-               sum(mean * samples ORDER BY bucket) / nullif(sum(samples), 0) AS mean,
-               sum(samples)                                                 AS samples,
-               count(*)::integer                                            AS hours
-        FROM metrics_hourly
-        WHERE bucket >= lo::timestamp AT TIME ZONE 'UTC'
-          AND bucket <  least(hi::timestamp, date_trunc('day', now() AT TIME ZONE 'UTC'))
-                        AT TIME ZONE 'UTC'
-        GROUP BY 1, 2
-    ), written AS (
-        INSERT INTO metrics_daily AS d (symbol, day, open, high, low, close, mean, samples, hours)
-        SELECT symbol, day, open, high, low, close, coalesce(mean, open), samples, hours FROM days
-        ON CONFLICT (symbol, day) DO UPDATE
-            SET open = excluded.open, high = excluded.high, low = excluded.low,
-                close = excluded.close, mean = excluded.mean, samples = excluded.samples,
-                hours = excluded.hours, updated_at = now()
-            WHERE (d.open, d.high, d.low, d.close, d.mean, d.samples, d.hours)
-                  IS DISTINCT FROM
-                  (excluded.open, excluded.high, excluded.low, excluded.close, excluded.mean,
-                   excluded.samples, excluded.hours)
-        RETURNING 1
-    ), summarized AS (
+    WITH written AS (
         INSERT INTO coverage_daily AS c (symbol, day, coverage, sources)
         SELECT k.symbol, k.day, k.coverage,
                array_to_string(ARRAY(
@@ -114,13 +90,11 @@ AS $$
     SELECT count(*)::integer FROM written
 $$;
 
--- A write to the bars of a closed day that did not come through the daily refresh (a DBA's
--- DELETE or UPDATE, a restore's COPY) would leave that day's coverage rows behind. These triggers
--- delete the rows of every closed day a statement touched, so readers take those days from the
--- bars until a refresh summarizes them again; etl's own writes refresh right after, in the same
--- transaction. A day keeps a row for every symbol with bars or none at all: a reader that finds
--- a day's rows has the whole day. One set-based DELETE per statement, none for the open day's
--- bars (every hourly rollup's). TRUNCATE of a partition by hand is not seen: refresh its days.
+-- Any write to the bars of a closed day (etl's, a DBA's INSERT, UPDATE or DELETE, a restore's
+-- COPY) deletes the coverage rows of that day, for every symbol, so readers take the day from its
+-- bars until etl_refresh_coverage summarizes it again. One set-based DELETE per statement, none
+-- for the open day's bars (every hourly rollup's). TRUNCATE of a partition by hand is not seen:
+-- refresh its days after it.
 CREATE OR REPLACE FUNCTION etl_forget_coverage()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -197,5 +171,5 @@ END
 $$;
 
 -- The closed days of the last 31 (what a notebook's grid looks at), summarized now; older days
--- are read from the bars until `SELECT etl_refresh_daily(lo, hi)` summarizes them.
-SELECT etl_refresh_daily((now() AT TIME ZONE 'UTC')::date - 31, (now() AT TIME ZONE 'UTC')::date);
+-- are read from the bars until `SELECT etl_refresh_coverage(lo, hi)` summarizes them.
+SELECT etl_refresh_coverage((now() AT TIME ZONE 'UTC')::date - 31, (now() AT TIME ZONE 'UTC')::date);

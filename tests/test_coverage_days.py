@@ -1,8 +1,8 @@
 """The coverage grid's day rows (``coverage_daily``, ``sql/016_coverage_daily.sql``).
 
-Closed days come from them, written by the daily refresh beside the daily bars; the open day and
-any closed day whose bars changed another way come from the bars. Whatever the way, the grid is
-the one SQL made before 016 (every (symbol, hour) joined to the bars): the oracle here."""
+Closed days come from them, written once a run by the jobs that write bars; the open day and any
+closed day whose bars changed since come from the bars. Whatever the way, the grid is the one
+SQL made before 016 (every (symbol, hour) joined to the bars): the oracle here."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import polars as pl
 from bench.history_bench import GRID_BEFORE
 from etl.config import Settings
 from etl.hours import hour_floor
+from etl.jobs.rollup import run_rollup
 from etl.warehouse import migrate as migrations
 from etl.warehouse.store import Warehouse, open_warehouse
-from tests.pgutil import execute, query
+from tests.pgutil import execute, query, seed_ticks
 from tests.test_history import bars
 
 SYMBOLS = ["ADAUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
@@ -82,6 +83,8 @@ def test_closed_days_come_from_their_rows_and_the_grid_is_the_one_sql_made(pgs: 
     with open_warehouse(pgs) as wh:
         wh.migrate()
         wh.write_bars(mixed(first, hours, legacy_day=first + timedelta(days=2)))
+        assert days_summarized(dsn) == []  # written by the job's run, once
+        wh.refresh_coverage(wh.days_written)
         # every closed day is summarized, for every symbol with bars; the open day is not
         assert days_summarized(dsn) == [(first + timedelta(days=k)).date() for k in range(5)]
         rows = query(dsn, "SELECT count(*) AS n FROM coverage_daily")["n"][0]
@@ -110,8 +113,10 @@ def test_closed_days_come_from_their_rows_and_the_grid_is_the_one_sql_made(pgs: 
         grid = wh.coverage_grid(["BTCUSDT"], first, now_hour())
         at = grid.filter(pl.col("bucket") == first + timedelta(days=1))
         assert at["coverage"].to_list() == [0.5]
-        # ... until the refresh makes it again from the bars
-        execute(dsn, f"SELECT etl_refresh_daily('{first.date()}', '{day.date()}')")
+        # ... until a refresh makes it again from the bars (a day with rows is left alone by
+        # the jobs' refresh: rows of a day whose bars changed are gone)
+        assert wh.refresh_coverage([first.date() + timedelta(days=1)]) == 0
+        execute(dsn, f"SELECT etl_refresh_coverage('{first.date()}', '{day.date()}')")
         grid_is_the_one_sql_made(wh, dsn, first, now_hour())
 
 
@@ -120,6 +125,7 @@ def test_a_change_to_a_closed_days_bars_sends_the_day_back_to_the_bars(pgs: Sett
     with open_warehouse(pgs) as wh:
         wh.migrate()
         wh.write_bars(mixed(first, 4 * 24, legacy_day=first - timedelta(days=9)))
+        wh.refresh_coverage(wh.days_written)
         assert len(days_summarized(dsn)) == 4
         at = [first + timedelta(days=k, hours=10) for k in range(3)]
         execute(dsn, f"DELETE FROM metrics_hourly WHERE symbol = 'BTCUSDT' AND bucket = '{at[0]}'")
@@ -131,11 +137,15 @@ def test_a_change_to_a_closed_days_bars_sends_the_day_back_to_the_bars(pgs: Sett
         # the three days' rows are gone, for every symbol; the fourth day's stay
         assert days_summarized(dsn) == [(first + timedelta(days=3)).date()]
         grid_is_the_one_sql_made(wh, dsn, first, first + timedelta(days=4))
-        execute(dsn, f"SELECT etl_refresh_daily('{first.date()}', '{today().date()}')")
+        four = [first.date() + timedelta(days=k) for k in range(4)]
+        assert wh.refresh_coverage(four) == 3 * len(SYMBOLS) + 1  # the three days, DOGE too
         assert len(days_summarized(dsn)) == 4
         grid_is_the_one_sql_made(wh, dsn, first, first + timedelta(days=4))
-        # etl's own write to a closed day refreshes it in the same transaction
+        # etl's own write to a closed day deletes its rows too, until its run's refresh
         wh.write_bars(bars(["BTCUSDT"], at[0], 1, price=300.0))
+        assert len(days_summarized(dsn)) == 3
+        grid_is_the_one_sql_made(wh, dsn, first, first + timedelta(days=4))
+        wh.refresh_coverage(wh.days_written)
         assert len(days_summarized(dsn)) == 4
         grid_is_the_one_sql_made(wh, dsn, first, first + timedelta(days=4))
 
@@ -146,6 +156,7 @@ def test_retention_deletes_the_rows_of_the_days_it_drops(pgs: Settings) -> None:
         wh.migrate()
         wh.write_bars(bars(SYMBOLS, old, 48))
         wh.write_bars(bars(SYMBOLS, recent, 48))
+        wh.refresh_coverage(wh.days_written)
         assert days_summarized(dsn) == [
             old.date(),
             (old + timedelta(days=1)).date(),
@@ -176,3 +187,20 @@ def test_a_warehouse_of_the_previous_release_is_summarized_for_its_last_31_days(
         ]
         grid_is_the_one_sql_made(wh, dsn, first, now_hour())
         assert wh.migrate().applied == []
+
+
+def test_a_rollup_summarizes_its_closed_days_and_makes_up_for_a_run_that_did_not(
+    pgs: Settings,
+) -> None:
+    dsn, yesterday = str(pgs.pg_dsn), today() - timedelta(days=1)
+    start = int((yesterday + timedelta(hours=10)).timestamp() * 1000)
+    seed_ticks(pgs.staging_path, SYMBOLS[:3], start, polls=3 * 720)
+    assert run_rollup(pgs).hours == 3
+    assert days_summarized(dsn) == [yesterday.date()]
+    with open_warehouse(pgs) as wh:
+        grid_is_the_one_sql_made(wh, dsn, yesterday, now_hour())
+    execute(dsn, "DELETE FROM coverage_daily")  # as a run that wrote, then failed, leaves it
+    assert run_rollup(pgs).hours == 0  # nothing to roll up; the staged day is summarized again
+    assert days_summarized(dsn) == [yesterday.date()]
+    with open_warehouse(pgs) as wh:
+        grid_is_the_one_sql_made(wh, dsn, yesterday, now_hour())

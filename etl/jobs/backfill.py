@@ -113,13 +113,17 @@ class Backfill:
         self.summary.pending_rollup = len(pending)
         self.progress.start(sum(map(len, targets.values())), "backfilling hours")
         try:
-            for symbol, hours in targets.items():
-                for start, end in runs_of(hours):
-                    if not self._fill(wh, symbol, start, end, self.progress.advance):
-                        return self.summary
+            self._fill_all(wh, targets)
         finally:
             self.progress.finish()
+        wh.refresh_coverage(wh.days_written)  # also when stopped early
         return self.summary
+
+    def _fill_all(self, wh: Warehouse, targets: dict[str, list[int]]) -> None:
+        for symbol, hours in targets.items():
+            for start, end in runs_of(hours):
+                if not self._fill(wh, symbol, start, end, self.progress.advance):
+                    return
 
     def _fill(
         self, wh: Warehouse, symbol: str, start: int, end: int, advance: Callable[[int], None]

@@ -146,6 +146,7 @@ def run_rebuild(
                             result.lost += written.lost_total
                         result.hours += len(chunk)
                         bar.advance(len(chunk), iso(chunk[-1].manifest.hour))
+                wh.refresh_coverage(wh.days_written)
             finally:
                 bar.finish()
     result.seconds = time.perf_counter() - started

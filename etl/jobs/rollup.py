@@ -193,6 +193,7 @@ class Rollup:
             result.future_ticks = staging.ticks.count_between(hi_ms + HOUR_MS, NO_UPPER)
             groups = chunked(hours, sizes, settings.rollup_chunk_hours, CHUNK_TICKS)
             self._roll(groups, result)
+            wh.refresh_coverage({utc(h).date() for h in sizes} | wh.days_written)
             purge_before = utc(now_ms - int(settings.raw_retention_h * HOUR_MS))
             candidates = wh.purge_candidates(staging.id, purge_before)
             if candidates and self.archive is not None:

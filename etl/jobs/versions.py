@@ -2,7 +2,7 @@
 newest applied migration) when the warehouse can be reached without starting anything.
 
 >>> versions(load_settings())                                  # doctest: +SKIP
-Versions(package='0.5.1', schema='015_symbols.sql', ...)
+Versions(package='0.5.2', schema='016_coverage_daily.sql', ...)
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -117,6 +117,7 @@ class Warehouse:
         self.conn = conn
         self.label = label
         self.rule = [float(default_interval_s), float(full_coverage)]
+        self.days_written: set[date] = set()  # the days of the bars written: refresh_coverage
 
     def close(self) -> None:
         self.conn.close()
@@ -397,7 +398,28 @@ class Warehouse:
         written.bars = max(cur.rowcount, 0)
         cur.execute(REFRESH_STAGED_DAYS)
         written.days = int(cur.fetchall()[0][0])
+        self.days_written.update(frame["bucket"].dt.date().unique().to_list())
         return written
+
+    def refresh_coverage(self, days: Iterable[date]) -> int:
+        """Write the coverage rows (``coverage_daily``, ``etl_refresh_coverage``) of those of
+        ``days`` that are closed and have none: a write to a closed day's bars deletes its rows,
+        so a day with rows is up to date. What a rollup (its staged days and the days it wrote,
+        so a run that failed is made up for by the next), a backfill and a rebuild do once a run
+        (``days_written``). Until then the notebooks read those days from their bars. Returns
+        the rows written."""
+        wanted = ",".join(sorted(d.isoformat() for d in set(days)))
+        if not wanted:
+            return 0
+        return int(
+            self.execute(
+                "SELECT coalesce(sum(etl_refresh_coverage(d, d + 1)), 0) "
+                "FROM unnest(string_to_array($1, ',')::date[]) AS d "
+                "WHERE d < (now() AT TIME ZONE 'UTC')::date "
+                "AND NOT EXISTS (SELECT 1 FROM coverage_daily c WHERE c.day = d)",
+                [wanted],
+            )[0][0]
+        )
 
     # -- the ledger and the purge --------------------------------------------------------------
 
