@@ -31,38 +31,95 @@ CREATE TABLE IF NOT EXISTS coverage_daily (
     PRIMARY KEY (day, symbol)  -- the grid reads days of many symbols: one range of the index
 );
 
+-- One day's hours in slots 0 to 23, from the hours a day has bars for (hs, in any order) and
+-- their values (vs) or letters (ls): 0 (or '.') for an hour without a bar. Written out hour by
+-- hour: one expression, which PostgreSQL inlines; half the time of a subquery per day.
+CREATE OR REPLACE FUNCTION etl_day_slots(hs integer[], vs double precision[])
+RETURNS double precision[]
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT ARRAY[
+        CASE WHEN array_position(hs, 0) IS NULL THEN 0.0 ELSE vs[array_position(hs, 0)] END,
+        CASE WHEN array_position(hs, 1) IS NULL THEN 0.0 ELSE vs[array_position(hs, 1)] END,
+        CASE WHEN array_position(hs, 2) IS NULL THEN 0.0 ELSE vs[array_position(hs, 2)] END,
+        CASE WHEN array_position(hs, 3) IS NULL THEN 0.0 ELSE vs[array_position(hs, 3)] END,
+        CASE WHEN array_position(hs, 4) IS NULL THEN 0.0 ELSE vs[array_position(hs, 4)] END,
+        CASE WHEN array_position(hs, 5) IS NULL THEN 0.0 ELSE vs[array_position(hs, 5)] END,
+        CASE WHEN array_position(hs, 6) IS NULL THEN 0.0 ELSE vs[array_position(hs, 6)] END,
+        CASE WHEN array_position(hs, 7) IS NULL THEN 0.0 ELSE vs[array_position(hs, 7)] END,
+        CASE WHEN array_position(hs, 8) IS NULL THEN 0.0 ELSE vs[array_position(hs, 8)] END,
+        CASE WHEN array_position(hs, 9) IS NULL THEN 0.0 ELSE vs[array_position(hs, 9)] END,
+        CASE WHEN array_position(hs, 10) IS NULL THEN 0.0 ELSE vs[array_position(hs, 10)] END,
+        CASE WHEN array_position(hs, 11) IS NULL THEN 0.0 ELSE vs[array_position(hs, 11)] END,
+        CASE WHEN array_position(hs, 12) IS NULL THEN 0.0 ELSE vs[array_position(hs, 12)] END,
+        CASE WHEN array_position(hs, 13) IS NULL THEN 0.0 ELSE vs[array_position(hs, 13)] END,
+        CASE WHEN array_position(hs, 14) IS NULL THEN 0.0 ELSE vs[array_position(hs, 14)] END,
+        CASE WHEN array_position(hs, 15) IS NULL THEN 0.0 ELSE vs[array_position(hs, 15)] END,
+        CASE WHEN array_position(hs, 16) IS NULL THEN 0.0 ELSE vs[array_position(hs, 16)] END,
+        CASE WHEN array_position(hs, 17) IS NULL THEN 0.0 ELSE vs[array_position(hs, 17)] END,
+        CASE WHEN array_position(hs, 18) IS NULL THEN 0.0 ELSE vs[array_position(hs, 18)] END,
+        CASE WHEN array_position(hs, 19) IS NULL THEN 0.0 ELSE vs[array_position(hs, 19)] END,
+        CASE WHEN array_position(hs, 20) IS NULL THEN 0.0 ELSE vs[array_position(hs, 20)] END,
+        CASE WHEN array_position(hs, 21) IS NULL THEN 0.0 ELSE vs[array_position(hs, 21)] END,
+        CASE WHEN array_position(hs, 22) IS NULL THEN 0.0 ELSE vs[array_position(hs, 22)] END,
+        CASE WHEN array_position(hs, 23) IS NULL THEN 0.0 ELSE vs[array_position(hs, 23)] END
+    ]
+$$;
+
+CREATE OR REPLACE FUNCTION etl_day_letters(hs integer[], ls text[])
+RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT coalesce(ls[array_position(hs, 0)], '.')
+        || coalesce(ls[array_position(hs, 1)], '.')
+        || coalesce(ls[array_position(hs, 2)], '.')
+        || coalesce(ls[array_position(hs, 3)], '.')
+        || coalesce(ls[array_position(hs, 4)], '.')
+        || coalesce(ls[array_position(hs, 5)], '.')
+        || coalesce(ls[array_position(hs, 6)], '.')
+        || coalesce(ls[array_position(hs, 7)], '.')
+        || coalesce(ls[array_position(hs, 8)], '.')
+        || coalesce(ls[array_position(hs, 9)], '.')
+        || coalesce(ls[array_position(hs, 10)], '.')
+        || coalesce(ls[array_position(hs, 11)], '.')
+        || coalesce(ls[array_position(hs, 12)], '.')
+        || coalesce(ls[array_position(hs, 13)], '.')
+        || coalesce(ls[array_position(hs, 14)], '.')
+        || coalesce(ls[array_position(hs, 15)], '.')
+        || coalesce(ls[array_position(hs, 16)], '.')
+        || coalesce(ls[array_position(hs, 17)], '.')
+        || coalesce(ls[array_position(hs, 18)], '.')
+        || coalesce(ls[array_position(hs, 19)], '.')
+        || coalesce(ls[array_position(hs, 20)], '.')
+        || coalesce(ls[array_position(hs, 21)], '.')
+        || coalesce(ls[array_position(hs, 22)], '.')
+        || coalesce(ls[array_position(hs, 23)], '.')
+$$;
+
 -- The coverage of [lo, hi) as day rows: one per (symbol, day) with a bar in it, the coverage of
 -- its 24 hours (0 where no bar, NULL where it needs the configured interval, as above) and their
--- sources (NULL where no bar): what etl_refresh_coverage writes to coverage_daily.
+-- sources' letters: what etl_refresh_coverage writes to coverage_daily.
 --
 --   SELECT * FROM etl_coverage_days(now() - interval '6 hours', now()) WHERE symbol = 'BTCUSDT';
 CREATE OR REPLACE FUNCTION etl_coverage_days(lo timestamptz, hi timestamptz)
-RETURNS TABLE (symbol text, day date, coverage double precision[], sources text[])
+RETURNS TABLE (symbol text, day date, coverage double precision[], sources text)
 LANGUAGE sql STABLE
 AS $$
-    WITH hours AS (
-        SELECT m.symbol,
-               (m.bucket AT TIME ZONE 'UTC')::date                       AS day,
-               extract(hour FROM m.bucket AT TIME ZONE 'UTC')::integer  AS h,
-               m.source,
-               CASE WHEN m.source NOT IN ('poll', 'kline', 'trade')
-                         OR (m.source = 'poll' AND m.interval_s IS NULL) THEN NULL
-                    ELSE etl_bar_coverage(m.source, m.samples, m.interval_s, NULL, m.ids_missing)
-               END                                                       AS coverage
-        FROM metrics_hourly m
-        WHERE m.bucket >= lo AND m.bucket < hi
-    ), found AS (  -- a day's hours in any order: each is looked up by its number below
-        SELECT hours.symbol, hours.day, array_agg(h) AS hs, array_agg(hours.coverage) AS cs,
-               array_agg(source) AS ss
-        FROM hours
-        GROUP BY 1, 2
-    )
-    SELECT found.symbol, found.day, dense.coverage, dense.sources
-    FROM found, LATERAL (
-        SELECT array_agg(CASE WHEN at IS NULL THEN 0.0 ELSE cs[at] END ORDER BY g.h) AS coverage,
-               array_agg(ss[at] ORDER BY g.h) AS sources
-        FROM generate_series(0, 23) AS g(h), array_position(hs, g.h) AS at
-    ) dense
+    SELECT m.symbol,
+           (m.bucket AT TIME ZONE 'UTC')::date,
+           etl_day_slots(
+               array_agg(extract(hour FROM m.bucket AT TIME ZONE 'UTC')::integer),
+               array_agg(CASE WHEN m.source NOT IN ('poll', 'kline', 'trade')
+                                   OR (m.source = 'poll' AND m.interval_s IS NULL) THEN NULL
+                              ELSE etl_bar_coverage(m.source, m.samples, m.interval_s, NULL,
+                                                    m.ids_missing) END)),
+           etl_day_letters(
+               array_agg(extract(hour FROM m.bucket AT TIME ZONE 'UTC')::integer),
+               array_agg(CASE m.source WHEN 'poll' THEN 'p' WHEN 'kline' THEN 'k'
+                                       WHEN 'trade' THEN 't' ELSE '?' END))
+    FROM metrics_hourly m
+    WHERE m.bucket >= lo AND m.bucket < hi
+    GROUP BY 1, 2
 $$;
 
 -- Write the coverage rows of the closed UTC days in [lo, hi) from their bars; returns the rows
@@ -73,11 +130,7 @@ LANGUAGE sql
 AS $$
     WITH written AS (
         INSERT INTO coverage_daily AS c (symbol, day, coverage, sources)
-        SELECT k.symbol, k.day, k.coverage,
-               array_to_string(ARRAY(
-                   SELECT CASE WHEN s IS NULL THEN '.' WHEN s = 'poll' THEN 'p'
-                               WHEN s = 'kline' THEN 'k' WHEN s = 'trade' THEN 't' ELSE '?' END
-                   FROM unnest(k.sources) WITH ORDINALITY AS u(s, n) ORDER BY n), '')
+        SELECT k.symbol, k.day, k.coverage, k.sources
         FROM etl_coverage_days(
             lo::timestamp AT TIME ZONE 'UTC',
             least(hi::timestamp, date_trunc('day', now() AT TIME ZONE 'UTC')) AT TIME ZONE 'UTC'
