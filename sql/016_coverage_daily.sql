@@ -2,9 +2,9 @@
 -- day's bars: what the notebooks' coverage grid reads instead of the bars.
 --
 -- The grid of 14 days x 1,000 symbols is 336,000 (symbol, hour) cells. Read from the hourly bars
--- it took 260 ms end to end (bench part 6): 137 ms on the server, the rest encoding, decoding
--- and placing 336,000 rows. From this table it is 14,000 short rows (40 ms end to end); only the
--- day still open (and any day not summarized) is read from the bars.
+-- it took about 250 ms end to end (bench part 6): 135 ms on the server, the rest encoding,
+-- decoding and placing 336,000 rows. From this table it is 14,000 short rows (about 40 ms end
+-- to end); only the day still open (and any day not summarized) is read from the bars.
 --
 --   coverage   24 numbers, hour 0 to 23 (UTC): etl_bar_coverage of the hour's bar, 0 where the
 --              hour has no bar. NULL where the bar's coverage depends on the configured poll
