@@ -79,10 +79,11 @@ def test_retention_drops_only_old_partitions_whose_days_are_downsampled(pgs: Set
         day=10, hour=0, minute=0, second=0, microsecond=0
     )
     recent = (now - timedelta(days=20)).replace(hour=0, minute=0, second=0, microsecond=0)
+    written = {day: _bars_at(day, SYMBOLS) for day in (old_done, old_missing, recent)}
     with open_warehouse(pgs) as wh:
         wh.migrate()
-        for day in (old_done, old_missing, recent):
-            wh.write_bars(_bars_at(day, SYMBOLS))  # downsamples each closed day it touches
+        for bars in written.values():
+            wh.write_bars(bars)  # downsamples each closed day it touches
         wh.execute("DELETE FROM metrics_daily WHERE day = $1::date", [old_missing])
     name = lambda d: f"metrics_hourly_{d:%Y%m}"  # noqa: E731
     env = etl_env(replace(pgs, hourly_retention_d=400.0))
@@ -105,7 +106,9 @@ def test_retention_drops_only_old_partitions_whose_days_are_downsampled(pgs: Set
     recent_bars = query(
         pgs.pg_dsn, "SELECT count(*) AS n FROM metrics_hourly WHERE bucket >= $1", [recent]
     )  # type: ignore[arg-type]
-    assert recent_bars["n"][0] == 3 * 2
+    # every bar of the recent day stays (the generated ticks leave an hour out now and then:
+    # was 3 * 2, which failed on the dates whose two hours had such a gap)
+    assert recent_bars["n"][0] == written[recent].height > 0
 
 
 def test_rollup_applies_retention(pgs: Settings) -> None:
