@@ -14,7 +14,9 @@
 --
 -- etl_refresh_coverage(lo, hi) (below) writes the rows of the closed days of [lo, hi) from their
 -- bars. The rollup, the backfill and a rebuild call it once a run for the closed days they wrote
--- (once a run, not once a write: a backlog of one closed day is written in many chunks). Any
+-- and lack rows, the rollup also for its staged ones (so the next run makes up for a run that
+-- failed after writing); once a run, not once a write: a backlog of one closed day is written
+-- in many chunks. Any
 -- write to a closed day's bars deletes that day's rows first (triggers, below): a day keeps a
 -- row for every symbol with bars, and that row matches them, or it has no rows and is read from
 -- the bars until the next refresh (a crash between a write and its run's refresh leaves that).
