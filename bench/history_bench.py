@@ -616,7 +616,7 @@ def time_grid_worst(h: History, runs: int) -> dict[str, Any]:
             h.coverage(symbols, start=lo, end=end)
             walls.append(time.perf_counter() - started)
     finally:
-        h.wh.execute("SELECT etl_refresh_daily($1, $2)", [day, day + timedelta(days=1)])
+        h.wh.execute("SELECT etl_refresh_coverage($1, $2)", [day, day + timedelta(days=1)])
     return {"day": day.isoformat(), "open_hours": end.hour, "walls": walls}
 
 

@@ -145,17 +145,19 @@ AS $$
     SELECT count(*)::integer FROM written
 $$;
 
--- Any write to the bars of a closed day (etl's, a DBA's INSERT, UPDATE or DELETE, a restore's
--- COPY) deletes the coverage rows of that day, for every symbol, so readers take the day from its
--- bars until etl_refresh_coverage summarizes it again. One set-based DELETE per statement, none
--- for the open day's bars (every hourly rollup's). TRUNCATE of a partition by hand is not seen:
--- refresh its days after it.
+-- Any write through metrics_hourly to the bars of a closed day (etl's, a DBA's INSERT, UPDATE or
+-- DELETE, a restore's COPY) deletes the coverage rows of that day, for every symbol, so readers
+-- take the day from its bars until etl_refresh_coverage summarizes it again. One set-based DELETE
+-- per statement, none for the open day's bars (every hourly rollup's). Not seen: a statement that
+-- names a partition (metrics_hourly_YYYYMM) rather than metrics_hourly, and TRUNCATE. After one
+-- of those, delete the days' rows (DELETE FROM coverage_daily WHERE day ...), then refresh them.
 CREATE OR REPLACE FUNCTION etl_forget_coverage()
 RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    today timestamptz := date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    -- the statement's own time: a transaction begun before midnight may write after it
+    today timestamptz := date_trunc('day', clock_timestamp() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
 BEGIN
     DELETE FROM coverage_daily
     WHERE day IN (SELECT (t.bucket AT TIME ZONE 'UTC')::date FROM touched t WHERE t.bucket < today);

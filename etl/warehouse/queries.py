@@ -158,7 +158,7 @@ SELECT symbol, day, coverage, sources, array_position(coverage, NULL) IS NULL AS
 FROM coverage_daily
 WHERE day >= $1 AND day <= $2 AND symbol = ANY(string_to_array($3, ','))
 """
-# $2 and $3 are whole hours, made by the caller: date_trunc of a timestamptz is only stable, so
+# $2 is a whole hour, made by the caller: date_trunc of a timestamptz is only stable, so
 # with it the partitions were pruned at each execution's start, not once when planned.
 COVERAGE_BARS_SQL = """
 SELECT symbol, bucket, source,

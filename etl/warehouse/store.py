@@ -411,15 +411,20 @@ class Warehouse:
         wanted = ",".join(sorted(d.isoformat() for d in set(days)))
         if not wanted:
             return 0
-        return int(
-            self.execute(
+        with self.transaction() as cur:
+            # After any write of bars in flight has committed, and before the next one starts:
+            # a refresh that read a day's bars while another session wrote them would keep rows
+            # that miss them, and the next refresh would skip the day (it has rows).
+            cur.execute("SELECT pg_advisory_xact_lock($1)", parameters=[WRITE_LOCK])
+            cur.fetchall()
+            cur.execute(
                 "SELECT coalesce(sum(etl_refresh_coverage(d, d + 1)), 0) "
                 "FROM unnest(string_to_array($1, ',')::date[]) AS d "
                 "WHERE d < (now() AT TIME ZONE 'UTC')::date "
                 "AND NOT EXISTS (SELECT 1 FROM coverage_daily c WHERE c.day = d)",
-                [wanted],
-            )[0][0]
-        )
+                parameters=[wanted],
+            )
+            return int(cur.fetchall()[0][0])
 
     # -- the ledger and the purge --------------------------------------------------------------
 
