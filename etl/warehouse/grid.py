@@ -19,9 +19,11 @@ does the reading.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import polars as pl
+
+from etl.hours import as_utc
 
 HOURS = 24
 # One letter per hour in coverage_daily.sources; "." is an hour without a bar.
@@ -144,9 +146,5 @@ def cells(
             source="source",
             coverage="coverage",
         )
-        .filter(pl.col("bucket").is_between(_utc(first), _utc(last)))
+        .filter(pl.col("bucket").is_between(as_utc(first), as_utc(last)))
     )
-
-
-def _utc(at: datetime) -> datetime:
-    return at.astimezone(UTC)
